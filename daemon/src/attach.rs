@@ -1,0 +1,278 @@
+//! Attaching interface probes to the interfaces that come and go, and detaching them.
+//!
+//! Each attached program is held as an owned aya link: dropping it detaches the program,
+//! whether the daemon detaches one interface or shuts down. With tcx (Linux 6.6+) the
+//! attachment is a BPF link that the kernel also removes if the daemon dies, so a restart
+//! never finds an old copy. With netlink (cls_bpf on a clsact qdisc) filters outlive the
+//! process, so filters carrying our program names are removed before attaching again, and
+//! a clsact qdisc is removed on detach only if this daemon added it and nothing else uses it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use aya::Ebpf;
+use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use futures::TryStreamExt as _;
+use netlink_packet_route::tc::TcHandle;
+use probe_common::Direction;
+use rtnetlink::Handle;
+
+use crate::config::TcAttachMode;
+use crate::interfaces::{Interface, InterfaceSelector, LinkChange};
+use crate::metrics::{AttachFailure, DaemonMetrics};
+use crate::preflight::{Kernel, TCX_KERNEL};
+use crate::probes::{AttachedInterfaces, InterfaceProbe};
+
+/// The probes attached to one interface.
+struct Attached {
+    name: String,
+    /// Per probe name, its links; dropping a link detaches its program.
+    links: Vec<(&'static str, Vec<SchedClassifierLink>)>,
+    /// Netlink mode: this daemon added the clsact qdisc.
+    added_clsact: bool,
+}
+
+pub struct Attachments {
+    ebpf: Ebpf,
+    use_tcx: bool,
+    probes: Vec<Arc<dyn InterfaceProbe>>,
+    selector: InterfaceSelector,
+    attached: HashMap<u32, Attached>,
+    names: AttachedInterfaces,
+    metrics: DaemonMetrics,
+    netlink: Handle,
+}
+
+impl Attachments {
+    /// Loads every interface probe's programs into the kernel.
+    ///
+    /// # Errors
+    /// If the verifier rejects a program, or tcx is forced on a kernel without it.
+    pub fn new(
+        mut ebpf: Ebpf,
+        mode: TcAttachMode,
+        kernel: &Kernel,
+        probes: Vec<Arc<dyn InterfaceProbe>>,
+        selector: InterfaceSelector,
+        names: AttachedInterfaces,
+        metrics: DaemonMetrics,
+        netlink: Handle,
+    ) -> Result<Self> {
+        let use_tcx = match mode {
+            TcAttachMode::Auto => kernel.at_least(TCX_KERNEL),
+            TcAttachMode::Netlink => false,
+            TcAttachMode::Tcx if kernel.at_least(TCX_KERNEL) => true,
+            TcAttachMode::Tcx => anyhow::bail!(
+                "tc_attach = \"tcx\" needs Linux 6.6 or newer, this is {}; use \"auto\" or \"netlink\"",
+                kernel.release
+            ),
+        };
+        for probe in &probes {
+            for program in probe.programs() {
+                classifier(&mut ebpf, program.function)?
+                    .load()
+                    .with_context(|| format!("loading {} (probe {})", program.function, probe.name()))?;
+            }
+        }
+        Ok(Self { ebpf, use_tcx, probes, selector, attached: HashMap::new(), names, metrics, netlink })
+    }
+
+    /// How the programs attach: `tcx` or `netlink`.
+    #[must_use]
+    pub fn mode(&self) -> &'static str {
+        if self.use_tcx { "tcx" } else { "netlink" }
+    }
+
+    pub async fn apply(&mut self, change: LinkChange) {
+        match change {
+            LinkChange::Present(interface) => {
+                let current = self.attached.get(&interface.index).map(|a| a.name == interface.name);
+                let wanted = self.selector.selects(&interface);
+                match (current, wanted) {
+                    (Some(true), true) | (None, false) => {}
+                    (Some(_), _) => {
+                        // Renamed, or no longer selected: start over under the new name.
+                        self.detach(interface.index, true).await;
+                        if wanted {
+                            self.attach(&interface);
+                        }
+                    }
+                    (None, true) => self.attach(&interface),
+                }
+            }
+            LinkChange::Gone(index) => self.detach(index, false).await,
+        }
+    }
+
+    /// Brings the attachments in line with a full listing of the namespace's interfaces:
+    /// the repair for notifications the kernel dropped, and the start-up pass.
+    pub async fn reconcile(&mut self, interfaces: &[Interface]) {
+        let listed: HashMap<u32, &Interface> = interfaces.iter().map(|i| (i.index, i)).collect();
+        let stale: Vec<u32> = self
+            .attached
+            .iter()
+            .filter(|(index, a)| listed.get(index).is_none_or(|i| i.name != a.name))
+            .map(|(index, _)| *index)
+            .collect();
+        for index in stale {
+            let exists = listed.contains_key(&index);
+            self.detach(index, exists).await;
+        }
+        for interface in interfaces {
+            self.apply(LinkChange::Present(interface.clone())).await;
+        }
+        let names = self.names.clone();
+        for probe in &self.probes {
+            probe.retain_interfaces(&|index| names.contains(index));
+        }
+    }
+
+    /// Detaches everything (shutdown).
+    pub async fn detach_all(&mut self) {
+        let indexes: Vec<u32> = self.attached.keys().copied().collect();
+        for index in indexes {
+            self.detach(index, true).await;
+        }
+    }
+
+    #[must_use]
+    pub fn attached_count(&self) -> usize {
+        self.attached.len()
+    }
+
+    fn attach(&mut self, interface: &Interface) {
+        let mut attached = Attached { name: interface.name.clone(), links: Vec::new(), added_clsact: false };
+        for probe in self.probes.clone() {
+            match self.attach_probe(probe.as_ref(), interface, &mut attached) {
+                Ok(links) => {
+                    self.metrics.probe_attached.with_label_values(&[&interface.name, probe.name()]).set(1);
+                    attached.links.push((probe.name(), links));
+                }
+                Err(err) => {
+                    let failure = AttachFailure::from_errno(errno(&err));
+                    self.metrics.attach_errors.with_label_values(&[probe.name(), failure.label()]).inc();
+                    if failure == AttachFailure::InterfaceGone {
+                        tracing::debug!(interface = %interface.name, probe = probe.name(), "interface went away before attach: {err:#}");
+                    } else {
+                        tracing::warn!(interface = %interface.name, probe = probe.name(), reason = failure.label(), "attach failed: {err:#}");
+                    }
+                }
+            }
+        }
+        if attached.links.is_empty() && !attached.added_clsact {
+            return;
+        }
+        tracing::info!(interface = %interface.name, index = interface.index, mode = self.mode(), "attached");
+        self.names.insert(interface.index, &interface.name);
+        self.attached.insert(interface.index, attached);
+    }
+
+    /// Attaches all programs of one probe, or none: a failure detaches the ones before it.
+    fn attach_probe(
+        &mut self,
+        probe: &dyn InterfaceProbe,
+        interface: &Interface,
+        attached: &mut Attached,
+    ) -> Result<Vec<SchedClassifierLink>> {
+        let name = interface.name.as_str();
+        let mut links = Vec::new();
+        for program in probe.programs() {
+            let hook = hook(program.direction);
+            // A copy left by a daemon that was killed in netlink mode; NotFound is the norm.
+            let _ = tc::qdisc_detach_program(name, hook, program.function);
+            let options = if self.use_tcx {
+                // First in line, so the count includes packets a later program drops or redirects.
+                TcAttachOptions::TcxOrder(LinkOrder::first())
+            } else {
+                if !attached.added_clsact {
+                    attached.added_clsact = add_clsact(name)?;
+                }
+                TcAttachOptions::Netlink(NlOptions::default())
+            };
+            let classifier = classifier(&mut self.ebpf, program.function)?;
+            let id = classifier.attach_with_options(name, hook, options).with_context(|| {
+                format!("attaching {} to {name} ({:?})", program.function, program.direction)
+            })?;
+            links.push(classifier.take_link(id)?);
+        }
+        Ok(links)
+    }
+
+    /// Detaches everything on interface `index`; `exists` says whether it is still there
+    /// (shutdown, rename) or already gone (its attachments died with it).
+    async fn detach(&mut self, index: u32, exists: bool) {
+        let Some(attached) = self.attached.remove(&index) else { return };
+        self.names.remove(index);
+        for (probe, links) in attached.links {
+            drop(links);
+            let _ = self.metrics.probe_attached.remove_label_values(&[&attached.name, probe]);
+        }
+        if exists
+            && attached.added_clsact
+            && let Err(err) = self.remove_clsact_if_unused(index).await
+        {
+            tracing::warn!(interface = %attached.name, "could not check or remove the clsact qdisc cniguard added: {err:#}");
+        }
+        let names = self.names.clone();
+        for probe in &self.probes {
+            probe.retain_interfaces(&|i| names.contains(i));
+        }
+        tracing::info!(interface = %attached.name, index, gone = !exists, "detached");
+    }
+
+    /// Removes the clsact qdisc from `index` unless another filter still hangs on it.
+    async fn remove_clsact_if_unused(&self, index: u32) -> Result<()> {
+        let index = i32::try_from(index)?;
+        for parent in [
+            TcHandle { major: 0xffff, minor: TcHandle::MIN_INGRESS },
+            TcHandle { major: 0xffff, minor: TcHandle::MIN_EGRESS },
+        ] {
+            let mut request = self.netlink.traffic_filter(index).get();
+            request =
+                if parent.minor == TcHandle::MIN_INGRESS { request.ingress() } else { request.egress() };
+            let filters: Vec<_> = request.execute().try_collect().await?;
+            if !filters.is_empty() {
+                tracing::debug!(index, "leaving the clsact qdisc in place: other filters use it");
+                return Ok(());
+            }
+        }
+        let mut delete = self.netlink.qdisc().del(index);
+        delete.message_mut().header.parent = TcHandle { major: 0xffff, minor: 0xfff1 };
+        delete.message_mut().header.handle = TcHandle { major: 0xffff, minor: 0 };
+        delete.execute().await?;
+        Ok(())
+    }
+}
+
+fn hook(direction: Direction) -> TcAttachType {
+    match direction {
+        Direction::Ingress => TcAttachType::Ingress,
+        Direction::Egress => TcAttachType::Egress,
+    }
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, function: &str) -> Result<&'a mut SchedClassifier> {
+    let program =
+        ebpf.program_mut(function).with_context(|| format!("the eBPF object has no program {function}"))?;
+    Ok(program.try_into()?)
+}
+
+/// Adds a clsact qdisc; `Ok(false)` if the interface already had one.
+fn add_clsact(interface: &str) -> Result<bool> {
+    match tc::qdisc_add_clsact(interface) {
+        Ok(()) => Ok(true),
+        Err(tc::TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(err) => Err(anyhow::Error::from(err).context(format!("adding a clsact qdisc to {interface}"))),
+    }
+}
+
+/// The OS error number somewhere in `err`'s chain, if any.
+fn errno(err: &anyhow::Error) -> Option<i32> {
+    err.chain().find_map(|cause| {
+        cause.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error).or_else(|| {
+            cause.downcast_ref::<aya::sys::NetlinkError>().and_then(aya::sys::NetlinkError::raw_os_error)
+        })
+    })
+}

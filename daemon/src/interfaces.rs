@@ -1,0 +1,218 @@
+//! Which interfaces exist, which of them to watch, and the netlink notifications that say
+//! when they come and go.
+
+use std::io;
+
+use futures::channel::mpsc::UnboundedReceiver;
+use futures::{StreamExt as _, TryStreamExt as _};
+use globset::{Glob, GlobMatcher};
+use netlink_packet_core::NetlinkPayload;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{LinkAttribute, LinkInfo, LinkLayerType, LinkMessage};
+use netlink_sys::AsyncSocket as _;
+use rtnetlink::{Handle, MulticastGroup};
+
+/// A network interface of the daemon's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub index: u32,
+    pub name: String,
+    /// The driver kind netlink reports (`veth`, `bridge`, `vxlan`, ...). Physical NICs and
+    /// loopback report none.
+    pub kind: Option<String>,
+    pub loopback: bool,
+}
+
+impl Interface {
+    /// Loopback and physical NICs carry the node's own traffic, not the CNI's.
+    #[must_use]
+    pub fn is_host_device(&self) -> bool {
+        self.loopback || self.kind.is_none()
+    }
+
+    fn from_message(message: &LinkMessage) -> Option<Self> {
+        let mut name = None;
+        let mut kind = None;
+        for attribute in &message.attributes {
+            match attribute {
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    kind = infos.iter().find_map(|info| match info {
+                        LinkInfo::Kind(kind) => Some(kind.to_string()),
+                        _ => None,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Some(Self {
+            index: message.header.index,
+            name: name?,
+            kind,
+            loopback: message.header.link_layer_type == LinkLayerType::Loopback,
+        })
+    }
+}
+
+/// Interface name patterns from the configuration.
+///
+/// A wildcard never selects loopback or a physical NIC: those are attached only when a
+/// pattern names them exactly, so `*` cannot put a probe on the node's uplink by accident.
+#[derive(Debug, Clone)]
+pub struct InterfaceSelector {
+    patterns: Vec<NamePattern>,
+}
+
+#[derive(Debug, Clone)]
+struct NamePattern {
+    text: String,
+    matcher: GlobMatcher,
+    literal: bool,
+}
+
+impl InterfaceSelector {
+    /// # Errors
+    /// A one-line message naming the first invalid pattern and why it is invalid.
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Self, String> {
+        let patterns = patterns
+            .iter()
+            .map(|pattern| {
+                let text = pattern.as_ref();
+                if text.is_empty() {
+                    return Err("an empty interface pattern matches nothing; remove it".to_owned());
+                }
+                let glob = Glob::new(text)
+                    .map_err(|err| format!("invalid interface pattern `{text}`: {}", err.kind()))?;
+                Ok(NamePattern {
+                    text: text.to_owned(),
+                    matcher: glob.compile_matcher(),
+                    literal: !text.contains(['*', '?', '[', ']', '{', '}', '\\']),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { patterns })
+    }
+
+    #[must_use]
+    pub fn selects(&self, interface: &Interface) -> bool {
+        if interface.is_host_device() {
+            self.patterns.iter().any(|p| p.literal && p.text == interface.name)
+        } else {
+            self.patterns.iter().any(|p| p.matcher.is_match(&interface.name))
+        }
+    }
+
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.patterns.iter().map(|p| p.text.as_str())
+    }
+}
+
+/// What a link notification means for the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkChange {
+    /// The interface exists now, new or changed (renamed, brought up or down).
+    Present(Interface),
+    /// The interface with this index is gone (deleted, or moved to another namespace).
+    Gone(u32),
+}
+
+/// Netlink link notifications for the daemon's namespace, and full listings on demand.
+pub struct LinkWatcher {
+    handle: Handle,
+    notifications: UnboundedReceiver<(
+        netlink_packet_core::NetlinkMessage<RouteNetlinkMessage>,
+        netlink_sys::SocketAddr,
+    )>,
+}
+
+/// Room for a burst of notifications (interface churn) before the kernel drops some; the
+/// periodic listing repairs what is lost anyway.
+const NOTIFICATION_BUFFER_BYTES: usize = 4 << 20;
+
+impl LinkWatcher {
+    /// Subscribes to link notifications. Subscribe before listing, so that nothing that
+    /// happens in between is missed.
+    ///
+    /// # Errors
+    /// If the netlink socket cannot be opened (no `CAP_NET_ADMIN` is not needed for this, so
+    /// this only fails when the kernel is out of resources).
+    pub fn start() -> io::Result<Self> {
+        let (mut connection, handle, notifications) =
+            rtnetlink::new_multicast_connection(&[MulticastGroup::Link])?;
+        // A best effort: without it the default buffer still works, with more resyncs.
+        let _ = connection.socket_mut().socket_mut().set_rx_buf_sz(NOTIFICATION_BUFFER_BYTES);
+        tokio::spawn(connection);
+        Ok(Self { handle, notifications })
+    }
+
+    /// The netlink handle, for requests beyond links (qdiscs and filters).
+    #[must_use]
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Every interface of the namespace now.
+    ///
+    /// # Errors
+    /// If the kernel refuses the dump.
+    pub async fn list(&self) -> Result<Vec<Interface>, rtnetlink::Error> {
+        let mut links = self.handle.link().get().execute();
+        let mut interfaces = Vec::new();
+        while let Some(message) = links.try_next().await? {
+            interfaces.extend(Interface::from_message(&message));
+        }
+        Ok(interfaces)
+    }
+
+    /// The next change, or `None` once the notification stream has ended.
+    pub async fn next(&mut self) -> Option<LinkChange> {
+        loop {
+            let (message, _) = self.notifications.next().await?;
+            let NetlinkPayload::InnerMessage(message) = message.payload else {
+                continue;
+            };
+            match message {
+                RouteNetlinkMessage::NewLink(link) => {
+                    if let Some(interface) = Interface::from_message(&link) {
+                        return Some(LinkChange::Present(interface));
+                    }
+                }
+                RouteNetlinkMessage::DelLink(link) => return Some(LinkChange::Gone(link.header.index)),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interface(name: &str, kind: Option<&str>) -> Interface {
+        Interface { index: 7, name: name.into(), kind: kind.map(Into::into), loopback: name == "lo" }
+    }
+
+    #[test]
+    fn wildcards_select_cni_devices_only() {
+        let selector = InterfaceSelector::new(&["veth*", "cali*", "*"]).unwrap();
+        assert!(selector.selects(&interface("veth1a2b", Some("veth"))));
+        assert!(selector.selects(&interface("cali12ab", Some("veth"))));
+        assert!(!selector.selects(&interface("eth0", None)), "a wildcard must not pick a NIC");
+        assert!(!selector.selects(&interface("lo", None)), "a wildcard must not pick loopback");
+    }
+
+    #[test]
+    fn host_devices_need_their_exact_name() {
+        let selector = InterfaceSelector::new(&["lo", "ens3"]).unwrap();
+        assert!(selector.selects(&interface("lo", None)));
+        assert!(selector.selects(&interface("ens3", None)));
+        assert!(!selector.selects(&interface("ens4", None)));
+    }
+
+    #[test]
+    fn invalid_pattern_is_named() {
+        let err = InterfaceSelector::new(&["veth*", "cali[0-"]).unwrap_err();
+        assert!(err.starts_with("invalid interface pattern `cali[0-`"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+}

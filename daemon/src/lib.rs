@@ -1,0 +1,16 @@
+//! cniguard: eBPF network diagnostics for a Flannel to Calico CNI cutover.
+//!
+//! `probe-ebpf` holds the kernel side; this crate loads it (`ebpf`), wires each probe's maps
+//! to metrics (`probes`), follows interfaces (`interfaces`, `attach`) and serves the result
+//! (`server`). `daemon` ties them together for `cniguard run`; `preflight` is `cniguard check`.
+
+pub mod attach;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod ebpf;
+pub mod interfaces;
+pub mod metrics;
+pub mod preflight;
+pub mod probes;
+pub mod server;

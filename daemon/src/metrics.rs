@@ -1,0 +1,161 @@
+//! The daemon's Prometheus registry: its own health metrics, and helpers for the probes'
+//! collectors, which read eBPF maps at scrape time and emit families built here.
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Metrics about cniguard itself, updated as probes attach and detach.
+#[derive(Clone)]
+pub struct DaemonMetrics {
+    pub registry: Registry,
+    /// `cniguard_probe_attached{interface,probe}`: 1 while attached; the series goes away
+    /// with the interface.
+    pub probe_attached: IntGaugeVec,
+    /// `cniguard_probe_attach_errors_total{probe,reason}`, reason from [`AttachFailure`].
+    pub attach_errors: IntCounterVec,
+}
+
+impl DaemonMetrics {
+    /// # Panics
+    /// Only on a programming error: duplicate or malformed metric definitions.
+    #[must_use]
+    pub fn new(version: &str, kernel: &str) -> Self {
+        let registry = Registry::new();
+        let build_info = IntGaugeVec::new(
+            Opts::new("cniguard_build_info", "cniguard's version and the kernel it runs on (always 1)"),
+            &["version", "kernel"],
+        )
+        .expect("valid metric");
+        build_info.with_label_values(&[version, kernel]).set(1);
+        let probe_attached = IntGaugeVec::new(
+            Opts::new("cniguard_probe_attached", "1 while a probe is attached to an interface"),
+            &["interface", "probe"],
+        )
+        .expect("valid metric");
+        let attach_errors = IntCounterVec::new(
+            Opts::new("cniguard_probe_attach_errors_total", "Failed attempts to attach a probe, by cause"),
+            &["probe", "reason"],
+        )
+        .expect("valid metric");
+        for metric in [
+            Box::new(build_info) as Box<dyn Collector>,
+            Box::new(probe_attached.clone()),
+            Box::new(attach_errors.clone()),
+        ] {
+            registry.register(metric).expect("metric names are unique");
+        }
+        Self { registry, probe_attached, attach_errors }
+    }
+}
+
+/// Bounded causes for `cniguard_probe_attach_errors_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachFailure {
+    /// The interface disappeared between its announcement and the attach.
+    InterfaceGone,
+    PermissionDenied,
+    /// The kernel refused the program or attach type (too old, or a feature compiled out).
+    Unsupported,
+    /// Something else holds the attach point exclusively.
+    Busy,
+    Other,
+}
+
+impl AttachFailure {
+    #[must_use]
+    pub fn from_errno(errno: Option<i32>) -> Self {
+        match errno {
+            Some(libc::ENODEV | libc::ENOENT | libc::ENXIO) => Self::InterfaceGone,
+            Some(libc::EPERM | libc::EACCES) => Self::PermissionDenied,
+            Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => Self::Unsupported,
+            Some(libc::EEXIST | libc::EBUSY) => Self::Busy,
+            _ => Self::Other,
+        }
+    }
+
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::InterfaceGone => "interface_gone",
+            Self::PermissionDenied => "permission_denied",
+            Self::Unsupported => "unsupported",
+            Self::Busy => "busy",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// One metric family assembled at scrape time from values a collector read from a map.
+pub struct FamilyBuilder {
+    family: MetricFamily,
+    label_names: &'static [&'static str],
+}
+
+impl FamilyBuilder {
+    #[must_use]
+    pub fn counter(desc: &Desc, label_names: &'static [&'static str]) -> Self {
+        Self::new(desc, label_names, MetricType::COUNTER)
+    }
+
+    #[must_use]
+    pub fn gauge(desc: &Desc, label_names: &'static [&'static str]) -> Self {
+        Self::new(desc, label_names, MetricType::GAUGE)
+    }
+
+    fn new(desc: &Desc, label_names: &'static [&'static str], kind: MetricType) -> Self {
+        let mut family = MetricFamily::default();
+        family.set_name(desc.fq_name.clone());
+        family.set_help(desc.help.clone());
+        family.set_field_type(kind);
+        Self { family, label_names }
+    }
+
+    /// Adds a sample; `label_values` pairs with the builder's label names in order.
+    pub fn sample(&mut self, label_values: &[&str], value: f64) {
+        debug_assert_eq!(label_values.len(), self.label_names.len());
+        let labels = self
+            .label_names
+            .iter()
+            .zip(label_values)
+            .map(|(name, value)| {
+                let mut pair = LabelPair::default();
+                pair.set_name((*name).to_owned());
+                pair.set_value((*value).to_owned());
+                pair
+            })
+            .collect();
+        let mut metric = Metric::from_label(labels);
+        if self.family.get_field_type() == MetricType::COUNTER {
+            let mut counter = Counter::default();
+            counter.set_value(value);
+            metric.set_counter(counter);
+        } else {
+            let mut gauge = Gauge::default();
+            gauge.set_value(value);
+            metric.set_gauge(gauge);
+        }
+        self.family.mut_metric().push(metric);
+    }
+
+    /// The family, or nothing if no sample was added (the text format has no empty families).
+    #[must_use]
+    pub fn build(self) -> Option<MetricFamily> {
+        (!self.family.get_metric().is_empty()).then_some(self.family)
+    }
+}
+
+/// A metric description for a collector's `desc()`.
+///
+/// # Panics
+/// Only on a programming error: an invalid metric or label name.
+#[must_use]
+pub fn describe(name: &str, help: &str, label_names: &[&str]) -> Desc {
+    Desc::new(
+        name.to_owned(),
+        help.to_owned(),
+        label_names.iter().map(|l| (*l).to_owned()).collect(),
+        std::collections::HashMap::new(),
+    )
+    .expect("valid metric description")
+}

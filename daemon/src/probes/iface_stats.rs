@@ -1,0 +1,139 @@
+//! `iface_stats`: packets and bytes per interface, direction and protocol class.
+//!
+//! The classifiers count into a per-CPU hash map; this collector sums the CPUs at scrape
+//! time. Map values only grow while an interface lives, so the counters never go backwards;
+//! when the interface goes, its entries are deleted and its series disappear.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::{Context as _, Result};
+use aya::Ebpf;
+use aya::maps::{MapData, PerCpuHashMap};
+use probe_common::Direction;
+use probe_common::iface_stats::{IfaceCounters, IfaceKey, PacketCount, ProtocolClass};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+
+use super::{AttachedInterfaces, InterfaceProbe, TcProgram};
+use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+
+pub const NAME: &str = "iface_stats";
+
+const PROGRAMS: &[TcProgram] = &[
+    TcProgram { function: "iface_stats_ingress", direction: Direction::Ingress },
+    TcProgram { function: "iface_stats_egress", direction: Direction::Egress },
+];
+
+const LABELS: &[&str] = &["interface", "direction", "protocol"];
+
+type CountersMap = PerCpuHashMap<MapData, IfaceKey, IfaceCounters>;
+
+pub struct IfaceStats {
+    counters: Mutex<CountersMap>,
+    attached: AttachedInterfaces,
+}
+
+impl IfaceStats {
+    /// Takes the `IFACE_STATS` map and registers the collector.
+    ///
+    /// # Errors
+    /// If the map is missing or of another type (an eBPF object from another build).
+    pub fn register(
+        ebpf: &mut Ebpf,
+        attached: &AttachedInterfaces,
+        metrics: &DaemonMetrics,
+    ) -> Result<Arc<dyn InterfaceProbe>> {
+        let map = ebpf.take_map("IFACE_STATS").context("the eBPF object has no IFACE_STATS map")?;
+        let probe =
+            Arc::new(Self { counters: Mutex::new(CountersMap::try_from(map)?), attached: attached.clone() });
+        metrics.registry.register(Box::new(IfaceStatsCollector::new(probe.clone())))?;
+        Ok(probe)
+    }
+
+    /// Sums every CPU's counts, per interface name, direction and class.
+    fn totals(&self) -> Vec<(String, Direction, ProtocolClass, PacketCount)> {
+        let counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut totals = Vec::new();
+        for entry in counters.iter() {
+            let Ok((key, per_cpu)) = entry else { continue };
+            let (Some(name), Some(direction)) =
+                (self.attached.name(key.ifindex), Direction::from_u32(key.direction))
+            else {
+                continue;
+            };
+            for class in ProtocolClass::ALL {
+                let mut sum = PacketCount::default();
+                for cpu in per_cpu.iter() {
+                    let count = cpu.by_class[class as usize];
+                    sum.packets += count.packets;
+                    sum.bytes += count.bytes;
+                }
+                if sum.packets > 0 {
+                    totals.push((name.clone(), direction, class, sum));
+                }
+            }
+        }
+        totals
+    }
+}
+
+impl InterfaceProbe for IfaceStats {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn programs(&self) -> &'static [TcProgram] {
+        PROGRAMS
+    }
+
+    fn retain_interfaces(&self, keep: &dyn Fn(u32) -> bool) {
+        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale: Vec<IfaceKey> =
+            counters.keys().filter_map(Result::ok).filter(|key| !keep(key.ifindex)).collect();
+        for key in stale {
+            // Already gone is fine: a concurrent delete, or a re-created entry deleted twice.
+            let _ = counters.remove(&key);
+        }
+    }
+}
+
+struct IfaceStatsCollector {
+    probe: Arc<IfaceStats>,
+    packets: Desc,
+    bytes: Desc,
+}
+
+impl IfaceStatsCollector {
+    fn new(probe: Arc<IfaceStats>) -> Self {
+        Self {
+            probe,
+            packets: describe(
+                "cniguard_interface_packets_total",
+                "Packets seen at the tc hook of an interface, by direction and protocol class",
+                LABELS,
+            ),
+            bytes: describe(
+                "cniguard_interface_bytes_total",
+                "Frame bytes (Ethernet header included, as in `ip -s link`) seen at the tc hook",
+                LABELS,
+            ),
+        }
+    }
+}
+
+impl Collector for IfaceStatsCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.packets, &self.bytes]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut packets = FamilyBuilder::counter(&self.packets, LABELS);
+        let mut bytes = FamilyBuilder::counter(&self.bytes, LABELS);
+        for (interface, direction, class, count) in self.probe.totals() {
+            let labels = [interface.as_str(), direction.label(), class.label()];
+            packets.sample(&labels, count.packets as f64);
+            bytes.sample(&labels, count.bytes as f64);
+        }
+        [packets.build(), bytes.build()].into_iter().flatten().collect()
+    }
+}

@@ -1,0 +1,57 @@
+//! The HTTP endpoints: `/metrics` (Prometheus text format), `/healthz`, `/readyz`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{Encoder as _, Registry, TextEncoder};
+use tokio::net::TcpListener;
+
+#[derive(Clone)]
+pub struct Endpoints {
+    pub registry: Registry,
+    /// Set once the eBPF programs are loaded and the first attach pass is done.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Serves until `shutdown` completes.
+///
+/// # Errors
+/// If accepting connections fails.
+pub async fn serve(
+    listener: TcpListener,
+    endpoints: Endpoints,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(endpoints);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+async fn metrics(State(endpoints): State<Endpoints>) -> impl IntoResponse {
+    let encoder = TextEncoder::new();
+    let mut body = Vec::new();
+    match encoder.encode(&endpoints.registry.gather(), &mut body) {
+        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, encoder.format_type().to_owned())], body),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain".to_owned())],
+            format!("encoding metrics failed: {err}\n").into_bytes(),
+        ),
+    }
+}
+
+async fn readyz(State(endpoints): State<Endpoints>) -> (StatusCode, &'static str) {
+    if endpoints.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading eBPF programs\n")
+    }
+}

@@ -1,0 +1,101 @@
+//! `iface_stats`: packets and bytes per interface, direction and protocol class.
+
+use crate::{Direction, assert_size, impl_pod};
+
+/// Map key: one entry per attached interface and direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IfaceKey {
+    /// The interface index in the daemon's network namespace (`__sk_buff.ifindex`).
+    pub ifindex: u32,
+    /// A [`Direction`] as `u32`, which keeps the key free of padding.
+    pub direction: u32,
+}
+
+impl IfaceKey {
+    #[must_use]
+    pub const fn new(ifindex: u32, direction: Direction) -> Self {
+        Self { ifindex, direction: direction as u32 }
+    }
+}
+
+/// A packet and byte count. Bytes are `skb->len` at the tc hook: whole frames including the
+/// Ethernet header, as the kernel's own interface counters (`ip -s link`) count them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketCount {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Map value: one [`PacketCount`] per [`ProtocolClass`], indexed by the class number, so a
+/// packet costs one map lookup whatever its protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceCounters {
+    pub by_class: [PacketCount; ProtocolClass::COUNT],
+}
+
+/// What a classifier makes of a frame's protocols.
+///
+/// `Malformed` is a frame whose headers contradict themselves or end early (a truncated
+/// header, IPv4 IHL below 5, a total length longer than the frame): it is counted, never
+/// dropped and never guessed at.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProtocolClass {
+    Ipv4Tcp = 0,
+    Ipv4Udp = 1,
+    Ipv4Icmp = 2,
+    Ipv4Other = 3,
+    Ipv6Tcp = 4,
+    Ipv6Udp = 5,
+    Ipv6Icmp = 6,
+    Ipv6Other = 7,
+    Arp = 8,
+    Other = 9,
+    Malformed = 10,
+}
+
+impl ProtocolClass {
+    pub const COUNT: usize = 11;
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::Ipv4Tcp,
+        Self::Ipv4Udp,
+        Self::Ipv4Icmp,
+        Self::Ipv4Other,
+        Self::Ipv6Tcp,
+        Self::Ipv6Udp,
+        Self::Ipv6Icmp,
+        Self::Ipv6Other,
+        Self::Arp,
+        Self::Other,
+        Self::Malformed,
+    ];
+
+    /// The `protocol` label value.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Ipv4Tcp => "ipv4_tcp",
+            Self::Ipv4Udp => "ipv4_udp",
+            Self::Ipv4Icmp => "ipv4_icmp",
+            Self::Ipv4Other => "ipv4_other",
+            Self::Ipv6Tcp => "ipv6_tcp",
+            Self::Ipv6Udp => "ipv6_udp",
+            Self::Ipv6Icmp => "ipv6_icmp",
+            Self::Ipv6Other => "ipv6_other",
+            Self::Arp => "arp",
+            Self::Other => "other",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+/// Capacity of the `IFACE_STATS` map: interfaces times two directions.
+pub const IFACE_STATS_MAX_ENTRIES: u32 = 8192;
+
+assert_size!(IfaceKey, 8);
+assert_size!(PacketCount, 16);
+assert_size!(IfaceCounters, 16 * ProtocolClass::COUNT);
+impl_pod!(IfaceKey, PacketCount, IfaceCounters);
