@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
 use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use futures::TryStreamExt as _;
 use netlink_packet_route::tc::TcHandle;
 use probe_common::Direction;
@@ -24,6 +24,9 @@ use crate::interfaces::{Interface, InterfaceSelector, LinkChange};
 use crate::metrics::{AttachFailure, DaemonMetrics};
 use crate::preflight::{Kernel, TCX_KERNEL};
 use crate::probes::{AttachedInterfaces, InterfaceProbe};
+
+/// The tc filter priority cniguard asks for in netlink mode: the first to run.
+const FIRST_FILTER_PRIORITY: u16 = 1;
 
 /// The probes attached to one interface.
 struct Attached {
@@ -182,19 +185,27 @@ impl Attachments {
             let hook = hook(program.direction);
             // A copy left by a daemon that was killed in netlink mode; NotFound is the norm.
             let _ = tc::qdisc_detach_program(name, hook, program.function);
-            let options = if self.use_tcx {
-                // First in line, so the count includes packets a later program drops or redirects.
-                TcAttachOptions::TcxOrder(LinkOrder::first())
-            } else {
-                if !attached.added_clsact {
-                    attached.added_clsact = add_clsact(name)?;
-                }
-                TcAttachOptions::Netlink(NlOptions::default())
-            };
+            if !self.use_tcx && !attached.added_clsact {
+                attached.added_clsact = add_clsact(name)?;
+            }
             let classifier = classifier(&mut self.ebpf, program.function)?;
-            let id = classifier.attach_with_options(name, hook, options).with_context(|| {
-                format!("attaching {} to {name} ({:?})", program.function, program.direction)
-            })?;
+            let id = if self.use_tcx {
+                // First in line, so the count includes packets a later program drops or redirects.
+                classifier.attach_with_options(name, hook, TcAttachOptions::TcxOrder(LinkOrder::first()))
+            } else {
+                // The same for filters: a filter before ours that ends classification (any
+                // classifier without `action continue`) would hide every packet from us.
+                let first = NlOptions { priority: FIRST_FILTER_PRIORITY, ..NlOptions::default() };
+                classifier.attach_with_options(name, hook, TcAttachOptions::Netlink(first)).or_else(|err| {
+                    // That priority holds a filter of another kind: take one the kernel picks.
+                    tracing::debug!(
+                        interface = name,
+                        "tc priority {FIRST_FILTER_PRIORITY} is taken ({err}); letting the kernel choose"
+                    );
+                    classifier.attach_with_options(name, hook, TcAttachOptions::Netlink(NlOptions::default()))
+                })
+            }
+            .with_context(|| format!("attaching {} to {name} ({:?})", program.function, program.direction))?;
             links.push(classifier.take_link(id)?);
         }
         Ok(links)
@@ -269,10 +280,31 @@ fn add_clsact(interface: &str) -> Result<bool> {
 }
 
 /// The OS error number somewhere in `err`'s chain, if any.
+///
+/// aya's errors are `#[error(transparent)]` wrappers, which hide the wrapped error from the
+/// source chain: look inside them.
 fn errno(err: &anyhow::Error) -> Option<i32> {
     err.chain().find_map(|cause| {
-        cause.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error).or_else(|| {
-            cause.downcast_ref::<aya::sys::NetlinkError>().and_then(aya::sys::NetlinkError::raw_os_error)
-        })
+        if let Some(err) = cause.downcast_ref::<std::io::Error>() {
+            err.raw_os_error()
+        } else if let Some(err) = cause.downcast_ref::<ProgramError>() {
+            match err {
+                ProgramError::SyscallError(err) => err.io_error.raw_os_error(),
+                ProgramError::LoadError { io_error, .. } => io_error.raw_os_error(),
+                ProgramError::TcError(err) => tc_errno(err),
+                ProgramError::UnknownInterface { .. } => Some(libc::ENODEV),
+                _ => None,
+            }
+        } else {
+            cause.downcast_ref::<tc::TcError>().and_then(tc_errno)
+        }
     })
+}
+
+fn tc_errno(err: &tc::TcError) -> Option<i32> {
+    match err {
+        tc::TcError::NetlinkError(err) => err.raw_os_error(),
+        tc::TcError::IoError(err) => err.raw_os_error(),
+        _ => None,
+    }
 }

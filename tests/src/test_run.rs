@@ -1,0 +1,82 @@
+//! Feeding crafted packets to cniguard's classifiers through BPF_PROG_TEST_RUN, and reading
+//! what they counted.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use aya::maps::PerCpuHashMap;
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use aya::{Ebpf, EbpfLoader};
+use probe_common::Direction;
+use probe_common::iface_stats::{IfaceCounters, IfaceKey, PacketCount};
+
+/// The verdict every cniguard classifier returns: `TC_ACT_UNSPEC`, "carry on as if this
+/// program were not here".
+pub const PASS_THROUGH: u32 = (-1_i32).cast_unsigned();
+
+/// BPF_PROG_TEST_RUN hands the program an skb on the loopback device of the calling
+/// thread's namespace, whose index is always 1.
+pub const TEST_RUN_IFINDEX: u32 = 1;
+
+/// cniguard's eBPF object with some of its classifiers loaded (not attached anywhere).
+pub struct Classifiers {
+    ebpf: Ebpf,
+}
+
+impl Classifiers {
+    /// # Errors
+    /// If the object or a program does not load.
+    pub fn load(programs: &[&str]) -> Result<Self> {
+        let silent = 0_u8;
+        let mut ebpf =
+            EbpfLoader::new().override_global("AYA_LOG_LEVEL", &silent, true).load(cniguard::ebpf::OBJECT)?;
+        for name in programs {
+            classifier(&mut ebpf, name)?.load().with_context(|| format!("loading {name}"))?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    /// Runs `program` once on `packet` and returns its verdict.
+    ///
+    /// # Errors
+    /// If the kernel refuses the run (e.g. a packet shorter than an Ethernet header).
+    pub fn run(&mut self, program: &str, packet: &[u8]) -> Result<u32> {
+        let options = TestRunOptions { data_in: Some(packet), ..TestRunOptions::default() };
+        Ok(classifier(&mut self.ebpf, program)?.test_run(options)?.return_value)
+    }
+
+    /// Runs `program` `repeat` times on `packet` in the kernel and returns the kernel's
+    /// average time per run.
+    ///
+    /// # Errors
+    /// If the kernel refuses the run, or the verdict is not pass-through.
+    pub fn time(&mut self, program: &str, packet: &[u8], repeat: u32) -> Result<Duration> {
+        let options = TestRunOptions { data_in: Some(packet), repeat, ..TestRunOptions::default() };
+        let result = classifier(&mut self.ebpf, program)?.test_run(options)?;
+        ensure!(result.return_value == PASS_THROUGH, "{program} returned {}", result.return_value);
+        Ok(result.duration)
+    }
+
+    /// The `iface_stats` counts for `ifindex` and `direction`, summed over CPUs.
+    ///
+    /// # Errors
+    /// If the map cannot be read.
+    pub fn iface_counters(&self, ifindex: u32, direction: Direction) -> Result<IfaceCounters> {
+        let map = self.ebpf.map("IFACE_STATS").context("no IFACE_STATS map")?;
+        let map: PerCpuHashMap<_, IfaceKey, IfaceCounters> = PerCpuHashMap::try_from(map)?;
+        let mut total = IfaceCounters::default();
+        if let Ok(per_cpu) = map.get(&IfaceKey::new(ifindex, direction), 0) {
+            for cpu in per_cpu.iter() {
+                for (sum, count) in total.by_class.iter_mut().zip(cpu.by_class) {
+                    *sum =
+                        PacketCount { packets: sum.packets + count.packets, bytes: sum.bytes + count.bytes };
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    Ok(ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?)
+}
