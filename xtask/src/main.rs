@@ -1,6 +1,9 @@
 //! Project automation for cniguard: `cargo xtask <command>` (see the README).
 
+mod bench;
+mod checks;
 mod cmd;
+mod run;
 mod setup;
 
 use anyhow::Result;
@@ -17,10 +20,22 @@ struct Cli {
 enum Task {
     /// Install what building and testing need (apt packages, bpf-linker, eBPF toolchain).
     Setup(setup::SetupArgs),
+    /// Everything CI runs: setup, rustfmt, clippy, every test on the real kernel.
+    Test,
+    /// Build cniguard and run it on this host (arguments go to `cniguard run`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Per-packet cost of the classifiers next to an empty one (BPF_PROG_TEST_RUN).
+    Bench,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Setup(args) => setup::run(&args),
+        Task::Test => checks::run(),
+        Task::Run { args } => run::run(&args),
+        Task::Bench => bench::run(),
     }
 }

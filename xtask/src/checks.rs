@@ -1,0 +1,37 @@
+//! `cargo xtask test`: everything CI runs, in the order a failure is cheapest to read.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::{cmd, setup};
+
+/// Namespace prefixes of the tests and the lab: anything left under them after a run is a
+/// leak, and a leak fails the run.
+pub const LEFTOVER_PREFIXES: &[&str] = &["cgt-", "cglab-"];
+
+pub fn run() -> Result<()> {
+    setup::run(&setup::SetupArgs { build_only: false })?;
+    cmd::run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    cmd::run(Command::new("cargo").args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    let ci = std::env::var("CI").unwrap_or_default();
+    println!("test: CI={ci:?} (with CI=true a test that cannot run fails instead of skipping)");
+    // Tests build the daemon binary next to themselves (`cargo test --workspace`).
+    cmd::run(Command::new("cargo").args(["test", "--workspace"]))?;
+    let leftovers = leftover_namespaces();
+    if !leftovers.is_empty() {
+        bail!("tests left namespaces behind: {}", leftovers.join(" "));
+    }
+    println!("test: all passed, nothing left behind");
+    Ok(())
+}
+
+/// Namespaces under the test and lab prefixes that exist now.
+pub fn leftover_namespaces() -> Vec<String> {
+    let list = cmd::output(Command::new("ip").args(["netns", "list"])).unwrap_or_default();
+    list.lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| LEFTOVER_PREFIXES.iter().any(|prefix| name.starts_with(prefix)))
+        .map(str::to_owned)
+        .collect()
+}
