@@ -1,15 +1,6 @@
-//! The harness for cniguard's tests on the real kernel.
-//!
-//! Everything a test creates lives in network namespaces with a unique name prefix
-//! ([`names`]) and is removed by a drop guard, also when the test panics: namespaces
-//! ([`netns::NetNs`]), daemon processes ([`daemon::Daemon`]). Nothing is created in, attached
-//! to or sent through the root namespace.
+//! What cniguard's tests on the real kernel add to the lab's harness (`cniguard-lab`):
+//! BPF_PROG_TEST_RUN of the classifiers, and reading what is attached at tc hooks.
 
-pub mod daemon;
-pub mod exposition;
-pub mod names;
-pub mod netns;
-pub mod privileges;
+pub mod lab_support;
 pub mod tc;
 pub mod test_run;
-pub mod traffic;

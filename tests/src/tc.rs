@@ -3,7 +3,7 @@
 use anyhow::Result;
 use aya::programs::{SchedClassifier, TcAttachType};
 
-use crate::netns::NetNs;
+use cniguard_lab::netns::NetNs;
 
 /// The tc hook of a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,10 +2,10 @@
 //! restart, crash and SIGTERM; a restart never stacks a second copy of its programs; what
 //! it added it removes, and nothing else.
 
-use cniguard_tests::daemon::Daemon;
-use cniguard_tests::netns::QuietLink;
+use cniguard_lab::cniguard::Daemon;
+use cniguard_lab::netns::QuietLink;
+use cniguard_lab::{require_root, traffic};
 use cniguard_tests::tc::{self, Hook};
-use cniguard_tests::{require_root, traffic};
 
 const DEVICE: &str = "veth-co0";
 

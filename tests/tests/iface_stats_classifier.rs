@@ -9,8 +9,8 @@ use etherparse::{
 use probe_common::Direction;
 use probe_common::iface_stats::{IfaceCounters, ProtocolClass};
 
-use cniguard_tests::netns::NetNs;
-use cniguard_tests::require_root;
+use cniguard_lab::netns::NetNs;
+use cniguard_lab::require_root;
 use cniguard_tests::test_run::{Classifiers, PASS_THROUGH, TEST_RUN_IFINDEX};
 
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];

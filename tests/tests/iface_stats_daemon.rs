@@ -3,10 +3,10 @@
 
 use std::process::{Command, Stdio};
 
-use cniguard_tests::daemon::Daemon;
-use cniguard_tests::exposition::Scrape;
-use cniguard_tests::netns::QuietLink;
-use cniguard_tests::{require_root, traffic};
+use cniguard_lab::cniguard::Daemon;
+use cniguard_lab::exposition::Scrape;
+use cniguard_lab::netns::QuietLink;
+use cniguard_lab::{require_root, traffic};
 
 const PACKETS: &str = "cniguard_interface_packets_total";
 const BYTES: &str = "cniguard_interface_bytes_total";

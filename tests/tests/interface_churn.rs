@@ -2,10 +2,10 @@
 //! Every one is attached and later detached; afterwards nothing of cniguard's is left and
 //! the daemon holds exactly the file descriptors it started with.
 
-use cniguard_tests::daemon::Daemon;
-use cniguard_tests::exposition::Scrape;
-use cniguard_tests::netns::NetNs;
-use cniguard_tests::require_root;
+use cniguard_lab::cniguard::Daemon;
+use cniguard_lab::exposition::Scrape;
+use cniguard_lab::netns::NetNs;
+use cniguard_lab::require_root;
 use cniguard_tests::tc::{self, Hook};
 
 const PAIRS: usize = 50;

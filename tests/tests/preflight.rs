@@ -3,9 +3,13 @@
 
 use std::process::Command;
 
-use cniguard_tests::daemon::binary;
-use cniguard_tests::netns::NetNs;
-use cniguard_tests::require_root;
+use cniguard_lab::binaries::Binaries;
+use cniguard_lab::netns::NetNs;
+use cniguard_lab::require_root;
+
+fn binary() -> std::path::PathBuf {
+    Binaries::beside_test_executable().cniguard
+}
 
 /// Runs `cniguard <args>` without CAP_BPF and CAP_SYS_ADMIN (the fallback that would
 /// cover it): dropped from the bounding set, so root's exec cannot regain them.

@@ -3,6 +3,8 @@
 mod bench;
 mod checks;
 mod cmd;
+mod demo;
+mod lab;
 mod run;
 mod setup;
 
@@ -29,6 +31,11 @@ enum Task {
     },
     /// Per-packet cost of the classifiers next to an empty one (BPF_PROG_TEST_RUN).
     Bench,
+    /// The migration lab: a K3s-like cluster in namespaces, cut over from Flannel to Calico.
+    Lab {
+        #[command(subcommand)]
+        command: lab::LabCommand,
+    },
 }
 
 fn main() -> Result<()> {
@@ -37,5 +44,6 @@ fn main() -> Result<()> {
         Task::Test => checks::run(),
         Task::Run { args } => run::run(&args),
         Task::Bench => bench::run(),
+        Task::Lab { command } => lab::run(command),
     }
 }

@@ -25,7 +25,10 @@ pub const BPF_TOOLCHAIN: &str = "cniguard-bpf";
 /// Debian packages the integration tests and the lab run as real peers, and why.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip and tc: network namespaces, veth pairs, qdiscs and filters"),
-    ("prometheus", "promtool, to check the /metrics output"),
+    ("prometheus", "promtool, and the lab's Prometheus"),
+    ("bird2", "the BGP daemon Calico runs, for the lab's BGP sessions"),
+    ("dnsmasq", "the lab's cluster DNS server"),
+    ("nftables", "the lab's injected faults (dropping VXLAN, blocking a port)"),
 ];
 
 /// Debian packages that hold a compiler able to build `core` for the BPF target.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use cniguard_tests::netns::NetNs;
+use cniguard_lab::netns::NetNs;
 use cniguard_tests::test_run::Classifiers;
 use etherparse::{PacketBuilder, VlanId};
 

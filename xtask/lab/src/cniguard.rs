@@ -1,8 +1,8 @@
-//! The real `cniguard` binary, started inside a test namespace as a drop guard.
+//! The real `cniguard` binary in a namespace: its HTTP endpoint, and a drop guard that
+//! runs it for a test.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::binaries::Binaries;
 use crate::exposition::Scrape;
 use crate::netns::NetNs;
 
@@ -17,32 +18,60 @@ use crate::netns::NetNs;
 /// ready). Generous on purpose: it bounds a hang, it does not measure speed.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// Where the `cniguard` binary is: `CNIGUARD_BIN`, else next to the test executable
-/// (`cargo test --workspace` builds it there, because `daemon/tests` needs it too).
-///
-/// # Panics
-/// If it is not there.
-#[must_use]
-pub fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("CNIGUARD_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let binary = dir.join("cniguard");
-    assert!(
-        binary.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace` (or `cargo xtask test`), or set CNIGUARD_BIN",
-        binary.display()
-    );
-    binary
+/// A cniguard's HTTP endpoint, reached from inside its namespace.
+pub struct Endpoint {
+    pub netns: NetNs,
+    pub address: SocketAddr,
 }
 
-/// A running `cniguard run`; stopped with SIGTERM (then SIGKILL) on drop.
+impl Endpoint {
+    /// # Errors
+    /// If the connection fails or the answer is not HTTP.
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        self.netns.http_get(self.address, path)
+    }
+
+    /// Scrapes and parses `/metrics`.
+    ///
+    /// # Errors
+    /// If the request fails or does not answer 200.
+    pub fn scrape(&self) -> Result<Scrape> {
+        let (status, body) = self.get("/metrics")?;
+        if status != 200 {
+            bail!("/metrics answered {status}: {body}");
+        }
+        Ok(Scrape::parse(&body))
+    }
+
+    /// Whether `/readyz` answers 200 now.
+    #[must_use]
+    pub fn ready(&self) -> bool {
+        matches!(self.get("/readyz"), Ok((200, _)))
+    }
+
+    /// Scrapes until `done` holds, and returns that scrape.
+    ///
+    /// # Errors
+    /// If it does not hold within [`PATIENCE`]; the error shows the last scrape.
+    pub fn wait_for(&self, what: &str, done: impl Fn(&Scrape) -> bool) -> Result<Scrape> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let scrape = self.scrape()?;
+            if done(&scrape) {
+                return Ok(scrape);
+            }
+            if Instant::now() > deadline {
+                bail!("{what}: not reached within {PATIENCE:?}\nlast scrape:\n{}", scrape.text);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A `cniguard run` started for a test; stopped with SIGTERM (then SIGKILL) on drop.
 pub struct Daemon {
     child: Option<Child>,
-    netns: PathBuf,
-    listen: SocketAddr,
+    endpoint: Endpoint,
     log: PathBuf,
 }
 
@@ -63,18 +92,22 @@ impl Daemon {
     /// # Errors
     /// If the process cannot be started.
     pub fn spawn(ns: &NetNs, args: &[&str]) -> Result<Self> {
-        let listen: SocketAddr = "127.0.0.1:9464".parse()?;
+        let address: SocketAddr = "127.0.0.1:9464".parse()?;
         let log = std::env::temp_dir().join(format!("{}.log", crate::names::unique("daemon")));
         let log_file = std::fs::File::create(&log)?;
-        let mut command = ns.command(binary())?;
-        command.arg("run").args(["--listen", &listen.to_string()]).args(args);
+        let mut command = ns.command(Binaries::beside_test_executable().cniguard)?;
+        command.arg("run").args(["--listen", &address.to_string()]).args(args);
         command
             .env("RUST_LOG", "cniguard=debug,info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
         let child = command.spawn().context("starting cniguard")?;
-        Ok(Self { child: Some(child), netns: ns.path(), listen, log })
+        Ok(Self {
+            child: Some(child),
+            endpoint: Endpoint { netns: NetNs::existing(ns.name()), address },
+            log,
+        })
     }
 
     #[must_use]
@@ -94,65 +127,28 @@ impl Daemon {
     /// If the daemon exits first or is not ready within [`PATIENCE`].
     pub fn wait_ready(&self) -> Result<()> {
         let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Ok((200, _)) = self.get("/readyz") {
-                return Ok(());
+        while !self.endpoint.ready() {
+            if !crate::process::alive(self.pid()) {
+                bail!("cniguard exited; log:\n{}", self.log());
             }
-            self.check_running()?;
             if Instant::now() > deadline {
                 bail!("cniguard not ready after {PATIENCE:?}; log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-
-    fn check_running(&self) -> Result<()> {
-        let pid = Pid::from_raw(i32::try_from(self.pid())?);
-        if kill(pid, None).is_err()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
-        {
-            bail!("cniguard exited; log:\n{}", self.log());
-        }
         Ok(())
     }
 
-    /// An HTTP GET on the daemon's listen address, from inside its namespace.
-    ///
     /// # Errors
     /// If the connection fails or the answer is not HTTP.
     pub fn get(&self, path: &str) -> Result<(u16, String)> {
-        let (netns, listen) = (self.netns.clone(), self.listen);
-        let raw = std::thread::scope(|scope| {
-            scope
-                .spawn(move || -> Result<String> {
-                    let file = std::fs::File::open(&netns)?;
-                    nix::sched::setns(std::os::fd::AsFd::as_fd(&file), nix::sched::CloneFlags::CLONE_NEWNET)?;
-                    let mut stream = TcpStream::connect_timeout(&listen, Duration::from_secs(5))?;
-                    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-                    // HTTP/1.0: the server closes after one response and never chunks it.
-                    write!(stream, "GET {path} HTTP/1.0\r\nHost: cniguard\r\n\r\n")?;
-                    let mut raw = String::new();
-                    stream.read_to_string(&mut raw)?;
-                    Ok(raw)
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("HTTP client thread panicked"))?
-        })?;
-        let (head, body) = raw.split_once("\r\n\r\n").context("no end of headers in the response")?;
-        let status = head.split_whitespace().nth(1).context("no status line")?.parse()?;
-        Ok((status, body.to_owned()))
+        self.endpoint.get(path)
     }
 
-    /// Scrapes and parses `/metrics`.
-    ///
     /// # Errors
     /// If the request fails or does not answer 200.
     pub fn scrape(&self) -> Result<Scrape> {
-        let (status, body) = self.get("/metrics")?;
-        if status != 200 {
-            bail!("/metrics answered {status}: {body}");
-        }
-        Ok(Scrape::parse(&body))
+        self.endpoint.scrape()
     }
 
     /// Scrapes until `done` holds, and returns that scrape.
@@ -160,21 +156,7 @@ impl Daemon {
     /// # Errors
     /// If it does not hold within [`PATIENCE`]; the error shows the last scrape and the log.
     pub fn wait_for(&self, what: &str, done: impl Fn(&Scrape) -> bool) -> Result<Scrape> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let scrape = self.scrape()?;
-            if done(&scrape) {
-                return Ok(scrape);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{what}: not reached within {PATIENCE:?}\nlast scrape:\n{}\nlog:\n{}",
-                    scrape.text,
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.endpoint.wait_for(what, done).map_err(|err| err.context(format!("log:\n{}", self.log())))
     }
 
     /// The number of file descriptors the daemon holds open, TCP sockets left out: the

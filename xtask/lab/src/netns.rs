@@ -17,21 +17,57 @@ use crate::names;
 /// so that the only packets on its interfaces are the ones the test sends.
 pub struct NetNs {
     name: String,
+    /// Whether dropping this handle deletes the namespace.
+    guard: bool,
 }
 
 impl NetNs {
-    /// Creates `cgt-<pid>-<n>-<role>`.
+    /// Creates `cgt-<pid>-<n>-<role>`, deleted when the handle drops.
     ///
     /// # Errors
     /// If `ip netns add` fails (not root, or no namespace support).
     pub fn new(role: &str) -> Result<Self> {
-        let ns = Self { name: names::unique(role) };
-        run(Command::new("ip").args(["netns", "add", &ns.name]))?;
+        Self::create(&names::unique(role), true)
+    }
+
+    /// Creates the namespace `name`; with `guard`, dropping the handle deletes it.
+    ///
+    /// # Errors
+    /// If `ip netns add` fails (it exists already, not root, or no namespace support).
+    pub fn create(name: &str, guard: bool) -> Result<Self> {
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        let ns = Self { name: name.to_owned(), guard };
         for key in ["net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"] {
             ns.sysctl(key, "1")?;
         }
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// A handle on an existing namespace that leaves it in place when dropped.
+    #[must_use]
+    pub fn existing(name: &str) -> Self {
+        Self { name: name.to_owned(), guard: false }
+    }
+
+    /// Whether a namespace called `name` exists.
+    #[must_use]
+    pub fn exists(name: &str) -> bool {
+        PathBuf::from("/var/run/netns").join(name).exists()
+    }
+
+    /// Deletes the namespace now, killing whatever still runs in it.
+    pub fn delete(name: &str) {
+        if let Ok(pids) = run(Command::new("ip").args(["netns", "pids", name])) {
+            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            }
+        }
+        if Self::exists(name)
+            && let Err(err) = run(Command::new("ip").args(["netns", "del", name]))
+        {
+            eprintln!("cleanup: could not delete namespace {name}: {err:#}");
+        }
     }
 
     #[must_use]
@@ -60,6 +96,14 @@ impl NetNs {
         run(Command::new("tc").args(["-n", &self.name]).args(args))
     }
 
+    /// `bridge -n <ns> <args>`; returns stdout.
+    ///
+    /// # Errors
+    /// If the command fails; the error carries its stderr.
+    pub fn bridge(&self, args: &[&str]) -> Result<String> {
+        run(Command::new("bridge").args(["-n", &self.name]).args(args))
+    }
+
     /// Sets a sysctl of this namespace.
     ///
     /// # Errors
@@ -77,19 +121,37 @@ impl NetNs {
     }
 
     /// A command that runs `program` inside this namespace (entered between fork and exec,
-    /// without `ip netns exec`'s private /sys, so bpffs and tracefs stay visible).
+    /// without `ip netns exec`'s private /sys, so bpffs and tracefs stay visible). The
+    /// process is killed if the thread that started it exits: a test that dies takes its
+    /// processes along.
     ///
     /// # Errors
     /// If the namespace file cannot be opened.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        self.command_with(program, true)
+    }
+
+    /// Like [`Self::command`], but the process outlives its starter, in a session of its
+    /// own: for `cargo xtask lab up`, whose processes run until `lab down`.
+    ///
+    /// # Errors
+    /// If the namespace file cannot be opened.
+    pub fn detached_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        self.command_with(program, false)
+    }
+
+    fn command_with(&self, program: impl AsRef<std::ffi::OsStr>, die_with_parent: bool) -> Result<Command> {
         let file = File::open(self.path()).with_context(|| format!("opening {}", self.path().display()))?;
         let mut command = Command::new(program);
-        // SAFETY: only async-signal-safe calls (setns, prctl) between fork and exec.
+        // SAFETY: only async-signal-safe calls (setns, prctl, setsid) between fork and exec.
         unsafe {
             command.pre_exec(move || {
                 setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-                // The test's process dies: so does everything it started.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                if die_with_parent {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -149,14 +211,8 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        // Whatever a failed test left running in here goes first.
-        if let Ok(pids) = run(Command::new("ip").args(["netns", "pids", &self.name])) {
-            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-            }
-        }
-        if let Err(err) = run(Command::new("ip").args(["netns", "del", &self.name])) {
-            eprintln!("cleanup: could not delete namespace {}: {err:#}", self.name);
+        if self.guard {
+            Self::delete(&self.name);
         }
     }
 }
@@ -216,18 +272,46 @@ impl QuietLink {
             (std::net::Ipv4Addr::new(10, 199, 0, 1), std::net::Ipv4Addr::new(10, 199, 0, 2));
         a.ip(&["addr", "add", &format!("{a_addr}/30"), "dev", a_dev])?;
         b.ip(&["addr", "add", &format!("{b_addr}/30"), "dev", b_dev])?;
-        let a_mac = mac(&a, a_dev)?;
-        let b_mac = mac(&b, b_dev)?;
+        let a_mac = a.mac(a_dev)?;
+        let b_mac = b.mac(b_dev)?;
         a.ip(&["neigh", "replace", &b_addr.to_string(), "lladdr", &b_mac, "dev", a_dev, "nud", "permanent"])?;
         b.ip(&["neigh", "replace", &a_addr.to_string(), "lladdr", &a_mac, "dev", b_dev, "nud", "permanent"])?;
         Ok(Self { a, b, a_dev: a_dev.to_owned(), b_dev: b_dev.to_owned(), a_addr, b_addr })
     }
 }
 
-fn mac(ns: &NetNs, device: &str) -> Result<String> {
-    let json = ns.ip(&["-j", "link", "show", "dev", device])?;
-    let value: serde_json::Value = serde_json::from_str(&json)?;
-    Ok(value[0]["address"].as_str().context("no address in `ip -j link` output")?.to_owned())
+impl NetNs {
+    /// The MAC address of `device`.
+    ///
+    /// # Errors
+    /// If the device does not exist.
+    pub fn mac(&self, device: &str) -> Result<String> {
+        let json = self.ip(&["-j", "link", "show", "dev", device])?;
+        let value: serde_json::Value = serde_json::from_str(&json)?;
+        Ok(value[0]["address"].as_str().context("no address in `ip -j link` output")?.to_owned())
+    }
+
+    /// An HTTP/1.0 GET of `path` on `address`, from inside this namespace: the status and
+    /// the body.
+    ///
+    /// # Errors
+    /// If the connection fails or the answer is not HTTP.
+    pub fn http_get(&self, address: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+        use std::io::{Read as _, Write as _};
+        let raw = self.run(|| -> Result<String> {
+            let mut stream =
+                std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(5))?;
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(15)))?;
+            // HTTP/1.0: the server closes after one response and never chunks it.
+            write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+            let mut raw = String::new();
+            stream.read_to_string(&mut raw)?;
+            Ok(raw)
+        })?;
+        let (head, body) = raw.split_once("\r\n\r\n").context("no end of headers in the response")?;
+        let status = head.split_whitespace().nth(1).context("no status line")?.parse()?;
+        Ok((status, body.to_owned()))
+    }
 }
 
 /// Runs a command to completion; its stdout, or an error with its stderr.
@@ -240,12 +324,16 @@ pub fn run(command: &mut Command) -> Result<String> {
         .output()
         .with_context(|| format!("starting {}", command.get_program().display()))?;
     if !output.status.success() {
+        // Some tools (birdc) report their errors on stdout.
+        let message = [&output.stderr, &output.stdout]
+            .map(|text| String::from_utf8_lossy(text).trim().to_owned())
+            .join(" ");
         bail!(
             "{} {:?} failed ({}): {}",
             command.get_program().display(),
             command.get_args().collect::<Vec<_>>(),
             output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
+            message.trim()
         );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())

@@ -1,0 +1,120 @@
+//! `cargo xtask lab demo`: the runbook's migration, unattended, with a timeline of what
+//! cniguard saw at each step (read back from the lab's Prometheus), next to what the pods'
+//! own workloads experienced.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use cniguard_lab::lab::{Fault, Lab, LabOptions};
+use cniguard_lab::topology::Workload;
+
+use crate::lab::SETTLE;
+
+/// What the workloads did during one step, from their own counters.
+#[derive(Default)]
+struct WorkloadWindow {
+    health_ok: u64,
+    health_failed: u64,
+    dns_answered: u64,
+    dns_failed: u64,
+}
+
+pub fn run(options: LabOptions) -> Result<()> {
+    // `lab` is owned: it is torn down when this function returns, also on error.
+    let mut lab = Lab::up(options)?;
+    let mut windows = Vec::new();
+    println!("demo: on Flannel; traffic flows for {}s after each step", SETTLE.as_secs());
+    windows.push(settle(&lab));
+    let nodes: Vec<String> = lab.topology().nodes.iter().map(|n| n.name.clone()).collect();
+    for node in &nodes {
+        lab.cutover(Some(node))?;
+        windows.push(settle(&lab));
+    }
+    let fault = Fault::BlockMlserver;
+    lab.inject(&fault)?;
+    windows.push(settle(&lab));
+    lab.repair(&fault)?;
+    windows.push(settle(&lab));
+    println!("{}", timeline(&lab, &windows)?);
+    println!("demo: done; removing the lab");
+    lab.down();
+    Ok(())
+}
+
+/// Lets traffic flow for [`SETTLE`] and returns what the MLServer agent and the DNS client
+/// of client-1 saw meanwhile.
+fn settle(lab: &Lab) -> WorkloadWindow {
+    let read = || {
+        let agent = lab.workload_stats("mlserver-0", &Workload::Agent { rate: 10 }).ok();
+        let dns = lab.topology().pod("client-1").and_then(|pod| {
+            let workload = pod.workloads.iter().find(|w| matches!(w, Workload::DnsClient { .. }))?;
+            lab.workload_stats("client-1", workload).ok()
+        });
+        (agent, dns)
+    };
+    let (agent_before, dns_before) = read();
+    std::thread::sleep(SETTLE);
+    let (agent_after, dns_after) = read();
+    let delta = |before: &Option<serde_json::Value>, after: &Option<serde_json::Value>, fields: &[&str]| {
+        let sum = |stats: &Option<serde_json::Value>| {
+            fields.iter().map(|f| stats.as_ref().and_then(|s| s[f].as_u64()).unwrap_or(0)).sum::<u64>()
+        };
+        sum(after).saturating_sub(sum(before))
+    };
+    let agent_failures = ["http_errors", "refused", "connect_timeouts", "resets", "timeouts", "other_errors"];
+    let dns_failures = ["servfail", "refused", "other_rcode", "timeouts", "malformed", "socket_errors"];
+    WorkloadWindow {
+        health_ok: delta(&agent_before, &agent_after, &["ok"]),
+        health_failed: delta(&agent_before, &agent_after, &agent_failures),
+        dns_answered: delta(&dns_before, &dns_after, &["noerror", "nxdomain"]),
+        dns_failed: delta(&dns_before, &dns_after, &dns_failures),
+    }
+}
+
+/// Per step and node: packets per second cniguard counted on each kind of CNI device,
+/// read from Prometheus just before the next step; and per step, the workloads' outcome.
+fn timeline(lab: &Lab, windows: &[WorkloadWindow]) -> Result<String> {
+    let prometheus = lab.prometheus();
+    let events = lab.events();
+    let start = events.first().map_or(0.0, |e| e.at);
+    let width = events.iter().map(|e| e.step.len()).max().unwrap_or(4);
+    let devices = [
+        ("flannel.1", "flannel.1"),
+        ("vxlan.calico", "vxlan.calico"),
+        ("veth*", "veth.*"),
+        ("cali*", "cali.*"),
+    ];
+    let mut text = String::from(
+        "timeline: packets/s cniguard counted per node and CNI device (from Prometheus, 10s rate),\n\
+         \x20         and what the pods' workloads saw during the step (health checks to 127.0.0.1:9500, DNS queries)\n",
+    );
+    let _ = write!(text, "{:>5}  {:<width$}  {:<7}", "t", "step", "node");
+    for (label, _) in devices {
+        let _ = write!(text, " {label:>12}");
+    }
+    text.push_str("   health ok/failed   dns ok/failed\n");
+    for (index, event) in events.iter().enumerate() {
+        let sample_at = events.get(index + 1).map_or(event.at + SETTLE.as_secs_f64(), |next| next.at) - 1.0;
+        for (row, node) in lab.topology().nodes.iter().enumerate() {
+            let step = if row == 0 { event.step.as_str() } else { "" };
+            let _ = write!(text, "{:>4.0}s  {step:<width$}  {:<7}", event.at - start, node.name);
+            for (_, pattern) in devices {
+                let query = format!(
+                    "sum(rate(cniguard_interface_packets_total{{node=\"{}\",interface=~\"{pattern}\"}}[10s]))",
+                    node.name
+                );
+                let value = prometheus.scalar(&query, Some(sample_at))?;
+                let _ = write!(text, " {:>12}", value.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")));
+            }
+            if let (0, Some(window)) = (row, windows.get(index)) {
+                let _ = write!(
+                    text,
+                    "   {:>9}/{:<8} {:>6}/{:<6}",
+                    window.health_ok, window.health_failed, window.dns_answered, window.dns_failed
+                );
+            }
+            text.push('\n');
+        }
+    }
+    Ok(text)
+}
