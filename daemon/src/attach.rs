@@ -20,7 +20,7 @@ use probe_common::Direction;
 use rtnetlink::Handle;
 
 use crate::config::TcAttachMode;
-use crate::interfaces::{Interface, InterfaceSelector, LinkChange};
+use crate::interfaces::{Interface, InterfaceTable, LinkChange};
 use crate::metrics::{AttachFailure, DaemonMetrics};
 use crate::preflight::{Kernel, TCX_KERNEL};
 use crate::probes::{AttachedInterfaces, InterfaceProbe};
@@ -28,20 +28,27 @@ use crate::probes::{AttachedInterfaces, InterfaceProbe};
 /// The tc filter priority cniguard asks for in netlink mode: the first to run.
 const FIRST_FILTER_PRIORITY: u16 = 1;
 
-/// The probes attached to one interface.
+/// What is attached to one interface.
 struct Attached {
     name: String,
-    /// Per probe name, its links; dropping a link detaches its program.
+    /// Per probe, its links; dropping a link detaches its program.
     links: Vec<(&'static str, Vec<SchedClassifierLink>)>,
     /// Netlink mode: this daemon added the clsact qdisc.
     added_clsact: bool,
+}
+
+impl Attached {
+    fn has(&self, probe: &str) -> bool {
+        self.links.iter().any(|(name, _)| *name == probe)
+    }
 }
 
 pub struct Attachments {
     ebpf: Ebpf,
     use_tcx: bool,
     probes: Vec<Arc<dyn InterfaceProbe>>,
-    selector: InterfaceSelector,
+    /// Every interface of the namespace, kept current by notifications and listings.
+    interfaces: InterfaceTable,
     attached: HashMap<u32, Attached>,
     names: AttachedInterfaces,
     metrics: DaemonMetrics,
@@ -58,7 +65,6 @@ impl Attachments {
         mode: TcAttachMode,
         kernel: &Kernel,
         probes: Vec<Arc<dyn InterfaceProbe>>,
-        selector: InterfaceSelector,
         names: AttachedInterfaces,
         metrics: DaemonMetrics,
         netlink: Handle,
@@ -79,7 +85,16 @@ impl Attachments {
                     .with_context(|| format!("loading {} (probe {})", program.function, probe.name()))?;
             }
         }
-        Ok(Self { ebpf, use_tcx, probes, selector, attached: HashMap::new(), names, metrics, netlink })
+        Ok(Self {
+            ebpf,
+            use_tcx,
+            probes,
+            interfaces: InterfaceTable::new(),
+            attached: HashMap::new(),
+            names,
+            metrics,
+            netlink,
+        })
     }
 
     /// How the programs attach: `tcx` or `netlink`.
@@ -91,52 +106,27 @@ impl Attachments {
     pub async fn apply(&mut self, change: LinkChange) {
         match change {
             LinkChange::Present(interface) => {
-                let current = self.attached.get(&interface.index).map(|a| a.name == interface.name);
-                let wanted = self.selector.selects(&interface);
-                match (current, wanted) {
-                    (Some(true), true) | (None, false) => {}
-                    (Some(_), _) => {
-                        // Renamed, or no longer selected: start over under the new name.
-                        self.detach(interface.index, true).await;
-                        if wanted {
-                            self.attach(&interface);
-                        }
-                    }
-                    (None, true) => self.attach(&interface),
-                }
+                self.interfaces.insert(interface.index, interface);
             }
-            LinkChange::Gone(index) => self.detach(index, false).await,
+            LinkChange::Gone(index) => {
+                self.interfaces.remove(&index);
+            }
         }
+        self.sync().await;
     }
 
-    /// Brings the attachments in line with a full listing of the namespace's interfaces:
-    /// the repair for notifications the kernel dropped, and the start-up pass.
-    pub async fn reconcile(&mut self, interfaces: &[Interface]) {
-        let listed: HashMap<u32, &Interface> = interfaces.iter().map(|i| (i.index, i)).collect();
-        let stale: Vec<u32> = self
-            .attached
-            .iter()
-            .filter(|(index, a)| listed.get(index).is_none_or(|i| i.name != a.name))
-            .map(|(index, _)| *index)
-            .collect();
-        for index in stale {
-            let exists = listed.contains_key(&index);
-            self.detach(index, exists).await;
-        }
-        for interface in interfaces {
-            self.apply(LinkChange::Present(interface.clone())).await;
-        }
-        let names = self.names.clone();
-        for probe in &self.probes {
-            probe.retain_interfaces(&|index| names.contains(index));
-        }
+    /// Replaces the interface table with a full listing of the namespace: the repair for
+    /// notifications the kernel dropped, and the start-up pass.
+    pub async fn reconcile(&mut self, interfaces: Vec<Interface>) {
+        self.interfaces = interfaces.into_iter().map(|i| (i.index, i)).collect();
+        self.sync().await;
     }
 
     /// Detaches everything (shutdown).
     pub async fn detach_all(&mut self) {
         let indexes: Vec<u32> = self.attached.keys().copied().collect();
         for index in indexes {
-            self.detach(index, true).await;
+            self.detach(index, None, true).await;
         }
     }
 
@@ -145,31 +135,89 @@ impl Attachments {
         self.attached.len()
     }
 
-    fn attach(&mut self, interface: &Interface) {
-        let mut attached = Attached { name: interface.name.clone(), links: Vec::new(), added_clsact: false };
-        for probe in self.probes.clone() {
-            match self.attach_probe(probe.as_ref(), interface, &mut attached) {
-                Ok(links) => {
-                    self.metrics.probe_attached.with_label_values(&[&interface.name, probe.name()]).set(1);
-                    attached.links.push((probe.name(), links));
-                }
-                Err(err) => {
-                    let failure = AttachFailure::from_errno(errno(&err));
-                    self.metrics.attach_errors.with_label_values(&[probe.name(), failure.label()]).inc();
-                    if failure == AttachFailure::InterfaceGone {
-                        tracing::debug!(interface = %interface.name, probe = probe.name(), "interface went away before attach: {err:#}");
-                    } else {
-                        tracing::warn!(interface = %interface.name, probe = probe.name(), reason = failure.label(), "attach failed: {err:#}");
-                    }
+    /// Brings the attachments in line with the interface table: every probe on exactly the
+    /// interfaces it wants.
+    async fn sync(&mut self) {
+        for probe in &self.probes {
+            probe.observe_interfaces(&self.interfaces);
+        }
+        // What no longer should be: gone or renamed interfaces, probes no longer wanted.
+        let current: Vec<(u32, String, Vec<&'static str>)> = self
+            .attached
+            .iter()
+            .map(|(index, a)| (*index, a.name.clone(), a.links.iter().map(|(probe, _)| *probe).collect()))
+            .collect();
+        for (index, name, probes) in current {
+            let interface = self.interfaces.get(&index);
+            let renamed = interface.is_some_and(|i| i.name != name);
+            let unwanted: Vec<&'static str> = match interface {
+                Some(interface) if !renamed => probes
+                    .into_iter()
+                    .filter(|probe| !self.probe(probe).is_some_and(|p| p.wants(interface, &self.interfaces)))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if interface.is_none() {
+                self.detach(index, None, false).await;
+            } else if renamed {
+                self.detach(index, None, true).await;
+            } else {
+                for probe in unwanted {
+                    self.detach(index, Some(probe), true).await;
                 }
             }
         }
-        if attached.links.is_empty() && !attached.added_clsact {
-            return;
+        // What should be and is not yet.
+        let wanted: Vec<(Interface, Arc<dyn InterfaceProbe>)> = self
+            .interfaces
+            .values()
+            .flat_map(|interface| {
+                self.probes
+                    .iter()
+                    .filter(|probe| probe.wants(interface, &self.interfaces))
+                    .filter(|probe| !self.attached.get(&interface.index).is_some_and(|a| a.has(probe.name())))
+                    .map(|probe| (interface.clone(), probe.clone()))
+            })
+            .collect();
+        for (interface, probe) in wanted {
+            self.attach(&interface, probe.as_ref());
         }
-        tracing::info!(interface = %interface.name, index = interface.index, mode = self.mode(), "attached");
-        self.names.insert(interface.index, &interface.name);
-        self.attached.insert(interface.index, attached);
+        for probe in &self.probes {
+            let attached = &self.attached;
+            probe.retain_interfaces(&|index| attached.get(&index).is_some_and(|a| a.has(probe.name())));
+        }
+    }
+
+    fn probe(&self, name: &str) -> Option<&Arc<dyn InterfaceProbe>> {
+        self.probes.iter().find(|p| p.name() == name)
+    }
+
+    fn attach(&mut self, interface: &Interface, probe: &dyn InterfaceProbe) {
+        let mut attached = self.attached.remove(&interface.index).unwrap_or_else(|| Attached {
+            name: interface.name.clone(),
+            links: Vec::new(),
+            added_clsact: false,
+        });
+        match self.attach_probe(probe, interface, &mut attached) {
+            Ok(links) => {
+                self.metrics.probe_attached.with_label_values(&[&interface.name, probe.name()]).set(1);
+                attached.links.push((probe.name(), links));
+                tracing::info!(interface = %interface.name, index = interface.index, probe = probe.name(), mode = self.mode(), "attached");
+            }
+            Err(err) => {
+                let failure = AttachFailure::from_errno(errno(&err));
+                self.metrics.attach_errors.with_label_values(&[probe.name(), failure.label()]).inc();
+                if failure == AttachFailure::InterfaceGone {
+                    tracing::debug!(interface = %interface.name, probe = probe.name(), "interface went away before attach: {err:#}");
+                } else {
+                    tracing::warn!(interface = %interface.name, probe = probe.name(), reason = failure.label(), "attach failed: {err:#}");
+                }
+            }
+        }
+        if !attached.links.is_empty() || attached.added_clsact {
+            self.names.insert(interface.index, &interface.name);
+            self.attached.insert(interface.index, attached);
+        }
     }
 
     /// Attaches all programs of one probe, or none: a failure detaches the ones before it.
@@ -211,26 +259,30 @@ impl Attachments {
         Ok(links)
     }
 
-    /// Detaches everything on interface `index`; `exists` says whether it is still there
-    /// (shutdown, rename) or already gone (its attachments died with it).
-    async fn detach(&mut self, index: u32, exists: bool) {
-        let Some(attached) = self.attached.remove(&index) else { return };
-        self.names.remove(index);
-        for (probe, links) in attached.links {
+    /// Detaches `probe` (or every probe) from interface `index`; `exists` says whether the
+    /// interface is still there (shutdown, rename, deselection) or already gone (its
+    /// attachments died with it).
+    async fn detach(&mut self, index: u32, probe: Option<&'static str>, exists: bool) {
+        let Some(mut attached) = self.attached.remove(&index) else { return };
+        let (detaching, keeping): (Vec<_>, Vec<_>) =
+            attached.links.drain(..).partition(|(name, _)| probe.is_none_or(|p| p == *name));
+        attached.links = keeping;
+        for (name, links) in detaching {
             drop(links);
-            let _ = self.metrics.probe_attached.remove_label_values(&[&attached.name, probe]);
+            let _ = self.metrics.probe_attached.remove_label_values(&[&attached.name, name]);
+            tracing::info!(interface = %attached.name, index, probe = name, gone = !exists, "detached");
         }
+        if !attached.links.is_empty() {
+            self.attached.insert(index, attached);
+            return;
+        }
+        self.names.remove(index);
         if exists
             && attached.added_clsact
             && let Err(err) = self.remove_clsact_if_unused(index).await
         {
             tracing::warn!(interface = %attached.name, "could not check or remove the clsact qdisc cniguard added: {err:#}");
         }
-        let names = self.names.clone();
-        for probe in &self.probes {
-            probe.retain_interfaces(&|i| names.contains(i));
-        }
-        tracing::info!(interface = %attached.name, index, gone = !exists, "detached");
     }
 
     /// Removes the clsact qdisc from `index` unless another filter still hangs on it.

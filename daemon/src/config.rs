@@ -4,7 +4,7 @@
 //! `config/cniguard.toml` shows them all with their defaults. Unknown fields are rejected:
 //! a typo in the middle of a migration must not silently fall back to a default.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ pub const DEFAULT_INTERFACES: &[&str] = &["veth*", "cali*", "cni0", "flannel.1",
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 
 /// The configuration file's contents. `#[serde(default)]`: every field may be left out.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConfigFile {
     /// Address for `/metrics`, `/healthz` and `/readyz`.
@@ -34,6 +34,28 @@ pub struct ConfigFile {
     /// Seconds between full re-listings of the interfaces, a safety net for netlink
     /// notifications the kernel dropped under load.
     pub resync_interval_seconds: u64,
+    /// UDP destination ports recognised as VXLAN on the underlay, besides those of the
+    /// node's own VXLAN devices (found through netlink).
+    pub vxlan_ports: Vec<u16>,
+    /// Underlay devices to watch besides those the VXLAN devices send through (found
+    /// through netlink). Name NICs exactly.
+    pub underlay_interfaces: Vec<String>,
+    /// Named CIDRs that inner overlay traffic is classified by; an address in none is
+    /// `other`. Several CIDRs may share a name.
+    pub cidrs: Vec<CidrConfig>,
+    /// Distinct peers kept as their own label value per metric; more are counted as
+    /// `peer="other"` (and in `cniguard_label_overflow_total`).
+    pub max_peers: usize,
+    /// Calico Typha's port: connection attempts to it are counted.
+    pub typha_port: u16,
+}
+
+/// One entry of `cidrs`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CidrConfig {
+    pub name: String,
+    pub cidr: String,
 }
 
 impl Default for ConfigFile {
@@ -44,7 +66,60 @@ impl Default for ConfigFile {
             tc_attach: TcAttachMode::Auto,
             ebpf_log_level: EbpfLogLevel::Off,
             resync_interval_seconds: 30,
+            vxlan_ports: DEFAULT_VXLAN_PORTS.to_vec(),
+            underlay_interfaces: Vec::new(),
+            cidrs: DEFAULT_CIDRS
+                .iter()
+                .map(|(name, cidr)| CidrConfig { name: (*name).to_owned(), cidr: (*cidr).to_owned() })
+                .collect(),
+            max_peers: 256,
+            typha_port: 5473,
         }
+    }
+}
+
+/// Flannel's and Calico's VXLAN ports.
+pub const DEFAULT_VXLAN_PORTS: &[u16] = &[8472, 4789];
+/// The runbook's address plan: pods and services before (Flannel) and after (Calico).
+pub const DEFAULT_CIDRS: &[(&str, &str)] = &[
+    ("old_pods", "10.42.0.0/16"),
+    ("new_pods", "10.244.0.0/16"),
+    ("services", "10.96.0.0/12"),
+    ("services", "10.43.0.0/16"),
+];
+
+/// A validated CIDR with its label value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cidr {
+    pub name: String,
+    pub network: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    fn parse(config: &CidrConfig) -> Result<Self, String> {
+        let name = &config.name;
+        if name.is_empty()
+            || name == "other"
+            || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(format!(
+                "CIDR name `{name}` must be lower-case letters, digits and `_`, and not `other` (that is the label for everything else)"
+            ));
+        }
+        let invalid = || format!("`{}` is not an IPv4 CIDR like 10.42.0.0/16", config.cidr);
+        let (address, length) = config.cidr.split_once('/').ok_or_else(invalid)?;
+        let network: Ipv4Addr = address.parse().map_err(|_| invalid())?;
+        let prefix_len: u8 = length.parse().ok().filter(|l| *l <= 32).ok_or_else(invalid)?;
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+        if u32::from(network) & !mask != 0 {
+            return Err(format!(
+                "`{}` has host bits set: did you mean {}/{prefix_len}?",
+                config.cidr,
+                Ipv4Addr::from(u32::from(network) & mask)
+            ));
+        }
+        Ok(Self { name: name.clone(), network, prefix_len })
     }
 }
 
@@ -99,6 +174,11 @@ pub struct Settings {
     pub tc_attach: TcAttachMode,
     pub ebpf_log_level: EbpfLogLevel,
     pub resync_interval: Duration,
+    pub vxlan_ports: Vec<u16>,
+    pub underlay_interfaces: InterfaceSelector,
+    pub cidrs: Vec<Cidr>,
+    pub max_peers: usize,
+    pub typha_port: u16,
 }
 
 /// A configuration mistake, named precisely enough to fix in one go. Exit code 2.
@@ -138,7 +218,36 @@ impl Settings {
                 message: "must be at least 1 (seconds)".into(),
             });
         }
+        if file.cidrs.len() > probe_common::overlay::MAX_CIDRS as usize {
+            return Err(ConfigError {
+                origin: origin("cidrs"),
+                message: format!(
+                    "at most {} CIDRs, got {}",
+                    probe_common::overlay::MAX_CIDRS,
+                    file.cidrs.len()
+                ),
+            });
+        }
+        let cidrs = file
+            .cidrs
+            .iter()
+            .map(Cidr::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|message| ConfigError { origin: origin("cidrs"), message })?;
+        if file.max_peers == 0 {
+            return Err(ConfigError { origin: origin("max_peers"), message: "must be at least 1".into() });
+        }
+        if file.vxlan_ports.contains(&0) || file.typha_port == 0 {
+            let field = if file.typha_port == 0 { "typha_port" } else { "vxlan_ports" };
+            return Err(ConfigError { origin: origin(field), message: "port 0 is not a port".into() });
+        }
         Ok(Self {
+            underlay_interfaces: InterfaceSelector::new(&file.underlay_interfaces)
+                .map_err(|message| ConfigError { origin: origin("underlay_interfaces"), message })?,
+            vxlan_ports: file.vxlan_ports,
+            cidrs,
+            max_peers: file.max_peers,
+            typha_port: file.typha_port,
             listen: parse_listen(&listen)
                 .map_err(|message| ConfigError { origin: listen_origin, message })?,
             interfaces: InterfaceSelector::new(&patterns)
@@ -224,12 +333,17 @@ mod tests {
     #[test]
     fn the_shipped_example_is_the_defaults() {
         let text = std::fs::read_to_string(example_path()).unwrap();
-        let example = parse_file(&text).unwrap();
-        let defaults = ConfigFile::default();
-        assert_eq!(example.listen, defaults.listen);
-        assert_eq!(example.interfaces, defaults.interfaces);
-        assert_eq!(example.tc_attach, defaults.tc_attach);
-        assert_eq!(example.ebpf_log_level, defaults.ebpf_log_level);
-        assert_eq!(example.resync_interval_seconds, defaults.resync_interval_seconds);
+        assert_eq!(parse_file(&text).unwrap(), ConfigFile::default());
+    }
+
+    #[test]
+    fn cidrs_are_checked() {
+        let cidr = |name: &str, cidr: &str| Cidr::parse(&CidrConfig { name: name.into(), cidr: cidr.into() });
+        assert_eq!(cidr("new_pods", "10.244.0.0/16").unwrap().prefix_len, 16);
+        assert!(cidr("other", "10.0.0.0/8").unwrap_err().contains("not `other`"));
+        assert!(cidr("Pods", "10.0.0.0/8").unwrap_err().contains("lower-case"));
+        assert!(cidr("pods", "10.244.1.0/16").unwrap_err().contains("did you mean 10.244.0.0/16"));
+        assert!(cidr("pods", "10.244.0.0").unwrap_err().contains("not an IPv4 CIDR"));
+        assert!(cidr("pods", "10.244.0.0/33").is_err());
     }
 }

@@ -5,6 +5,8 @@ use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use tokio::io::unix::AsyncFd;
 
+use probe_common::sock_state::SockStateFields;
+
 use crate::config::EbpfLogLevel;
 
 /// `probe-ebpf`, built by `build.rs` for the BPF target.
@@ -13,15 +15,17 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// Creates the maps of the embedded object; programs are loaded by the probes that use them.
 ///
 /// `log_level` is written into the object before it loads: below a message's level, the
-/// programs skip the ring buffer write entirely.
+/// programs skip the ring buffer write entirely. So are the tracepoint field offsets this
+/// kernel uses.
 ///
 /// # Errors
 /// If the kernel refuses a map (e.g. missing `CAP_BPF`, or memlock limits on old kernels).
-pub fn load(log_level: EbpfLogLevel) -> Result<Ebpf> {
+pub fn load(log_level: EbpfLogLevel, sock_state_fields: &SockStateFields) -> Result<Ebpf> {
     raise_memlock_limit();
     let level = log_level.as_aya_level();
     EbpfLoader::new()
         .override_global("AYA_LOG_LEVEL", &level, true)
+        .override_global("SOCK_STATE_FIELDS", sock_state_fields, true)
         .load(OBJECT)
         .context("loading cniguard's eBPF object (run `cniguard check` to see what the kernel lacks)")
 }

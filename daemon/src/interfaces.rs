@@ -8,7 +8,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use globset::{Glob, GlobMatcher};
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::{LinkAttribute, LinkInfo, LinkLayerType, LinkMessage};
+use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage};
 use netlink_sys::AsyncSocket as _;
 use rtnetlink::{Handle, MulticastGroup};
 
@@ -21,7 +21,21 @@ pub struct Interface {
     /// loopback report none.
     pub kind: Option<String>,
     pub loopback: bool,
+    /// For a VXLAN device: its VNI, UDP port and underlay device.
+    pub vxlan: Option<Vxlan>,
 }
+
+/// What netlink says about a VXLAN device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vxlan {
+    pub vni: u32,
+    pub port: u16,
+    /// The index of the device it sends through (`dev` when it was created), if set.
+    pub underlay: Option<u32>,
+}
+
+/// Every interface of the daemon's namespace, by index.
+pub type InterfaceTable = std::collections::BTreeMap<u32, Interface>;
 
 impl Interface {
     /// Loopback and physical NICs carry the node's own traffic, not the CNI's.
@@ -33,14 +47,20 @@ impl Interface {
     fn from_message(message: &LinkMessage) -> Option<Self> {
         let mut name = None;
         let mut kind = None;
+        let mut vxlan = None;
         for attribute in &message.attributes {
             match attribute {
                 LinkAttribute::IfName(n) => name = Some(n.clone()),
                 LinkAttribute::LinkInfo(infos) => {
-                    kind = infos.iter().find_map(|info| match info {
-                        LinkInfo::Kind(kind) => Some(kind.to_string()),
-                        _ => None,
-                    });
+                    for info in infos {
+                        match info {
+                            LinkInfo::Kind(k) => kind = Some(k.to_string()),
+                            LinkInfo::Data(InfoData::Vxlan(attributes)) => {
+                                vxlan = Some(Vxlan::from_attributes(attributes));
+                            }
+                            _ => {}
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -50,7 +70,26 @@ impl Interface {
             name: name?,
             kind,
             loopback: message.header.link_layer_type == LinkLayerType::Loopback,
+            vxlan,
         })
+    }
+}
+
+impl Vxlan {
+    /// The kernel's default VXLAN port when none is set (IANA's is 4789, Linux's 8472).
+    const LINUX_DEFAULT_PORT: u16 = 8472;
+
+    fn from_attributes(attributes: &[InfoVxlan]) -> Self {
+        let mut vxlan = Self { vni: 0, port: Self::LINUX_DEFAULT_PORT, underlay: None };
+        for attribute in attributes {
+            match attribute {
+                InfoVxlan::Id(vni) => vxlan.vni = *vni,
+                InfoVxlan::Port(port) => vxlan.port = *port,
+                InfoVxlan::Link(index) if *index != 0 => vxlan.underlay = Some(*index),
+                _ => {}
+            }
+        }
+        vxlan
     }
 }
 
@@ -164,6 +203,33 @@ impl LinkWatcher {
         Ok(interfaces)
     }
 
+    /// The IPv4 addresses of the namespace: the node's own, to tell its sockets from those of
+    /// other namespaces when a kernel-wide tracepoint reports them.
+    ///
+    /// # Errors
+    /// If the kernel refuses the dump.
+    pub async fn ipv4_addresses(
+        &self,
+    ) -> Result<std::collections::BTreeSet<std::net::Ipv4Addr>, rtnetlink::Error> {
+        use netlink_packet_route::AddressFamily;
+        use netlink_packet_route::address::AddressAttribute;
+        let mut dump = self.handle.address().get().execute();
+        let mut addresses = std::collections::BTreeSet::new();
+        while let Some(message) = dump.try_next().await? {
+            if message.header.family != AddressFamily::Inet {
+                continue;
+            }
+            for attribute in &message.attributes {
+                if let AddressAttribute::Local(std::net::IpAddr::V4(address))
+                | AddressAttribute::Address(std::net::IpAddr::V4(address)) = attribute
+                {
+                    addresses.insert(*address);
+                }
+            }
+        }
+        Ok(addresses)
+    }
+
     /// The next change, or `None` once the notification stream has ended.
     pub async fn next(&mut self) -> Option<LinkChange> {
         loop {
@@ -189,7 +255,13 @@ mod tests {
     use super::*;
 
     fn interface(name: &str, kind: Option<&str>) -> Interface {
-        Interface { index: 7, name: name.into(), kind: kind.map(Into::into), loopback: name == "lo" }
+        Interface {
+            index: 7,
+            name: name.into(),
+            kind: kind.map(Into::into),
+            loopback: name == "lo",
+            vxlan: None,
+        }
     }
 
     #[test]

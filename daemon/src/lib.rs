@@ -5,12 +5,15 @@
 //! (`server`). `daemon` ties them together for `cniguard run`; `preflight` is `cniguard check`.
 
 pub mod attach;
+pub mod bgp_codes;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod ebpf;
 pub mod interfaces;
+pub mod labels;
 pub mod metrics;
 pub mod preflight;
 pub mod probes;
 pub mod server;
+pub mod tracefs;

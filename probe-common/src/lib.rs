@@ -5,9 +5,14 @@
 //! `aya::Pod` so the daemon can read it from maps. Label strings live here too, next to the
 //! numbers they name, so the two sides cannot drift apart.
 #![no_std]
+// Explicit padding (`_pad`) is part of the layout both sides share, and both build it.
+#![allow(clippy::pub_underscore_fields)]
 
 pub mod iface_stats;
 pub mod map_health;
+pub mod overlay;
+pub mod sock_state;
+pub mod underlay;
 
 /// Asserts at compile time that a shared type has exactly the size of its fields, i.e. that
 /// the compiler inserted no padding the other side might not expect.
@@ -57,5 +62,10 @@ impl Direction {
             1 => Some(Self::Egress),
             _ => None,
         }
+    }
+
+    #[must_use]
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        Self::from_u32(value as u32)
     }
 }

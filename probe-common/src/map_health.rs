@@ -8,17 +8,41 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapId {
     IfaceStats = 0,
+    VxlanStats = 1,
+    VxlanMalformed = 2,
+    BgpStats = 3,
+    BgpLastSeen = 4,
+    OverlayStats = 5,
+    /// A ring buffer with no room: an event lost, not a packet.
+    BgpEvents = 6,
+    SockEvents = 7,
 }
 
 impl MapId {
-    pub const COUNT: u32 = 1;
-    pub const ALL: [Self; Self::COUNT as usize] = [Self::IfaceStats];
+    pub const COUNT: u32 = 8;
+    pub const ALL: [Self; Self::COUNT as usize] = [
+        Self::IfaceStats,
+        Self::VxlanStats,
+        Self::VxlanMalformed,
+        Self::BgpStats,
+        Self::BgpLastSeen,
+        Self::OverlayStats,
+        Self::BgpEvents,
+        Self::SockEvents,
+    ];
 
     /// The `map` label value of `cniguard_map_full_total`.
     #[must_use]
     pub const fn label(self) -> &'static str {
         match self {
             Self::IfaceStats => "iface_stats",
+            Self::VxlanStats => "vxlan_stats",
+            Self::VxlanMalformed => "vxlan_malformed",
+            Self::BgpStats => "bgp_stats",
+            Self::BgpLastSeen => "bgp_last_seen",
+            Self::OverlayStats => "overlay_stats",
+            Self::BgpEvents => "bgp_events",
+            Self::SockEvents => "sock_events",
         }
     }
 }

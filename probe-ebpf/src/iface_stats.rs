@@ -4,7 +4,7 @@
 //! protocol class, so each packet costs one lookup and two adds, without locks.
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
+    bindings::TC_ACT_UNSPEC,
     macros::{classifier, map},
     maps::PerCpuHashMap,
     programs::TcContext,
@@ -16,7 +16,7 @@ use probe_common::{
     map_health::MapId,
 };
 
-use crate::{map_health::record_full, packet};
+use crate::{counters::counter, packet};
 
 #[map]
 static IFACE_STATS: PerCpuHashMap<IfaceKey, IfaceCounters> =
@@ -40,8 +40,7 @@ fn count(ctx: &TcContext, direction: Direction) {
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let key = IfaceKey::new(ifindex, direction);
-    let Some(counters) = counters_for(&key) else {
-        record_full(MapId::IfaceStats);
+    let Some(counters) = counter(&IFACE_STATS, &key, MapId::IfaceStats) else {
         return;
     };
     // SAFETY: per-CPU value: only this CPU writes it while this program runs.
@@ -53,16 +52,4 @@ fn count(ctx: &TcContext, direction: Direction) {
     if class == ProtocolClass::Malformed {
         debug!(ctx, "iface_stats: malformed frame on ifindex {}, len {}", ifindex, ctx.len());
     }
-}
-
-/// The entry for `key`, created zeroed on first use; `None` only if the map is full.
-#[inline(always)]
-fn counters_for(key: &IfaceKey) -> Option<*mut IfaceCounters> {
-    if let Some(counters) = IFACE_STATS.get_ptr_mut(key) {
-        return Some(counters);
-    }
-    // Another CPU may create the entry at the same moment: NOEXIST makes that harmless, and
-    // the second lookup finds whichever insert won.
-    let _ = IFACE_STATS.insert(key, IfaceCounters::default(), u64::from(BPF_NOEXIST));
-    IFACE_STATS.get_ptr_mut(key)
 }

@@ -5,9 +5,13 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod counters;
 mod iface_stats;
 mod map_health;
+mod overlay;
 mod packet;
+mod sock_state;
+mod underlay;
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
 

@@ -10,7 +10,7 @@ use probe_common::iface_stats::ProtocolClass;
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
-const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
@@ -19,14 +19,14 @@ const ETH_P_IPV6: u16 = 0x86DD;
 const ARP_LEN: usize = 28;
 
 const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
 
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
-const TCP_MIN_HLEN: usize = 20;
-const UDP_HLEN: usize = 8;
+pub const TCP_MIN_HLEN: usize = 20;
+pub const UDP_HLEN: usize = 8;
 
 /// The IPv4 header fields the classifiers read (the fixed 20 bytes).
 #[repr(C)]
@@ -87,7 +87,7 @@ pub fn classify(ctx: &TcContext) -> ProtocolClass {
         return ProtocolClass::Malformed;
     };
     match ethertype {
-        ETH_P_IP => ipv4(ctx, l3, len),
+        ETH_P_IP => classify_ipv4(ctx, l3, len),
         ETH_P_IPV6 => ipv6(ctx, l3, len),
         ETH_P_ARP if l3 + ARP_LEN <= len => ProtocolClass::Arp,
         ETH_P_ARP => ProtocolClass::Malformed,
@@ -97,7 +97,7 @@ pub fn classify(ctx: &TcContext) -> ProtocolClass {
 
 /// The ethertype after at most one VLAN tag, and where the network header starts.
 #[inline(always)]
-fn ethernet(ctx: &TcContext) -> Option<(u16, usize)> {
+pub fn ethernet(ctx: &TcContext) -> Option<(u16, usize)> {
     let ethertype = load_be16(ctx, ETH_HLEN - 2)?;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
         // A second tag (QinQ) shows up as an unknown inner ethertype: `Other`.
@@ -107,30 +107,56 @@ fn ethernet(ctx: &TcContext) -> Option<(u16, usize)> {
     Some((ethertype, ETH_HLEN))
 }
 
+/// An IPv4 packet whose header checks out against the frame.
+pub struct Ipv4 {
+    pub source: [u8; 4],
+    pub destination: [u8; 4],
+    pub protocol: u8,
+    /// Where the transport header starts.
+    pub l4: usize,
+    /// Where the IP packet ends (Ethernet padding excluded).
+    pub end: usize,
+    /// Not the first fragment: no transport header here.
+    pub later_fragment: bool,
+}
+
+/// The IPv4 header at `l3`, or `None` if it is malformed (see the module documentation).
 #[inline(always)]
-fn ipv4(ctx: &TcContext, l3: usize, len: usize) -> ProtocolClass {
-    let Ok(header) = ctx.load::<Ipv4Header>(l3) else {
-        return ProtocolClass::Malformed;
-    };
+pub fn ipv4(ctx: &TcContext, l3: usize, len: usize) -> Option<Ipv4> {
+    let header = ctx.load::<Ipv4Header>(l3).ok()?;
     if header.version_ihl >> 4 != 4 {
-        return ProtocolClass::Malformed;
+        return None;
     }
     let header_len = usize::from(header.version_ihl & 0x0f) * 4;
     if header_len < IPV4_MIN_HLEN || l3 + header_len > len {
-        return ProtocolClass::Malformed;
+        return None;
     }
     let total_len = usize::from(u16::from_be_bytes(header.total_length));
     // A GSO packet beyond 64 KiB (BIG TCP) carries a total length of 0: the frame decides.
     let end = if total_len == 0 {
         len
     } else if total_len < header_len || l3 + total_len > len {
-        return ProtocolClass::Malformed;
+        return None;
     } else {
         l3 + total_len
     };
-    // Only the first fragment carries the transport header.
-    let later_fragment = u16::from_be_bytes(header.flags_fragment_offset) & 0x1fff != 0;
-    transport(ctx, &IPV4, header.protocol, l3 + header_len, end, later_fragment)
+    Some(Ipv4 {
+        source: header.source,
+        destination: header.destination,
+        protocol: header.protocol,
+        l4: l3 + header_len,
+        end,
+        // Only the first fragment carries the transport header.
+        later_fragment: u16::from_be_bytes(header.flags_fragment_offset) & 0x1fff != 0,
+    })
+}
+
+#[inline(always)]
+fn classify_ipv4(ctx: &TcContext, l3: usize, len: usize) -> ProtocolClass {
+    match ipv4(ctx, l3, len) {
+        Some(ip) => transport(ctx, &IPV4, ip.protocol, ip.l4, ip.end, ip.later_fragment),
+        None => ProtocolClass::Malformed,
+    }
 }
 
 #[inline(always)]
@@ -203,6 +229,6 @@ fn udp_header_fits(ctx: &TcContext, l4: usize, end: usize) -> bool {
 }
 
 #[inline(always)]
-fn load_be16(ctx: &TcContext, offset: usize) -> Option<u16> {
+pub fn load_be16(ctx: &TcContext, offset: usize) -> Option<u16> {
     ctx.load::<[u8; 2]>(offset).ok().map(u16::from_be_bytes)
 }

@@ -77,3 +77,27 @@ pub fn watch(lab: &Lab, workloads: &[(&str, &str)], seconds: u64) -> Vec<Window>
     std::thread::sleep(Duration::from_secs(seconds));
     before.into_iter().zip(read()).map(|(before, after)| Window { before, after }).collect()
 }
+
+/// Runs `promtool check metrics` on a scrape's text.
+///
+/// # Panics
+/// If promtool is missing or finds a problem (its findings are in the message).
+pub fn assert_promtool_accepts(text: &str) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by `cargo xtask setup` (Debian package prometheus)");
+    promtool.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write to promtool");
+    let output = promtool.wait_with_output().expect("promtool runs");
+    assert!(
+        output.status.success(),
+        "promtool check metrics:\n{}{}\n--- scrape ---\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

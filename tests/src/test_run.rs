@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use aya::maps::PerCpuHashMap;
+use aya::Pod;
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{HashMap, PerCpuHashMap, RingBuf};
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use probe_common::Direction;
@@ -74,6 +76,85 @@ impl Classifiers {
             }
         }
         Ok(total)
+    }
+}
+
+impl Classifiers {
+    /// Tells the underlay program which UDP ports carry VXLAN.
+    ///
+    /// # Errors
+    /// If the map cannot be written.
+    pub fn set_vxlan_ports(&mut self, ports: &[u16]) -> Result<()> {
+        let mut map: HashMap<_, u16, u8> =
+            HashMap::try_from(self.ebpf.map_mut("VXLAN_PORTS").context("no VXLAN_PORTS")?)?;
+        for port in ports {
+            map.insert(port, 1, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Loads CIDR classes into the overlay program's trie: `(network, prefix length)` in
+    /// order, each class its index.
+    ///
+    /// # Errors
+    /// If the map cannot be written.
+    pub fn set_cidr_classes(&mut self, cidrs: &[([u8; 4], u32)]) -> Result<()> {
+        let mut map: LpmTrie<_, [u8; 4], u8> =
+            LpmTrie::try_from(self.ebpf.map_mut("CIDR_CLASSES").context("no CIDR_CLASSES")?)?;
+        for (class, (network, prefix_len)) in cidrs.iter().enumerate() {
+            map.insert(&Key::new(*prefix_len, *network), u8::try_from(class)?, 0)?;
+        }
+        Ok(())
+    }
+
+    /// A per-CPU `u64` counter of map `name` under `key`, summed (0 if absent).
+    ///
+    /// # Errors
+    /// If the map cannot be read.
+    pub fn count<K: Pod>(&self, name: &str, key: &K) -> Result<u64> {
+        let map: PerCpuHashMap<_, K, u64> =
+            PerCpuHashMap::try_from(self.ebpf.map(name).context("no such map")?)?;
+        Ok(map.get(key, 0).map_or(0, |per_cpu| per_cpu.iter().sum()))
+    }
+
+    /// A per-CPU packet count of map `name` under `key`, summed (zero if absent).
+    ///
+    /// # Errors
+    /// If the map cannot be read.
+    pub fn packets<K: Pod>(&self, name: &str, key: &K) -> Result<PacketCount> {
+        let map: PerCpuHashMap<_, K, PacketCount> =
+            PerCpuHashMap::try_from(self.ebpf.map(name).context("no such map")?)?;
+        Ok(map.get(key, 0).map_or(PacketCount::default(), |per_cpu| {
+            per_cpu.iter().fold(PacketCount::default(), |sum, c| PacketCount {
+                packets: sum.packets + c.packets,
+                bytes: sum.bytes + c.bytes,
+            })
+        }))
+    }
+
+    /// Every entry of per-CPU `u64` map `name`, summed: to check nothing else was counted.
+    ///
+    /// # Errors
+    /// If the map cannot be read.
+    pub fn all_counts<K: Pod>(&self, name: &str) -> Result<Vec<(K, u64)>> {
+        let map: PerCpuHashMap<_, K, u64> =
+            PerCpuHashMap::try_from(self.ebpf.map(name).context("no such map")?)?;
+        Ok(map.iter().filter_map(Result::ok).map(|(k, per_cpu)| (k, per_cpu.iter().sum())).collect())
+    }
+
+    /// The records waiting in ring buffer `name`.
+    ///
+    /// # Errors
+    /// If the map is not a ring buffer.
+    pub fn drain<T: Pod>(&mut self, name: &str) -> Result<Vec<T>> {
+        let mut ring = RingBuf::try_from(self.ebpf.map_mut(name).context("no such ring buffer")?)?;
+        let mut records = Vec::new();
+        while let Some(item) = ring.next() {
+            ensure!(item.len() >= size_of::<T>(), "a record of {} bytes", item.len());
+            // SAFETY: T is plain data, and the program wrote exactly a T.
+            records.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) });
+        }
+        Ok(records)
     }
 }
 

@@ -1,12 +1,11 @@
 //! The whole chain on the real kernel: `cniguard run` in a namespace attaches to its veth,
 //! counts exactly the traffic sent across it, and serves it on /metrics.
 
-use std::process::{Command, Stdio};
-
 use cniguard_lab::cniguard::Daemon;
 use cniguard_lab::exposition::Scrape;
 use cniguard_lab::netns::QuietLink;
 use cniguard_lab::{require_root, traffic};
+use cniguard_tests::lab_support::assert_promtool_accepts;
 
 const PACKETS: &str = "cniguard_interface_packets_total";
 const BYTES: &str = "cniguard_interface_bytes_total";
@@ -103,20 +102,5 @@ fn endpoints_and_exposition_are_valid() {
         Some(1.0)
     );
 
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is installed by `cargo xtask setup` (Debian package prometheus)");
-    std::io::Write::write_all(promtool.stdin.as_mut().unwrap(), scrape.text.as_bytes()).unwrap();
-    let output = promtool.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "promtool check metrics:\n{}{}\n--- scrape ---\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-        scrape.text
-    );
+    assert_promtool_accepts(&scrape.text);
 }

@@ -71,25 +71,29 @@ fn settle(lab: &Lab) -> WorkloadWindow {
     }
 }
 
-/// Per step and node: packets per second cniguard counted on each kind of CNI device,
-/// read from Prometheus just before the next step; and per step, the workloads' outcome.
+/// Per step and node, from Prometheus just before the next step: which overlay carries the
+/// node's traffic (VXLAN packets per second by port on the underlay), its pods' traffic
+/// (packets per second on veth* and cali*), and how many BGP sessions are up; per step,
+/// what the workloads saw.
 fn timeline(lab: &Lab, windows: &[WorkloadWindow]) -> Result<String> {
     let prometheus = lab.prometheus();
     let events = lab.events();
     let start = events.first().map_or(0.0, |e| e.at);
     let width = events.iter().map(|e| e.step.len()).max().unwrap_or(4);
-    let devices = [
-        ("flannel.1", "flannel.1"),
-        ("vxlan.calico", "vxlan.calico"),
-        ("veth*", "veth.*"),
-        ("cali*", "cali.*"),
+    let columns: [(&str, &str); 5] = [
+        ("VXLAN 8472/s", "sum(rate(cniguard_vxlan_packets_total{node=\"NODE\",port=\"8472\"}[10s]))"),
+        ("VXLAN 4789/s", "sum(rate(cniguard_vxlan_packets_total{node=\"NODE\",port=\"4789\"}[10s]))"),
+        ("veth*/s", "sum(rate(cniguard_interface_packets_total{node=\"NODE\",interface=~\"veth.*\"}[10s]))"),
+        ("cali*/s", "sum(rate(cniguard_interface_packets_total{node=\"NODE\",interface=~\"cali.*\"}[10s]))"),
+        ("BGP up", "sum(cniguard_bgp_session_up{node=\"NODE\"})"),
     ];
     let mut text = String::from(
-        "timeline: packets/s cniguard counted per node and CNI device (from Prometheus, 10s rate),\n\
-         \x20         and what the pods' workloads saw during the step (health checks to 127.0.0.1:9500, DNS queries)\n",
+        "timeline: per node, what cniguard measured (from Prometheus): VXLAN packets/s by port on the underlay\n\
+         \x20         (Flannel 8472, Calico 4789), pod packets/s on veth* (Flannel) and cali* (Calico), BGP sessions up;\n\
+         \x20         per step, what the pods' workloads saw (health checks to 127.0.0.1:9500, DNS queries)\n",
     );
     let _ = write!(text, "{:>5}  {:<width$}  {:<7}", "t", "step", "node");
-    for (label, _) in devices {
+    for (label, _) in columns {
         let _ = write!(text, " {label:>12}");
     }
     text.push_str("   health ok/failed   dns ok/failed\n");
@@ -98,12 +102,8 @@ fn timeline(lab: &Lab, windows: &[WorkloadWindow]) -> Result<String> {
         for (row, node) in lab.topology().nodes.iter().enumerate() {
             let step = if row == 0 { event.step.as_str() } else { "" };
             let _ = write!(text, "{:>4.0}s  {step:<width$}  {:<7}", event.at - start, node.name);
-            for (_, pattern) in devices {
-                let query = format!(
-                    "sum(rate(cniguard_interface_packets_total{{node=\"{}\",interface=~\"{pattern}\"}}[10s]))",
-                    node.name
-                );
-                let value = prometheus.scalar(&query, Some(sample_at))?;
+            for (_, query) in columns {
+                let value = prometheus.scalar(&query.replace("NODE", &node.name), Some(sample_at))?;
                 let _ = write!(text, " {:>12}", value.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")));
             }
             if let (0, Some(window)) = (row, windows.get(index)) {

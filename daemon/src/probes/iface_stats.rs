@@ -15,6 +15,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
 use super::{AttachedInterfaces, InterfaceProbe, TcProgram};
+use crate::interfaces::{Interface, InterfaceSelector, InterfaceTable};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
 
 pub const NAME: &str = "iface_stats";
@@ -31,6 +32,7 @@ type CountersMap = PerCpuHashMap<MapData, IfaceKey, IfaceCounters>;
 pub struct IfaceStats {
     counters: Mutex<CountersMap>,
     attached: AttachedInterfaces,
+    selector: InterfaceSelector,
 }
 
 impl IfaceStats {
@@ -40,12 +42,16 @@ impl IfaceStats {
     /// If the map is missing or of another type (an eBPF object from another build).
     pub fn register(
         ebpf: &mut Ebpf,
+        selector: InterfaceSelector,
         attached: &AttachedInterfaces,
         metrics: &DaemonMetrics,
     ) -> Result<Arc<dyn InterfaceProbe>> {
         let map = ebpf.take_map("IFACE_STATS").context("the eBPF object has no IFACE_STATS map")?;
-        let probe =
-            Arc::new(Self { counters: Mutex::new(CountersMap::try_from(map)?), attached: attached.clone() });
+        let probe = Arc::new(Self {
+            counters: Mutex::new(CountersMap::try_from(map)?),
+            attached: attached.clone(),
+            selector,
+        });
         metrics.registry.register(Box::new(IfaceStatsCollector::new(probe.clone())))?;
         Ok(probe)
     }
@@ -84,6 +90,10 @@ impl InterfaceProbe for IfaceStats {
 
     fn programs(&self) -> &'static [TcProgram] {
         PROGRAMS
+    }
+
+    fn wants(&self, interface: &Interface, _all: &InterfaceTable) -> bool {
+        self.selector.selects(interface)
     }
 
     fn retain_interfaces(&self, keep: &dyn Fn(u32) -> bool) {

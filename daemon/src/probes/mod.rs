@@ -7,6 +7,9 @@
 
 pub mod iface_stats;
 pub mod map_health;
+pub mod overlay;
+pub mod sock_state;
+pub mod underlay;
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -15,6 +18,9 @@ use anyhow::Result;
 use aya::Ebpf;
 use probe_common::Direction;
 
+use crate::config::Settings;
+use crate::interfaces::{Interface, InterfaceTable};
+use crate::labels::PeerLabels;
 use crate::metrics::DaemonMetrics;
 
 /// A classifier of an interface probe and the tc hook it runs at.
@@ -25,11 +31,16 @@ pub struct TcProgram {
     pub direction: Direction,
 }
 
-/// A probe whose classifiers attach to every selected interface.
+/// A probe whose classifiers attach to the interfaces it selects.
 pub trait InterfaceProbe: Send + Sync {
     /// The `probe` label value.
     fn name(&self) -> &'static str;
     fn programs(&self) -> &'static [TcProgram];
+    /// Whether to attach to `interface`, given every interface of the namespace (an
+    /// underlay is known by the VXLAN devices that send through it).
+    fn wants(&self, interface: &Interface, all: &InterfaceTable) -> bool;
+    /// Sees the interface table after every change, before attachments follow it.
+    fn observe_interfaces(&self, _all: &InterfaceTable) {}
     /// Drops the state of interfaces for which `keep` is false (gone, or no longer watched),
     /// so their series leave /metrics and their map entries are reclaimed.
     fn retain_interfaces(&self, keep: &dyn Fn(u32) -> bool);
@@ -66,9 +77,22 @@ impl AttachedInterfaces {
 /// If a map the probes expect is missing from the object (a build mismatch).
 pub fn interface_probes(
     ebpf: &mut Ebpf,
+    settings: &Settings,
     attached: &AttachedInterfaces,
+    peers: &Arc<PeerLabels>,
     metrics: &DaemonMetrics,
 ) -> Result<Vec<Arc<dyn InterfaceProbe>>> {
     map_health::register(ebpf, metrics)?;
-    Ok(vec![iface_stats::IfaceStats::register(ebpf, attached, metrics)?])
+    Ok(vec![
+        iface_stats::IfaceStats::register(ebpf, settings.interfaces.clone(), attached, metrics)?,
+        underlay::Underlay::register(
+            ebpf,
+            settings.vxlan_ports.clone(),
+            settings.underlay_interfaces.clone(),
+            attached,
+            peers.clone(),
+            metrics,
+        )?,
+        overlay::Overlay::register(ebpf, &settings.cidrs, attached, metrics)?,
+    ])
 }

@@ -38,10 +38,13 @@ pub fn bird_config(topology: &Topology, node: usize, peers: &[usize]) -> String 
         // recursively; such routes never reach the kernel (the export filter above).
         let (reach, gateway) =
             if peer_spec.subnet == spec.subnet { ("direct", "direct") } else { ("multihop", "recursive") };
+        // One side of each pair waits for the other: no connection collision, so a session
+        // always opens with exactly one OPEN each way.
+        let passive = if peer_spec.index < spec.index { "on" } else { "off" };
         let _ = write!(
             config,
             "protocol bgp mesh_{peer_name} {{\n  local {local} as {CALICO_AS};\n  neighbor {neighbor} as {CALICO_AS};\n\
-             \x20 {reach};\n  hold time 9;\n  keepalive time 3;\n  connect retry time 1;\n\
+             \x20 {reach};\n  passive {passive};\n  hold time 9;\n  keepalive time 3;\n  connect retry time 1;\n\
              \x20 ipv4 {{\n    import filter {{ if net ~ [ 10.244.0.0/16{{26,32}} ] then accept; reject; }};\n\
              \x20   export filter {{ if proto = \"local_block\" then accept; reject; }};\n\
              \x20   next hop self;\n    gateway {gateway};\n  }};\n}}\n",
@@ -194,7 +197,11 @@ mod tests {
         let topology = Topology::standard("cglab-test");
         let config = bird_config(&topology, 0, &[0, 1, 2]);
         assert!(config.contains("protocol bgp mesh_node_2 {"));
-        assert!(config.contains("neighbor 192.168.10.12 as 64512;\n  direct;"));
+        assert!(config.contains("neighbor 192.168.10.12 as 64512;\n  direct;\n  passive off;"));
+        assert!(
+            bird_config(&topology, 1, &[0, 1])
+                .contains("neighbor 192.168.10.11 as 64512;\n  direct;\n  passive on;")
+        );
         assert!(config.contains("neighbor 192.168.20.13 as 64512;\n  multihop;"));
         assert!(!config.contains("mesh_node_1"), "no session to itself");
         assert!(config.contains("gw ~ 192.168.10.0/24"));

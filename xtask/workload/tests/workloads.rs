@@ -1,15 +1,16 @@
-//! The workloads on the real kernel, each test in a network namespace of its own: the
-//! processes run inside it through `ip netns exec`, and only its loopback carries traffic.
+//! The workloads on the real kernel, each test in a network namespace of its own
+//! (`cniguard_lab::netns::NetNs`): the processes run inside it, and only its loopback
+//! carries traffic.
 
 use std::fs;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use cniguard_lab::netns::NetNs;
+use cniguard_lab::require_root;
 use serde_json::{Map, Value};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_cniguard-workload");
@@ -18,57 +19,32 @@ const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 /// Only a bound on a broken run: nothing asserts how fast anything is.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// Whether the test may run: it needs root for namespaces. In CI a test that cannot run
-/// fails; elsewhere it says it skipped.
-fn kernel_tests_allowed(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs root (network namespaces), and CI=true forbids skipping it"
-    );
-    eprintln!("SKIPPED {test}: needs root (network namespaces); run the tests as root");
-    false
-}
-
-macro_rules! require_root {
-    ($test:literal) => {
-        if !kernel_tests_allowed($test) {
-            return;
-        }
-    };
-}
-
-/// A namespace `cgt-<pid>-wl-<n>` with `lo` up and a scratch directory for stats files;
-/// on drop, whatever still runs in it is killed and both are removed.
-struct Namespace {
-    name: String,
+/// A test's namespace (`cgt-<pid>-<n>-wl`) and its scratch directory for stats files, named
+/// after it under `CARGO_TARGET_TMPDIR`. On drop the directory is removed, then the
+/// namespace with whatever still runs in it.
+struct Sandbox {
+    ns: NetNs,
     dir: PathBuf,
 }
 
-impl Namespace {
+impl Sandbox {
     fn new() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!("cgt-{}-wl-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        run(Command::new("ip").args(["netns", "add", &name]));
-        // The guard exists from here on, so a failure below still removes the namespace.
-        let namespace = Self { dir: Path::new(env!("CARGO_TARGET_TMPDIR")).join(&name), name };
-        run(Command::new("ip").args(["-n", &namespace.name, "link", "set", "lo", "up"]));
-        fs::create_dir_all(&namespace.dir).expect("create the scratch directory");
-        namespace
+        let ns = NetNs::new("wl").expect("create the test's namespace");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(ns.name());
+        fs::create_dir_all(&dir).expect("create the scratch directory");
+        Self { ns, dir }
     }
 
     fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
-    /// Starts `program` inside the namespace; `ip netns exec` execs it, so the child's pid
-    /// is the program's.
+    /// Starts `program` inside the namespace; it dies with the test's thread at the latest.
     fn spawn(&self, program: &str, args: &[&str]) -> Process {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.name, program])
+        let child = self
+            .ns
+            .command(program)
+            .expect("open the namespace")
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -83,48 +59,15 @@ impl Namespace {
     }
 
     /// Runs `f` on a thread inside the namespace, for the test's own client sockets.
-    fn run_inside<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        let path = Path::new("/var/run/netns").join(&self.name);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let file = fs::File::open(&path).expect("open the namespace file");
-                    // SAFETY: a valid namespace fd; only this short-lived thread moves.
-                    let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
-                    f()
-                })
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.ns.run(f)
     }
 }
 
-impl Drop for Namespace {
+impl Drop for Sandbox {
     fn drop(&mut self) {
-        if let Ok(output) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
-            for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<libc::pid_t>() {
-                    // SAFETY: plain kill(2) of a process inside our own namespace.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-        let deleted = Command::new("ip").args(["netns", "del", &self.name]).status();
-        if !deleted.is_ok_and(|status| status.success()) {
-            eprintln!("cleanup: could not delete namespace {}", self.name);
-        }
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-fn run(command: &mut Command) {
-    let output = command.output().unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
 }
 
 /// A started process, killed on drop if it still runs.
@@ -134,8 +77,8 @@ struct Process {
 }
 
 impl Process {
-    fn pid(&self) -> libc::pid_t {
-        libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t")
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn running(&mut self) -> bool {
@@ -159,8 +102,9 @@ impl Process {
 
     /// SIGTERM, then waits for the process to end.
     fn terminate(self) -> (ExitStatus, String) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
         // SAFETY: plain kill(2) of our own child, which has not been reaped yet.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        unsafe { libc::kill(pid, libc::SIGTERM) };
         self.wait()
     }
 
@@ -250,8 +194,8 @@ fn arg(path: &Path) -> &str {
 
 #[test]
 fn agent_reuses_keep_alive_connections_to_mlserver() {
-    require_root!("agent_reuses_keep_alive_connections_to_mlserver");
-    let ns = Namespace::new();
+    require_root!();
+    let ns = Sandbox::new();
     let server_stats = ns.file("mlserver.json");
     let mut server = ns.workload(&["mlserver", "--listen", "127.0.0.1:9500", "--stats", arg(&server_stats)]);
     server.wait_for_stats(&server_stats);
@@ -279,8 +223,8 @@ fn agent_reuses_keep_alive_connections_to_mlserver() {
 
 #[test]
 fn mlserver_answers_inference_and_unknown_routes() {
-    require_root!("mlserver_answers_inference_and_unknown_routes");
-    let ns = Namespace::new();
+    require_root!();
+    let ns = Sandbox::new();
     let stats = ns.file("mlserver.json");
     let mut server = ns.workload(&[
         "mlserver",
@@ -294,7 +238,7 @@ fn mlserver_answers_inference_and_unknown_routes() {
     server.wait_for_stats(&stats);
 
     let infer = r#"{"id": "1", "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.5]}]}"#;
-    let answers = ns.run_inside(|| {
+    let answers = ns.run(|| {
         [
             http("127.0.0.1:9500", "POST", "/v2/models/fraud/infer", infer),
             http("127.0.0.1:8080", "POST", "/v2/models/fraud/infer", "{not json"),
@@ -340,8 +284,8 @@ fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
 
 #[test]
 fn udp_sink_counts_every_datagram_sent() {
-    require_root!("udp_sink_counts_every_datagram_sent");
-    let ns = Namespace::new();
+    require_root!();
+    let ns = Sandbox::new();
     let sink_stats = ns.file("sink.json");
     let mut sink = ns.workload(&["udp-sink", "--listen", "127.0.0.1:7000", "--stats", arg(&sink_stats)]);
     sink.wait_for_stats(&sink_stats);
@@ -369,8 +313,8 @@ fn udp_sink_counts_every_datagram_sent() {
 
 #[test]
 fn dns_client_tells_answers_from_nxdomain() {
-    require_root!("dns_client_tells_answers_from_nxdomain");
-    let ns = Namespace::new();
+    require_root!();
+    let ns = Sandbox::new();
     let pid_file = ns.file("dnsmasq.pid");
     let log_file = ns.file("dnsmasq.log");
     let mut dnsmasq = ns.spawn(
@@ -391,13 +335,12 @@ fn dns_client_tells_answers_from_nxdomain() {
             &format!("--log-facility={}", arg(&log_file)),
         ],
     );
-    // The socket is in the namespace once ip has exec'd dnsmasq; /proc/<pid>/net shows the
-    // process's own namespace.
+    // The child entered the namespace before exec, and spawn returns once dnsmasq runs:
+    // /proc/<pid>/net shows the namespace's sockets.
     let pid = dnsmasq.pid();
     dnsmasq.wait_until("listening on 127.0.0.1:5353", || {
-        fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == Path::new(DNSMASQ))
-            && fs::read_to_string(format!("/proc/{pid}/net/udp"))
-                .is_ok_and(|sockets| sockets.contains(" 0100007F:14E9 "))
+        fs::read_to_string(format!("/proc/{pid}/net/udp"))
+            .is_ok_and(|sockets| sockets.contains(" 0100007F:14E9 "))
     });
 
     let stats = ns.file("dns.json");
@@ -424,8 +367,8 @@ fn dns_client_tells_answers_from_nxdomain() {
 
 #[test]
 fn agent_counts_refused_connections() {
-    require_root!("agent_counts_refused_connections");
-    let ns = Namespace::new();
+    require_root!();
+    let ns = Sandbox::new();
     let stats = ns.file("agent.json");
     let agent = ns.workload(&[
         "agent",
@@ -444,8 +387,8 @@ fn agent_counts_refused_connections() {
 
 #[test]
 fn startup_errors_exit_2_with_one_line() {
-    require_root!("startup_errors_exit_2_with_one_line");
-    let ns = Namespace::new();
+    require_root!();
+    let ns = Sandbox::new();
     let stats = ns.file("first.json");
     let mut first = ns.workload(&["udp-sink", "--listen", "127.0.0.1:7000", "--stats", arg(&stats)]);
     first.wait_for_stats(&stats);

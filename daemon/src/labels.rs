@@ -1,0 +1,81 @@
+//! Bounded `peer` labels: each metric keeps up to `max_peers` distinct peers as their own
+//! label value, in order of appearance; the rest share `peer="other"`, and
+//! `cniguard_label_overflow_total{metric}` counts the peers folded that way.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::{Mutex, PoisonError};
+
+use prometheus::{IntCounterVec, Opts, Registry};
+
+/// The label value of peers beyond the cap.
+pub const OTHER: &str = "other";
+/// Folded peers remembered per metric (to count each once); beyond it, folds go uncounted.
+const FOLDED_MEMORY: usize = 65_536;
+
+pub struct PeerLabels {
+    max_peers: usize,
+    seen: Mutex<HashMap<&'static str, Seen>>,
+    overflow: IntCounterVec,
+}
+
+#[derive(Default)]
+struct Seen {
+    admitted: HashSet<Ipv4Addr>,
+    folded: HashSet<Ipv4Addr>,
+}
+
+impl PeerLabels {
+    /// # Panics
+    /// Only on a programming error: a duplicate metric name in `registry`.
+    #[must_use]
+    pub fn new(max_peers: usize, registry: &Registry) -> Self {
+        let overflow = IntCounterVec::new(
+            Opts::new(
+                "cniguard_label_overflow_total",
+                "Peers counted as peer=\"other\" because a metric reached max_peers",
+            ),
+            &["metric"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(overflow.clone())).expect("metric names are unique");
+        Self { max_peers, seen: Mutex::new(HashMap::new()), overflow }
+    }
+
+    /// The label value for `peer` in `metric`: the address, or `other` once the metric holds
+    /// `max_peers` others. A peer keeps its value for as long as the daemon runs.
+    pub fn label(&self, metric: &'static str, peer: Ipv4Addr) -> String {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let seen = seen.entry(metric).or_default();
+        if seen.admitted.contains(&peer) {
+            return peer.to_string();
+        }
+        if seen.admitted.len() < self.max_peers {
+            seen.admitted.insert(peer);
+            return peer.to_string();
+        }
+        if seen.folded.len() < FOLDED_MEMORY && seen.folded.insert(peer) {
+            self.overflow.with_label_values(&[metric]).inc();
+        }
+        OTHER.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_beyond_the_cap_are_other_and_counted_once() {
+        let registry = Registry::new();
+        let labels = PeerLabels::new(2, &registry);
+        let peer = |last: u8| Ipv4Addr::new(192, 168, 10, last);
+        assert_eq!(labels.label("m", peer(1)), "192.168.10.1");
+        assert_eq!(labels.label("m", peer(2)), "192.168.10.2");
+        assert_eq!(labels.label("m", peer(3)), OTHER);
+        assert_eq!(labels.label("m", peer(3)), OTHER);
+        assert_eq!(labels.label("m", peer(1)), "192.168.10.1", "admitted peers keep their label");
+        assert_eq!(labels.label("n", peer(3)), "192.168.10.3", "each metric has its own cap");
+        assert_eq!(labels.overflow.with_label_values(&["m"]).get(), 1);
+    }
+}

@@ -1,0 +1,145 @@
+//! `overlay`: traffic inside each VXLAN device by the configured CIDR (old pods, new pods,
+//! services, other) of its source and destination.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::{Context as _, Result};
+use aya::Ebpf;
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{MapData, PerCpuHashMap};
+use probe_common::Direction;
+use probe_common::iface_stats::PacketCount;
+use probe_common::overlay::{OTHER_CIDR, OverlayKey};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+
+use super::{AttachedInterfaces, InterfaceProbe, TcProgram};
+use crate::config::Cidr;
+use crate::interfaces::{Interface, InterfaceTable};
+use crate::labels;
+use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+
+pub const NAME: &str = "overlay";
+
+const PROGRAMS: &[TcProgram] = &[
+    TcProgram { function: "overlay_ingress", direction: Direction::Ingress },
+    TcProgram { function: "overlay_egress", direction: Direction::Egress },
+];
+
+const LABELS: &[&str] = &["device", "src_cidr", "dst_cidr"];
+
+pub struct Overlay {
+    /// Held open: the programs are loaded after this probe registers, and their map
+    /// references must point at a live fd then.
+    _classes: LpmTrie<MapData, [u8; 4], u8>,
+    stats: Mutex<PerCpuHashMap<MapData, OverlayKey, PacketCount>>,
+    /// The label value of each configured CIDR, by its index.
+    names: Vec<String>,
+    attached: AttachedInterfaces,
+}
+
+impl Overlay {
+    /// Loads the configured CIDRs into the program's trie and registers the collector.
+    ///
+    /// # Errors
+    /// If a map is missing or the kernel refuses an entry.
+    pub fn register(
+        ebpf: &mut Ebpf,
+        cidrs: &[Cidr],
+        attached: &AttachedInterfaces,
+        metrics: &DaemonMetrics,
+    ) -> Result<Arc<dyn InterfaceProbe>> {
+        let mut classes: LpmTrie<MapData, [u8; 4], u8> = LpmTrie::try_from(
+            ebpf.take_map("CIDR_CLASSES").context("the eBPF object has no CIDR_CLASSES map")?,
+        )?;
+        for (index, cidr) in cidrs.iter().enumerate() {
+            let class = u8::try_from(index)?;
+            classes
+                .insert(&Key::new(u32::from(cidr.prefix_len), cidr.network.octets()), class, 0)
+                .with_context(|| {
+                    format!("loading CIDR {}/{} ({})", cidr.network, cidr.prefix_len, cidr.name)
+                })?;
+        }
+        let stats = ebpf.take_map("OVERLAY_STATS").context("the eBPF object has no OVERLAY_STATS map")?;
+        let probe = Arc::new(Self {
+            _classes: classes,
+            stats: Mutex::new(PerCpuHashMap::try_from(stats)?),
+            names: cidrs.iter().map(|c| c.name.clone()).collect(),
+            attached: attached.clone(),
+        });
+        metrics.registry.register(Box::new(OverlayCollector {
+            probe: probe.clone(),
+            packets: describe(
+                "cniguard_overlay_packets_total",
+                "Packets inside a VXLAN device, by the configured CIDR of their source and destination",
+                LABELS,
+            ),
+        }))?;
+        Ok(probe)
+    }
+
+    fn class_name(&self, class: u8) -> &str {
+        if class == OTHER_CIDR {
+            labels::OTHER
+        } else {
+            self.names.get(usize::from(class)).map_or(labels::OTHER, String::as_str)
+        }
+    }
+}
+
+impl InterfaceProbe for Overlay {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn programs(&self) -> &'static [TcProgram] {
+        PROGRAMS
+    }
+
+    fn wants(&self, interface: &Interface, _all: &InterfaceTable) -> bool {
+        interface.vxlan.is_some()
+    }
+
+    fn retain_interfaces(&self, keep: &dyn Fn(u32) -> bool) {
+        let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale: Vec<OverlayKey> =
+            stats.keys().filter_map(Result::ok).filter(|k| !keep(k.ifindex)).collect();
+        for key in stale {
+            let _ = stats.remove(&key);
+        }
+    }
+}
+
+struct OverlayCollector {
+    probe: Arc<Overlay>,
+    packets: Desc,
+}
+
+impl Collector for OverlayCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.packets]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let probe = &self.probe;
+        // CIDRs sharing a name share a series.
+        let mut totals: BTreeMap<[String; 3], u64> = BTreeMap::new();
+        for (key, per_cpu) in
+            probe.stats.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Result::ok)
+        {
+            let Some(device) = probe.attached.name(key.ifindex) else { continue };
+            let labels = [
+                device,
+                probe.class_name(key.src_class).to_owned(),
+                probe.class_name(key.dst_class).to_owned(),
+            ];
+            *totals.entry(labels).or_default() += per_cpu.iter().map(|c| c.packets).sum::<u64>();
+        }
+        let mut packets = FamilyBuilder::counter(&self.packets, LABELS);
+        for (labels, count) in &totals {
+            packets.sample(&[&labels[0], &labels[1], &labels[2]], *count as f64);
+        }
+        packets.build().into_iter().collect()
+    }
+}

@@ -1,0 +1,327 @@
+//! `underlay`: VXLAN per port, VNI and remote node, and BGP messages per peer and type, on
+//! the devices the VXLAN devices send through (found through netlink) and any configured.
+//! NOTIFICATIONs arrive through a ring buffer and are counted and logged as they come.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::{Context as _, Result};
+use aya::Ebpf;
+use aya::maps::{HashMap, MapData, PerCpuHashMap, RingBuf};
+use probe_common::Direction;
+use probe_common::iface_stats::PacketCount;
+use probe_common::underlay::{BgpKey, BgpMessageKind, BgpNotificationEvent, VxlanKey, VxlanMalformedKey};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounterVec, Opts};
+use tokio::io::unix::AsyncFd;
+
+use super::{AttachedInterfaces, InterfaceProbe, TcProgram};
+use crate::bgp_codes;
+use crate::interfaces::{Interface, InterfaceSelector, InterfaceTable};
+use crate::labels::PeerLabels;
+use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+
+pub const NAME: &str = "underlay";
+
+const PROGRAMS: &[TcProgram] = &[
+    TcProgram { function: "underlay_ingress", direction: Direction::Ingress },
+    TcProgram { function: "underlay_egress", direction: Direction::Egress },
+];
+
+const VXLAN_LABELS: &[&str] = &["interface", "direction", "port", "vni", "peer"];
+const MALFORMED_LABELS: &[&str] = &["interface", "port"];
+const BGP_LABELS: &[&str] = &["peer", "direction", "type"];
+const PEER_LABEL: &[&str] = &["peer"];
+
+pub struct Underlay {
+    ports: Mutex<HashMap<MapData, u16, u8>>,
+    configured_ports: Vec<u16>,
+    vxlan: Mutex<PerCpuHashMap<MapData, VxlanKey, PacketCount>>,
+    malformed: Mutex<PerCpuHashMap<MapData, VxlanMalformedKey, u64>>,
+    bgp: Mutex<PerCpuHashMap<MapData, BgpKey, u64>>,
+    last_seen: Mutex<PerCpuHashMap<MapData, [u8; 4], u64>>,
+    selector: InterfaceSelector,
+    attached: AttachedInterfaces,
+    peers: Arc<PeerLabels>,
+}
+
+impl Underlay {
+    /// Takes the probe's maps, registers its collector and starts reading NOTIFICATIONs.
+    ///
+    /// # Errors
+    /// If a map is missing (an eBPF object from another build) or the ring buffer cannot
+    /// be polled.
+    pub fn register(
+        ebpf: &mut Ebpf,
+        configured_ports: Vec<u16>,
+        selector: InterfaceSelector,
+        attached: &AttachedInterfaces,
+        peers: Arc<PeerLabels>,
+        metrics: &DaemonMetrics,
+    ) -> Result<Arc<dyn InterfaceProbe>> {
+        let mut take =
+            |name: &str| ebpf.take_map(name).with_context(|| format!("the eBPF object has no {name} map"));
+        let probe = Arc::new(Self {
+            ports: Mutex::new(HashMap::try_from(take("VXLAN_PORTS")?)?),
+            configured_ports,
+            vxlan: Mutex::new(PerCpuHashMap::try_from(take("VXLAN_STATS")?)?),
+            malformed: Mutex::new(PerCpuHashMap::try_from(take("VXLAN_MALFORMED")?)?),
+            bgp: Mutex::new(PerCpuHashMap::try_from(take("BGP_STATS")?)?),
+            last_seen: Mutex::new(PerCpuHashMap::try_from(take("BGP_LAST_SEEN")?)?),
+            selector,
+            attached: attached.clone(),
+            peers: peers.clone(),
+        });
+        probe.set_ports(&BTreeSet::new());
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "cniguard_bgp_notifications_total",
+                "BGP NOTIFICATION messages seen, by peer, error code and subcode",
+            ),
+            &["peer", "code", "subcode"],
+        )?;
+        metrics.registry.register(Box::new(notifications.clone()))?;
+        read_notifications(RingBuf::try_from(take("BGP_EVENTS")?)?, notifications, attached.clone(), peers)?;
+        metrics.registry.register(Box::new(UnderlayCollector::new(probe.clone())))?;
+        Ok(probe)
+    }
+
+    /// Puts the configured ports and those of local VXLAN devices in the program's port map.
+    fn set_ports(&self, device_ports: &BTreeSet<u16>) {
+        let wanted: BTreeSet<u16> =
+            self.configured_ports.iter().copied().chain(device_ports.iter().copied()).collect();
+        let mut ports = self.ports.lock().unwrap_or_else(PoisonError::into_inner);
+        let present: BTreeSet<u16> = ports.keys().filter_map(Result::ok).collect();
+        for port in present.difference(&wanted) {
+            let _ = ports.remove(port);
+        }
+        for port in wanted.difference(&present) {
+            if let Err(err) = ports.insert(port, 1, 0) {
+                tracing::warn!(port, "cannot watch VXLAN port: {err}");
+            }
+        }
+    }
+
+    /// The latest BGP message from each peer, as CLOCK_MONOTONIC nanoseconds.
+    fn last_seen(&self) -> Vec<(Ipv4Addr, u64)> {
+        let map = self.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
+        map.iter()
+            .filter_map(Result::ok)
+            .map(|(peer, per_cpu)| (Ipv4Addr::from(peer), per_cpu.iter().copied().max().unwrap_or(0)))
+            .collect()
+    }
+}
+
+impl InterfaceProbe for Underlay {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn programs(&self) -> &'static [TcProgram] {
+        PROGRAMS
+    }
+
+    fn wants(&self, interface: &Interface, all: &InterfaceTable) -> bool {
+        let carries_vxlan =
+            all.values().any(|other| other.vxlan.and_then(|v| v.underlay) == Some(interface.index));
+        carries_vxlan || self.selector.selects(interface)
+    }
+
+    fn observe_interfaces(&self, all: &InterfaceTable) {
+        self.set_ports(&all.values().filter_map(|i| i.vxlan.map(|v| v.port)).collect());
+    }
+
+    fn retain_interfaces(&self, keep: &dyn Fn(u32) -> bool) {
+        // BGP counts are per peer, not per interface: they stay.
+        let mut vxlan = self.vxlan.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale: Vec<VxlanKey> = vxlan.keys().filter_map(Result::ok).filter(|k| !keep(k.ifindex)).collect();
+        for key in stale {
+            let _ = vxlan.remove(&key);
+        }
+        let mut malformed = self.malformed.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale: Vec<VxlanMalformedKey> =
+            malformed.keys().filter_map(Result::ok).filter(|k| !keep(k.ifindex)).collect();
+        for key in stale {
+            let _ = malformed.remove(&key);
+        }
+    }
+}
+
+/// Counts and logs every NOTIFICATION the programs report, for as long as the daemon runs.
+fn read_notifications(
+    ring: RingBuf<MapData>,
+    counter: IntCounterVec,
+    attached: AttachedInterfaces,
+    peers: Arc<PeerLabels>,
+) -> Result<()> {
+    // SAFETY: the ring buffer owns its fd, which stays open and the same while it lives, and
+    // the AsyncFd owns the ring buffer.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|err| anyhow::anyhow!("polling the BGP notification ring buffer: {err}"))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = ring.readable_mut().await else { return };
+            while let Some(item) = guard.get_inner_mut().next() {
+                let Some(event) = read_event(&item) else { continue };
+                let peer = Ipv4Addr::from(event.peer);
+                let (code, subcode) =
+                    (bgp_codes::code_name(event.code), bgp_codes::subcode_name(event.code, event.subcode));
+                let label = peers.label("cniguard_bgp_notifications_total", peer);
+                counter.with_label_values(&[label.as_str(), code, subcode.as_str()]).inc();
+                let interface = attached.name(event.ifindex).unwrap_or_else(|| event.ifindex.to_string());
+                let sent =
+                    if event.direction == Direction::Ingress as u8 { "received from" } else { "sent to" };
+                tracing::warn!(
+                    peer = %peer,
+                    interface,
+                    "BGP NOTIFICATION {sent} {peer}: {} (code {}, subcode {})",
+                    bgp_codes::describe(event.code, event.subcode),
+                    event.code,
+                    event.subcode
+                );
+            }
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}
+
+fn read_event(bytes: &[u8]) -> Option<BgpNotificationEvent> {
+    (bytes.len() >= size_of::<BgpNotificationEvent>())
+        // SAFETY: the program writes exactly this #[repr(C)] plain-data struct; the read is
+        // unaligned-safe.
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<BgpNotificationEvent>()) })
+}
+
+struct UnderlayCollector {
+    probe: Arc<Underlay>,
+    packets: Desc,
+    bytes: Desc,
+    malformed: Desc,
+    messages: Desc,
+    last_message_age: Desc,
+}
+
+impl UnderlayCollector {
+    fn new(probe: Arc<Underlay>) -> Self {
+        Self {
+            probe,
+            packets: describe(
+                "cniguard_vxlan_packets_total",
+                "VXLAN packets on the underlay, by UDP port, VNI and the remote node's address",
+                VXLAN_LABELS,
+            ),
+            bytes: describe(
+                "cniguard_vxlan_bytes_total",
+                "Outer frame bytes of VXLAN packets on the underlay",
+                VXLAN_LABELS,
+            ),
+            malformed: describe(
+                "cniguard_vxlan_malformed_total",
+                "Packets to a VXLAN port that are not VXLAN (header cut short, or the I flag unset); passed, never dropped",
+                MALFORMED_LABELS,
+            ),
+            messages: describe(
+                "cniguard_bgp_messages_total",
+                "BGP messages at the start of TCP segments on port 179, by type; unaligned: a segment not starting on a message",
+                BGP_LABELS,
+            ),
+            last_message_age: describe(
+                "cniguard_bgp_last_message_age_seconds",
+                "Time since the last BGP message from the peer; a healthy session keeps it below the hold time",
+                PEER_LABEL,
+            ),
+        }
+    }
+}
+
+impl Collector for UnderlayCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.packets, &self.bytes, &self.malformed, &self.messages, &self.last_message_age]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let probe = &self.probe;
+        let direction = |d: u8| Direction::from_u8(d).map_or("unknown", Direction::label);
+        // Sum per label set: peers beyond the cap fold into one `other` series.
+        let mut vxlan: BTreeMap<[String; 5], PacketCount> = BTreeMap::new();
+        for (key, per_cpu) in
+            probe.vxlan.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Result::ok)
+        {
+            let Some(interface) = probe.attached.name(key.ifindex) else { continue };
+            let peer = probe.peers.label("cniguard_vxlan_packets_total", Ipv4Addr::from(key.peer));
+            let labels = [
+                interface,
+                direction(key.direction).to_owned(),
+                key.port.to_string(),
+                key.vni.to_string(),
+                peer,
+            ];
+            let total = vxlan.entry(labels).or_default();
+            for cpu in per_cpu.iter() {
+                total.packets += cpu.packets;
+                total.bytes += cpu.bytes;
+            }
+        }
+        let mut packets = FamilyBuilder::counter(&self.packets, VXLAN_LABELS);
+        let mut bytes = FamilyBuilder::counter(&self.bytes, VXLAN_LABELS);
+        for (labels, count) in &vxlan {
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            packets.sample(&labels, count.packets as f64);
+            bytes.sample(&labels, count.bytes as f64);
+        }
+
+        let mut malformed = FamilyBuilder::counter(&self.malformed, MALFORMED_LABELS);
+        for (key, per_cpu) in
+            probe.malformed.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Result::ok)
+        {
+            let Some(interface) = probe.attached.name(key.ifindex) else { continue };
+            malformed.sample(&[&interface, &key.port.to_string()], per_cpu.iter().sum::<u64>() as f64);
+        }
+
+        let mut messages_by_labels: BTreeMap<[String; 3], u64> = BTreeMap::new();
+        for (key, per_cpu) in
+            probe.bgp.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Result::ok)
+        {
+            let Some(kind) = BgpMessageKind::from_u8(key.kind) else { continue };
+            let peer = probe.peers.label("cniguard_bgp_messages_total", Ipv4Addr::from(key.peer));
+            *messages_by_labels
+                .entry([peer, direction(key.direction).to_owned(), kind.label().to_owned()])
+                .or_default() += per_cpu.iter().sum::<u64>();
+        }
+        let mut messages = FamilyBuilder::counter(&self.messages, BGP_LABELS);
+        for (labels, count) in &messages_by_labels {
+            messages.sample(&[&labels[0], &labels[1], &labels[2]], *count as f64);
+        }
+
+        let now = monotonic_ns();
+        let mut ages: BTreeMap<String, f64> = BTreeMap::new();
+        for (peer, seen) in probe.last_seen() {
+            let age = now.saturating_sub(seen) as f64 / 1e9;
+            let label = probe.peers.label("cniguard_bgp_last_message_age_seconds", peer);
+            // Folded peers: the freshest speaks for them.
+            let entry = ages.entry(label).or_insert(age);
+            *entry = entry.min(age);
+        }
+        let mut last_message_age = FamilyBuilder::gauge(&self.last_message_age, PEER_LABEL);
+        for (peer, age) in &ages {
+            last_message_age.sample(&[peer], *age);
+        }
+
+        [packets.build(), bytes.build(), malformed.build(), messages.build(), last_message_age.build()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}

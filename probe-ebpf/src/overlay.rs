@@ -1,0 +1,60 @@
+//! `overlay`: on the VXLAN devices, the traffic inside the tunnel by the configured CIDR
+//! its source and destination fall in (old pods, new pods, services, other), so the move
+//! from old to new addresses shows per device during the cutover.
+
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC,
+    macros::{classifier, map},
+    maps::{LpmTrie, PerCpuHashMap, lpm_trie::Key},
+    programs::TcContext,
+};
+use probe_common::{
+    iface_stats::PacketCount,
+    map_health::MapId,
+    overlay::{MAX_CIDRS, OTHER_CIDR, OVERLAY_STATS_MAX_ENTRIES, OverlayKey},
+};
+
+use crate::{
+    counters::add_packet,
+    packet::{self, ETH_P_IP},
+};
+
+/// Configured CIDRs, longest prefix wins; the value is the CIDR's index in the daemon's
+/// configuration. Filled by the daemon.
+#[map]
+static CIDR_CLASSES: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_CIDRS, 1); // BPF_F_NO_PREALLOC
+
+#[map]
+static OVERLAY_STATS: PerCpuHashMap<OverlayKey, PacketCount> =
+    PerCpuHashMap::with_max_entries(OVERLAY_STATS_MAX_ENTRIES, 0);
+
+#[classifier]
+pub fn overlay_ingress(ctx: TcContext) -> i32 {
+    observe(&ctx);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn overlay_egress(ctx: TcContext) -> i32 {
+    observe(&ctx);
+    TC_ACT_UNSPEC
+}
+
+/// Counts IPv4 packets by (source CIDR, destination CIDR). A packet crosses the device in
+/// one direction only, so both hooks count into the same entries.
+#[inline(always)]
+fn observe(ctx: &TcContext) {
+    let len = ctx.len() as usize;
+    let Some((ETH_P_IP, l3)) = packet::ethernet(ctx) else { return };
+    let Some(ip) = packet::ipv4(ctx, l3, len) else { return };
+    // SAFETY: the kernel hands this program its __sk_buff.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let key =
+        OverlayKey { ifindex, src_class: class(ip.source), dst_class: class(ip.destination), _pad: [0; 2] };
+    add_packet(&OVERLAY_STATS, &key, ctx.len(), MapId::OverlayStats);
+}
+
+#[inline(always)]
+fn class(address: [u8; 4]) -> u8 {
+    CIDR_CLASSES.get(Key::new(32, address)).copied().unwrap_or(OTHER_CIDR)
+}

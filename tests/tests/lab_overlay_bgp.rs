@@ -1,0 +1,198 @@
+//! Overlay and BGP visibility on the migration lab: which overlay carries an exact burst
+//! (Flannel's port 8472 VNI 1, then Calico's 4789 VNI 4096, by remote node), which CIDRs
+//! flow inside it, and the BGP sessions of real BIRD daemons: one OPEN each way per
+//! session, and a NOTIFICATION and the session going down when BIRD stops.
+
+use std::time::{Duration, Instant};
+
+use cniguard_lab::exposition::Scrape;
+use cniguard_lab::lab::{Fault, Lab};
+use cniguard_lab::netns::NetNs;
+use cniguard_lab::{require_root, traffic};
+use cniguard_tests::lab_support::{assert_promtool_accepts, options};
+
+const BURST: u64 = 30;
+const PAYLOAD: u64 = 100;
+/// Outer Ethernet, IPv4, UDP and VXLAN headers around the inner Ethernet, IPv4, UDP and
+/// payload.
+const VXLAN_FRAME: u64 = 14 + 20 + 8 + 8 + 14 + 20 + 8 + PAYLOAD;
+const NODE_1: &str = "192.168.10.11";
+const NODE_2: &str = "192.168.10.12";
+const NODE_3: &str = "192.168.20.13";
+
+fn scrapes(lab: &Lab) -> Vec<Scrape> {
+    (0..3).map(|node| lab.cniguard(node).scrape().unwrap()).collect()
+}
+
+fn vxlan(scrape: &Scrape, metric: &str, direction: &str, port: &str, vni: &str, peer: &str) -> u64 {
+    scrape.count(
+        metric,
+        &[("interface", "eth0"), ("direction", direction), ("port", port), ("vni", vni), ("peer", peer)],
+    )
+}
+
+fn all_vxlan(scrape: &Scrape) -> u64 {
+    scrape.count_sum("cniguard_vxlan_packets_total", &[])
+}
+
+/// Sends the burst from client-1 to `to` and waits until every node counted what it saw.
+fn burst(lab: &Lab, to: &str) -> (Vec<Scrape>, Vec<Scrape>) {
+    let before = scrapes(lab);
+    let from_ns = NetNs::existing(&lab.pod_netns_name("client-1").unwrap());
+    let to_ns = NetNs::existing(&lab.pod_netns_name(to).unwrap());
+    let (from, to) = (lab.pod_address("client-1").unwrap(), lab.pod_address(to).unwrap());
+    traffic::udp(&from_ns, from, &to_ns, to, BURST, PAYLOAD).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    (before, scrapes(lab))
+}
+
+fn wait(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn session_up(lab: &Lab, node: usize, peer: &str) -> Option<f64> {
+    lab.cniguard(node).scrape().unwrap().value("cniguard_bgp_session_up", &[("peer", peer)])
+}
+
+#[test]
+fn overlays_and_bgp_sessions_are_seen_per_node() {
+    require_root!();
+    let mut lab = Lab::up(options("overlay")).unwrap();
+    flannel_carries_the_burst(&mut lab);
+    lab.cutover(None).unwrap();
+    calico_sessions_open_once(&lab);
+    calico_carries_the_burst(&mut lab);
+    stopping_bird_is_noticed(&mut lab);
+    lab.down();
+}
+
+/// Flannel: node-1 to node-3 across the router, in flannel.1's VXLAN.
+fn flannel_carries_the_burst(lab: &mut Lab) {
+    lab.pause_traffic().unwrap();
+    let (before, after) = burst(lab, "sink-3");
+    let delta = |node: usize, metric: &str, direction: &str, peer: &str| {
+        vxlan(&after[node], metric, direction, "8472", "1", peer)
+            - vxlan(&before[node], metric, direction, "8472", "1", peer)
+    };
+    assert_eq!(delta(0, "cniguard_vxlan_packets_total", "egress", NODE_3), BURST);
+    assert_eq!(delta(0, "cniguard_vxlan_bytes_total", "egress", NODE_3), BURST * VXLAN_FRAME);
+    assert_eq!(delta(2, "cniguard_vxlan_packets_total", "ingress", NODE_1), BURST);
+    assert_eq!(delta(2, "cniguard_vxlan_bytes_total", "ingress", NODE_1), BURST * VXLAN_FRAME);
+    for node in 0..3 {
+        assert_eq!(
+            all_vxlan(&after[node]) - all_vxlan(&before[node]),
+            if node == 1 { 0 } else { BURST },
+            "node-{}",
+            node + 1
+        );
+    }
+    let old = [("src_cidr", "old_pods"), ("dst_cidr", "old_pods")];
+    for node in [0, 2] {
+        let overlay = |s: &Scrape| {
+            s.count("cniguard_overlay_packets_total", &[("device", "flannel.1"), old[0], old[1]])
+        };
+        assert_eq!(
+            overlay(&after[node]) - overlay(&before[node]),
+            BURST,
+            "node-{} flannel.1 old_pods",
+            node + 1
+        );
+    }
+    assert!(after[0].series("cniguard_bgp_messages_total", &[]).next().is_none(), "no BGP under Flannel");
+    lab.resume_traffic().unwrap();
+}
+
+/// Calico: BIRD meshes every node, one OPEN each way per session, seen by each node alone.
+fn calico_sessions_open_once(lab: &Lab) {
+    for (node, peer) in [(0, NODE_2), (0, NODE_3), (1, NODE_1), (1, NODE_3), (2, NODE_1), (2, NODE_2)] {
+        wait(&format!("node-{} session to {peer}", node + 1), || session_up(lab, node, peer) == Some(1.0));
+    }
+    for (node, peer) in [(0, NODE_2), (0, NODE_3), (1, NODE_1), (2, NODE_2)] {
+        let scrape = lab.cniguard(node).scrape().unwrap();
+        for direction in ["ingress", "egress"] {
+            let open = scrape.count(
+                "cniguard_bgp_messages_total",
+                &[("peer", peer), ("direction", direction), ("type", "open")],
+            );
+            assert_eq!(open, 1, "node-{} {direction} OPEN with {peer}", node + 1);
+        }
+        let established = scrape
+            .count("cniguard_bgp_session_transitions_total", &[("peer", peer), ("state", "established")]);
+        assert_eq!(established, 1, "node-{} established once with {peer}", node + 1);
+        let age = scrape.value("cniguard_bgp_last_message_age_seconds", &[("peer", peer)]).unwrap();
+        assert!(age < 9.0, "node-{}: last message from {peer} {age}s ago, beyond the hold time", node + 1);
+    }
+    // Each node reports its own sessions only, though one kernel runs all three BIRDs.
+    let node_1 = lab.cniguard(0).scrape().unwrap();
+    let peers: Vec<&str> =
+        node_1.series("cniguard_bgp_session_up", &[]).map(|s| s.labels["peer"].as_str()).collect();
+    assert_eq!(peers, vec![NODE_2, NODE_3]);
+}
+
+/// Calico: node-1 to node-3 crosses in vxlan.calico, node-1 to node-2 natively.
+fn calico_carries_the_burst(lab: &mut Lab) {
+    lab.pause_traffic().unwrap();
+    let (before, after) = burst(lab, "sink-3");
+    let delta = |node: usize, direction: &str, peer: &str| {
+        let metric = "cniguard_vxlan_packets_total";
+        vxlan(&after[node], metric, direction, "4789", "4096", peer)
+            - vxlan(&before[node], metric, direction, "4789", "4096", peer)
+    };
+    assert_eq!(delta(0, "egress", NODE_3), BURST);
+    assert_eq!(delta(2, "ingress", NODE_1), BURST);
+    let new = [("src_cidr", "new_pods"), ("dst_cidr", "new_pods")];
+    for node in [0, 2] {
+        let overlay = |s: &Scrape| {
+            s.count("cniguard_overlay_packets_total", &[("device", "vxlan.calico"), new[0], new[1]])
+        };
+        assert_eq!(
+            overlay(&after[node]) - overlay(&before[node]),
+            BURST,
+            "node-{} vxlan.calico new_pods",
+            node + 1
+        );
+    }
+    // Within the subnet Calico routes natively on BGP routes: no VXLAN at all.
+    let (before, after) = burst(lab, "sink-2");
+    for node in 0..3 {
+        assert_eq!(all_vxlan(&after[node]), all_vxlan(&before[node]), "node-{}", node + 1);
+    }
+    lab.resume_traffic().unwrap();
+}
+
+/// BIRD stops on node-2: it says goodbye with a NOTIFICATION, node-1 sees the session go,
+/// and come back with a second OPEN each way.
+fn stopping_bird_is_noticed(lab: &mut Lab) {
+    lab.inject(&Fault::StopBird { node: "node-2".into() }).unwrap();
+    wait("session to node-2 down", || session_up(lab, 0, NODE_2) == Some(0.0));
+    let scrape = lab.cniguard(0).scrape().unwrap();
+    let notifications: Vec<_> =
+        scrape.series("cniguard_bgp_notifications_total", &[("peer", NODE_2)]).collect();
+    assert_eq!(notifications.len(), 1, "{}", scrape.text);
+    assert_eq!(notifications[0].labels["code"], "cease");
+    assert_eq!(scrape.count("cniguard_bgp_notifications_total", &[("peer", NODE_2)]), 1);
+    assert_eq!(
+        scrape.count(
+            "cniguard_bgp_messages_total",
+            &[("peer", NODE_2), ("direction", "ingress"), ("type", "notification")]
+        ),
+        1
+    );
+    assert_eq!(session_up(lab, 0, NODE_3), Some(1.0), "the other session is untouched");
+    lab.repair(&Fault::StopBird { node: "node-2".into() }).unwrap();
+    wait("session to node-2 back", || session_up(lab, 0, NODE_2) == Some(1.0));
+    let scrape = lab.cniguard(0).scrape().unwrap();
+    assert_eq!(
+        scrape.count(
+            "cniguard_bgp_messages_total",
+            &[("peer", NODE_2), ("direction", "ingress"), ("type", "open")]
+        ),
+        2
+    );
+    // Every family of a node in full use passes Prometheus' own checks.
+    assert_promtool_accepts(&scrape.text);
+}
