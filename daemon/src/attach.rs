@@ -135,6 +135,12 @@ impl Attachments {
         self.attached.len()
     }
 
+    /// The ids this namespace gives the namespaces at the other end of its veths.
+    #[must_use]
+    pub fn peer_nsids(&self) -> std::collections::BTreeSet<i32> {
+        self.interfaces.values().filter_map(|i| i.peer_netnsid).collect()
+    }
+
     /// Brings the attachments in line with the interface table: every probe on exactly the
     /// interfaces it wants.
     async fn sync(&mut self) {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{EbpfLogLevel, Overrides, Settings, TcAttachMode};
+use crate::config::{EbpfLogLevel, NetnsScope, Overrides, Settings, TcAttachMode};
 use crate::preflight;
 
 /// Exit code for a configuration mistake (as clap uses for bad flags).
@@ -47,6 +47,10 @@ struct RunArgs {
     /// Level of the eBPF programs' own messages [default: off].
     #[arg(long, value_enum)]
     ebpf_log_level: Option<EbpfLogLevel>,
+    /// Which namespaces to watch: every one of the host, or this node's own and its pods'
+    /// (when several nodes share a kernel) [default: host].
+    #[arg(long, value_enum)]
+    netns_scope: Option<NetnsScope>,
 }
 
 #[must_use]
@@ -68,6 +72,7 @@ fn run(args: RunArgs) -> ExitCode {
         interfaces: args.interfaces,
         tc_attach: args.tc_attach,
         ebpf_log_level: args.ebpf_log_level,
+        netns_scope: args.netns_scope,
     };
     let settings = match Settings::load(args.config.as_deref(), overrides) {
         Ok(settings) => settings,

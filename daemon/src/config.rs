@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::interfaces::InterfaceSelector;
+pub use crate::namespaces::NetnsScope;
 
 /// The default interface patterns: every CNI-managed device Flannel and Calico create.
 pub const DEFAULT_INTERFACES: &[&str] = &["veth*", "cali*", "cni0", "flannel.1", "vxlan.calico"];
@@ -48,6 +49,63 @@ pub struct ConfigFile {
     pub max_peers: usize,
     /// Calico Typha's port: connection attempts to it are counted.
     pub typha_port: u16,
+    /// Which namespaces this daemon watches: `host` (every namespace: a real node) or `node`
+    /// (its own and those of the pods plugged into it by veth: a lab node sharing a kernel).
+    pub netns_scope: NetnsScope,
+    /// TCP over loopback inside each namespace (the Seldon agent and its MLServer).
+    pub localhost: LocalhostConfig,
+}
+
+/// The `[localhost]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalhostConfig {
+    /// Server ports whose loopback connections are measured (MLServer: 9500, 8080, 8081).
+    pub ports: Vec<u16>,
+    /// A SYN unanswered this long is a `timeout` failure.
+    pub connect_timeout_seconds: u64,
+    /// A connection silent this long is forgotten (its state reclaimed).
+    pub idle_timeout_seconds: u64,
+    /// The active check, like the runbook's `curl 127.0.0.1:9500/v2/health/ready`.
+    pub check: CheckConfig,
+}
+
+impl Default for LocalhostConfig {
+    fn default() -> Self {
+        Self {
+            ports: vec![9500, 8080, 8081],
+            connect_timeout_seconds: 3,
+            idle_timeout_seconds: 600,
+            check: CheckConfig::default(),
+        }
+    }
+}
+
+/// The `[localhost.check]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckConfig {
+    pub enabled: bool,
+    /// Namespaces to check, by `netns` label (globs; the node's own namespace has an empty
+    /// label and is never checked).
+    pub namespaces: Vec<String>,
+    pub port: u16,
+    pub path: String,
+    pub interval_seconds: u64,
+    pub timeout_seconds: u64,
+}
+
+impl Default for CheckConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            namespaces: vec!["*".into()],
+            port: 9500,
+            path: "/v2/health/ready".into(),
+            interval_seconds: 5,
+            timeout_seconds: 2,
+        }
+    }
 }
 
 /// One entry of `cidrs`.
@@ -74,6 +132,8 @@ impl Default for ConfigFile {
                 .collect(),
             max_peers: 256,
             typha_port: 5473,
+            netns_scope: NetnsScope::Host,
+            localhost: LocalhostConfig::default(),
         }
     }
 }
@@ -164,6 +224,7 @@ pub struct Overrides {
     pub interfaces: Option<Vec<String>>,
     pub tc_attach: Option<TcAttachMode>,
     pub ebpf_log_level: Option<EbpfLogLevel>,
+    pub netns_scope: Option<NetnsScope>,
 }
 
 /// The validated settings the daemon runs with.
@@ -179,6 +240,26 @@ pub struct Settings {
     pub cidrs: Vec<Cidr>,
     pub max_peers: usize,
     pub typha_port: u16,
+    pub netns_scope: NetnsScope,
+    pub localhost: LocalhostSettings,
+}
+
+/// The validated `[localhost]` table.
+#[derive(Debug, Clone)]
+pub struct LocalhostSettings {
+    pub ports: Vec<u16>,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub check: Option<CheckSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckSettings {
+    pub namespaces: globset::GlobSet,
+    pub port: u16,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 /// A configuration mistake, named precisely enough to fix in one go. Exit code 2.
@@ -241,7 +322,11 @@ impl Settings {
             let field = if file.typha_port == 0 { "typha_port" } else { "vxlan_ports" };
             return Err(ConfigError { origin: origin(field), message: "port 0 is not a port".into() });
         }
+        let localhost = localhost_settings(&file.localhost)
+            .map_err(|(field, message)| ConfigError { origin: origin(field), message })?;
         Ok(Self {
+            netns_scope: overrides.netns_scope.unwrap_or(file.netns_scope),
+            localhost,
             underlay_interfaces: InterfaceSelector::new(&file.underlay_interfaces)
                 .map_err(|message| ConfigError { origin: origin("underlay_interfaces"), message })?,
             vxlan_ports: file.vxlan_ports,
@@ -257,6 +342,59 @@ impl Settings {
             resync_interval: Duration::from_secs(file.resync_interval_seconds),
         })
     }
+}
+
+fn localhost_settings(config: &LocalhostConfig) -> Result<LocalhostSettings, (&'static str, String)> {
+    if config.ports.is_empty() || config.ports.contains(&0) {
+        return Err(("localhost.ports", "list at least one port, and no port 0".into()));
+    }
+    if config.ports.len() > probe_common::localhost::LOCALHOST_PORTS_MAX_ENTRIES as usize {
+        return Err((
+            "localhost.ports",
+            format!("at most {} ports", probe_common::localhost::LOCALHOST_PORTS_MAX_ENTRIES),
+        ));
+    }
+    if config.connect_timeout_seconds == 0 || config.idle_timeout_seconds == 0 {
+        return Err(("localhost.connect_timeout_seconds", "timeouts must be at least 1 second".into()));
+    }
+    let check = &config.check;
+    let check = if check.enabled {
+        if check.interval_seconds == 0
+            || check.timeout_seconds == 0
+            || check.timeout_seconds > check.interval_seconds
+        {
+            return Err((
+                "localhost.check.timeout_seconds",
+                "interval and timeout must be at least 1 second, the timeout at most the interval".into(),
+            ));
+        }
+        if !check.path.starts_with('/') {
+            return Err(("localhost.check.path", format!("`{}` must start with /", check.path)));
+        }
+        let mut namespaces = globset::GlobSetBuilder::new();
+        for pattern in &check.namespaces {
+            let glob = globset::Glob::new(pattern).map_err(|err| {
+                ("localhost.check.namespaces", format!("invalid pattern `{pattern}`: {}", err.kind()))
+            })?;
+            namespaces.add(glob);
+        }
+        let namespaces = namespaces.build().map_err(|err| ("localhost.check.namespaces", err.to_string()))?;
+        Some(CheckSettings {
+            namespaces,
+            port: check.port,
+            path: check.path.clone(),
+            interval: Duration::from_secs(check.interval_seconds),
+            timeout: Duration::from_secs(check.timeout_seconds),
+        })
+    } else {
+        None
+    };
+    Ok(LocalhostSettings {
+        ports: config.ports.clone(),
+        connect_timeout: Duration::from_secs(config.connect_timeout_seconds),
+        idle_timeout: Duration::from_secs(config.idle_timeout_seconds),
+        check,
+    })
 }
 
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {

@@ -7,7 +7,7 @@ use tokio::io::unix::AsyncFd;
 
 use probe_common::sock_state::SockStateFields;
 
-use crate::config::EbpfLogLevel;
+use crate::config::{EbpfLogLevel, NetnsScope};
 
 /// `probe-ebpf`, built by `build.rs` for the BPF target.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
@@ -16,16 +16,18 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 ///
 /// `log_level` is written into the object before it loads: below a message's level, the
 /// programs skip the ring buffer write entirely. So are the tracepoint field offsets this
-/// kernel uses.
+/// kernel uses, and whether the socket hooks count every namespace or only those in scope.
 ///
 /// # Errors
 /// If the kernel refuses a map (e.g. missing `CAP_BPF`, or memlock limits on old kernels).
-pub fn load(log_level: EbpfLogLevel, sock_state_fields: &SockStateFields) -> Result<Ebpf> {
+pub fn load(log_level: EbpfLogLevel, sock_state_fields: &SockStateFields, scope: NetnsScope) -> Result<Ebpf> {
     raise_memlock_limit();
     let level = log_level.as_aya_level();
+    let count_every_namespace = u8::from(scope == NetnsScope::Host);
     EbpfLoader::new()
         .override_global("AYA_LOG_LEVEL", &level, true)
         .override_global("SOCK_STATE_FIELDS", sock_state_fields, true)
+        .override_global("COUNT_EVERY_NAMESPACE", &count_every_namespace, true)
         .load(OBJECT)
         .context("loading cniguard's eBPF object (run `cniguard check` to see what the kernel lacks)")
 }

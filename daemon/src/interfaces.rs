@@ -23,6 +23,9 @@ pub struct Interface {
     pub loopback: bool,
     /// For a VXLAN device: its VNI, UDP port and underlay device.
     pub vxlan: Option<Vxlan>,
+    /// For a veth whose other end is in another namespace: that namespace's id as this
+    /// namespace knows it (`link-netnsid`).
+    pub peer_netnsid: Option<i32>,
 }
 
 /// What netlink says about a VXLAN device.
@@ -48,9 +51,11 @@ impl Interface {
         let mut name = None;
         let mut kind = None;
         let mut vxlan = None;
+        let mut peer_netnsid = None;
         for attribute in &message.attributes {
             match attribute {
                 LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::LinkNetNsId(id) => peer_netnsid = Some(*id),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {
@@ -71,6 +76,7 @@ impl Interface {
             kind,
             loopback: message.header.link_layer_type == LinkLayerType::Loopback,
             vxlan,
+            peer_netnsid,
         })
     }
 }
@@ -261,6 +267,7 @@ mod tests {
             kind: kind.map(Into::into),
             loopback: name == "lo",
             vxlan: None,
+            peer_netnsid: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod ebpf;
 pub mod interfaces;
 pub mod labels;
 pub mod metrics;
+pub mod namespaces;
 pub mod preflight;
 pub mod probes;
 pub mod server;

@@ -2,7 +2,7 @@
 //! collectors, which read eBPF maps at scrape time and emit families built here.
 
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// Metrics about cniguard itself, updated as probes attach and detach.
@@ -103,6 +103,56 @@ impl FamilyBuilder {
         Self::new(desc, label_names, MetricType::GAUGE)
     }
 
+    #[must_use]
+    pub fn histogram(desc: &Desc, label_names: &'static [&'static str]) -> Self {
+        Self::new(desc, label_names, MetricType::HISTOGRAM)
+    }
+
+    /// Adds a histogram sample: per-bucket counts (not cumulative) for `upper_bounds`, one
+    /// more for everything above the last bound, and the sum of all observations.
+    pub fn histogram_sample(
+        &mut self,
+        label_values: &[&str],
+        upper_bounds: &[f64],
+        counts: &[u64],
+        sum: f64,
+    ) {
+        debug_assert_eq!(counts.len(), upper_bounds.len() + 1);
+        let mut cumulative = 0;
+        let buckets = upper_bounds
+            .iter()
+            .zip(counts)
+            .map(|(bound, count)| {
+                cumulative += count;
+                let mut bucket = Bucket::default();
+                bucket.set_upper_bound(*bound);
+                bucket.set_cumulative_count(cumulative);
+                bucket
+            })
+            .collect();
+        let mut histogram = Histogram::default();
+        histogram.set_bucket(buckets);
+        histogram.set_sample_count(counts.iter().sum());
+        histogram.set_sample_sum(sum);
+        let mut metric = Metric::from_label(self.labels(label_values));
+        metric.set_histogram(histogram);
+        self.family.mut_metric().push(metric);
+    }
+
+    fn labels(&self, label_values: &[&str]) -> Vec<LabelPair> {
+        debug_assert_eq!(label_values.len(), self.label_names.len());
+        self.label_names
+            .iter()
+            .zip(label_values)
+            .map(|(name, value)| {
+                let mut pair = LabelPair::default();
+                pair.set_name((*name).to_owned());
+                pair.set_value((*value).to_owned());
+                pair
+            })
+            .collect()
+    }
+
     fn new(desc: &Desc, label_names: &'static [&'static str], kind: MetricType) -> Self {
         let mut family = MetricFamily::default();
         family.set_name(desc.fq_name.clone());
@@ -113,19 +163,7 @@ impl FamilyBuilder {
 
     /// Adds a sample; `label_values` pairs with the builder's label names in order.
     pub fn sample(&mut self, label_values: &[&str], value: f64) {
-        debug_assert_eq!(label_values.len(), self.label_names.len());
-        let labels = self
-            .label_names
-            .iter()
-            .zip(label_values)
-            .map(|(name, value)| {
-                let mut pair = LabelPair::default();
-                pair.set_name((*name).to_owned());
-                pair.set_value((*value).to_owned());
-                pair
-            })
-            .collect();
-        let mut metric = Metric::from_label(labels);
+        let mut metric = Metric::from_label(self.labels(label_values));
         if self.family.get_field_type() == MetricType::COUNTER {
             let mut counter = Counter::default();
             counter.set_value(value);

@@ -9,6 +9,7 @@
 #![allow(clippy::pub_underscore_fields)]
 
 pub mod iface_stats;
+pub mod localhost;
 pub mod map_health;
 pub mod overlay;
 pub mod sock_state;

@@ -16,10 +16,13 @@ pub enum MapId {
     /// A ring buffer with no room: an event lost, not a packet.
     BgpEvents = 6,
     SockEvents = 7,
+    LocalhostConnections = 8,
+    LocalhostLatency = 9,
+    LocalhostFailures = 10,
 }
 
 impl MapId {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 11;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::IfaceStats,
         Self::VxlanStats,
@@ -29,6 +32,9 @@ impl MapId {
         Self::OverlayStats,
         Self::BgpEvents,
         Self::SockEvents,
+        Self::LocalhostConnections,
+        Self::LocalhostLatency,
+        Self::LocalhostFailures,
     ];
 
     /// The `map` label value of `cniguard_map_full_total`.
@@ -43,6 +49,9 @@ impl MapId {
             Self::OverlayStats => "overlay_stats",
             Self::BgpEvents => "bgp_events",
             Self::SockEvents => "sock_events",
+            Self::LocalhostConnections => "localhost_connections",
+            Self::LocalhostLatency => "localhost_latency",
+            Self::LocalhostFailures => "localhost_failures",
         }
     }
 }

@@ -7,6 +7,7 @@
 
 mod counters;
 mod iface_stats;
+mod localhost;
 mod map_health;
 mod overlay;
 mod packet;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use cniguard_lab::binaries::Binaries;
-use cniguard_lab::lab::{Lab, LabOptions};
+use cniguard_lab::lab::{LAB_CNIGUARD_CONFIG, Lab, LabOptions};
 use cniguard_lab::topology::{Topology, Workload};
 
 /// A standard lab under a prefix unique to this test process and `role`.
@@ -15,6 +15,7 @@ pub fn options(role: &str) -> LabOptions {
         binaries: Binaries::beside_test_executable(),
         state_dir: std::env::temp_dir().join(&prefix),
         cniguard_args: Vec::new(),
+        cniguard_config: LAB_CNIGUARD_CONFIG.to_owned(),
     }
 }
 

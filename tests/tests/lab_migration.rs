@@ -5,25 +5,15 @@
 
 use std::collections::BTreeSet;
 
-use cniguard_lab::binaries::Binaries;
 use cniguard_lab::exposition::Scrape;
-use cniguard_lab::lab::{Fault, Lab, LabOptions, NodePhase, check_programs, namespaces_with_prefix};
+use cniguard_lab::lab::{Fault, Lab, NodePhase, check_programs, namespaces_with_prefix};
 use cniguard_lab::netns::NetNs;
-use cniguard_lab::topology::{Cni, Topology, Workload};
+use cniguard_lab::topology::{Cni, Workload};
 use cniguard_lab::{require_root, traffic};
+use cniguard_tests::lab_support::options;
 
 const BURST: u64 = 40;
 const PAYLOAD: u64 = 100;
-
-fn options(role: &str) -> LabOptions {
-    let prefix = format!("cglab-t{:x}-{role}", std::process::id());
-    LabOptions {
-        topology: Topology::standard(&prefix),
-        binaries: Binaries::beside_test_executable(),
-        state_dir: std::env::temp_dir().join(&prefix),
-        cniguard_args: Vec::new(),
-    }
-}
 
 fn scrape(lab: &Lab, node: usize) -> Scrape {
     lab.cniguard(node).scrape().unwrap()

@@ -80,17 +80,23 @@ fn timeline(lab: &Lab, windows: &[WorkloadWindow]) -> Result<String> {
     let events = lab.events();
     let start = events.first().map_or(0.0, |e| e.at);
     let width = events.iter().map(|e| e.step.len()).max().unwrap_or(4);
-    let columns: [(&str, &str); 5] = [
+    let columns: [(&str, &str); 7] = [
         ("VXLAN 8472/s", "sum(rate(cniguard_vxlan_packets_total{node=\"NODE\",port=\"8472\"}[10s]))"),
         ("VXLAN 4789/s", "sum(rate(cniguard_vxlan_packets_total{node=\"NODE\",port=\"4789\"}[10s]))"),
         ("veth*/s", "sum(rate(cniguard_interface_packets_total{node=\"NODE\",interface=~\"veth.*\"}[10s]))"),
         ("cali*/s", "sum(rate(cniguard_interface_packets_total{node=\"NODE\",interface=~\"cali.*\"}[10s]))"),
         ("BGP up", "sum(cniguard_bgp_session_up{node=\"NODE\"})"),
+        (
+            "lo p99 ms",
+            "1000 * histogram_quantile(0.99, sum by (le) (rate(cniguard_localhost_response_seconds_bucket{node=\"NODE\",port=\"9500\"}[10s])))",
+        ),
+        ("check ok", "min(cniguard_localhost_probe_success{node=\"NODE\"})"),
     ];
     let mut text = String::from(
         "timeline: per node, what cniguard measured (from Prometheus): VXLAN packets/s by port on the underlay\n\
-         \x20         (Flannel 8472, Calico 4789), pod packets/s on veth* (Flannel) and cali* (Calico), BGP sessions up;\n\
-         \x20         per step, what the pods' workloads saw (health checks to 127.0.0.1:9500, DNS queries)\n",
+         \x20         (Flannel 8472, Calico 4789), pod packets/s on veth* (Flannel) and cali* (Calico), BGP sessions up,\n\
+         \x20         the MLServer pod's 127.0.0.1:9500 p99 response time (the runbook wants < 1 ms) and active check;\n\
+         \x20         per step, what the pods' own workloads saw (agent health checks, DNS queries)\n",
     );
     let _ = write!(text, "{:>5}  {:<width$}  {:<7}", "t", "step", "node");
     for (label, _) in columns {
@@ -104,7 +110,9 @@ fn timeline(lab: &Lab, windows: &[WorkloadWindow]) -> Result<String> {
             let _ = write!(text, "{:>4.0}s  {step:<width$}  {:<7}", event.at - start, node.name);
             for (_, query) in columns {
                 let value = prometheus.scalar(&query.replace("NODE", &node.name), Some(sample_at))?;
-                let _ = write!(text, " {:>12}", value.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")));
+                let shown =
+                    value.filter(|v| v.is_finite()).map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+                let _ = write!(text, " {shown:>12}");
             }
             if let (0, Some(window)) = (row, windows.get(index)) {
                 let _ = write!(

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use cniguard_lab::binaries::Binaries;
-use cniguard_lab::lab::{Fault, Lab, LabOptions, namespaces_with_prefix, remove_namespaces};
+use cniguard_lab::lab::{
+    Fault, LAB_CNIGUARD_CONFIG, Lab, LabOptions, namespaces_with_prefix, remove_namespaces,
+};
 use cniguard_lab::topology::Topology;
 
 use crate::checks::LEFTOVER_PREFIXES;
@@ -172,6 +174,7 @@ fn prepare() -> Result<LabOptions> {
         binaries,
         state_dir: state_dir(),
         cniguard_args: Vec::new(),
+        cniguard_config: LAB_CNIGUARD_CONFIG.to_owned(),
     })
 }
 

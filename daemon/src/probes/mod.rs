@@ -6,6 +6,7 @@
 //! collector, and one line in [`interface_probes`].
 
 pub mod iface_stats;
+pub mod localhost;
 pub mod map_health;
 pub mod overlay;
 pub mod sock_state;

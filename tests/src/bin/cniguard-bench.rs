@@ -1,10 +1,16 @@
-//! `cargo xtask bench`: the per-packet cost of each classifier next to an empty classifier,
-//! measured side by side in one run through BPF_PROG_TEST_RUN (the kernel times the runs
-//! itself). Prints ratios; asserts nothing.
+//! `cargo xtask bench`: what cniguard costs, each number measured side by side with its
+//! baseline in one run. Prints; asserts nothing.
+//!
+//! 1. Per packet: each classifier next to an empty classifier, through BPF_PROG_TEST_RUN
+//!    (the kernel times the runs itself).
+//! 2. Per loopback request/response in a pod-like namespace (the Seldon agent's path):
+//!    median and p99 with the localhost hooks attached and without, rounds interleaved.
 
 use std::time::Duration;
 
-use anyhow::Result;
+use std::io::{Read as _, Write as _};
+
+use anyhow::{Context as _, Result};
 use cniguard_lab::netns::NetNs;
 use cniguard_tests::test_run::Classifiers;
 use etherparse::{PacketBuilder, VlanId};
@@ -71,6 +77,11 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 fn main() -> Result<()> {
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "the benchmark loads eBPF programs: run it as root");
+    classifiers()?;
+    loopback()
+}
+
+fn classifiers() -> Result<()> {
     let ns = NetNs::new("bench")?;
     ns.run(|| -> Result<()> {
         let mut classifiers = Classifiers::load(&[
@@ -102,4 +113,143 @@ fn main() -> Result<()> {
         }
         Ok(())
     })
+}
+
+const EXCHANGES: usize = 20_000;
+const LOOPBACK_ROUNDS: usize = 5;
+
+/// A 64-byte request and a 64-byte answer over 127.0.0.1:9500 (a watched port), over and
+/// over on one connection, timed one exchange at a time from the client.
+fn loopback() -> Result<()> {
+    let ns = NetNs::new("bench-lo")?;
+    ns.run(|| -> Result<()> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:9500")?;
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut stream, _) = listener.accept()?;
+            stream.set_nodelay(true)?;
+            let mut buffer = [0_u8; 64];
+            loop {
+                stream.read_exact(&mut buffer)?;
+                stream.write_all(&buffer)?;
+            }
+        });
+        let mut client = std::net::TcpStream::connect("127.0.0.1:9500")?;
+        client.set_nodelay(true)?;
+        let mut hooks = LocalhostHooks::load()?;
+        let (mut without, mut with) = (Vec::new(), Vec::new());
+        for _ in 0..LOOPBACK_ROUNDS {
+            hooks.detach();
+            without.extend(exchanges(&mut client)?);
+            hooks.attach()?;
+            with.extend(exchanges(&mut client)?);
+        }
+        hooks.detach();
+        let exchanged = hooks.exchanges_counted()?;
+        println!();
+        println!(
+            "loopback request/response, 64 B each way, {} exchanges per case in {LOOPBACK_ROUNDS} interleaved rounds",
+            EXCHANGES * LOOPBACK_ROUNDS
+        );
+        println!("{:<28} {:>12} {:>12}", "", "median us", "p99 us");
+        let (median_without, p99_without) = percentiles(&mut without);
+        let (median_with, p99_with) = percentiles(&mut with);
+        println!("{:<28} {median_without:>12.2} {p99_without:>12.2}", "without cniguard");
+        println!("{:<28} {median_with:>12.2} {p99_with:>12.2}", "with the localhost hooks");
+        println!("{:<28} {:>12.2} {:>12.2}", "added", median_with - median_without, p99_with - p99_without);
+        println!("(the hooks measured {exchanged} of the {} exchanges made while attached)", EXCHANGES * LOOPBACK_ROUNDS);
+        Ok(())
+    })
+}
+
+fn exchanges(client: &mut std::net::TcpStream) -> Result<Vec<Duration>> {
+    let request = [0x5a_u8; 64];
+    let mut answer = [0_u8; 64];
+    let mut durations = Vec::with_capacity(EXCHANGES);
+    for _ in 0..EXCHANGES {
+        let start = std::time::Instant::now();
+        client.write_all(&request)?;
+        client.read_exact(&mut answer)?;
+        durations.push(start.elapsed());
+    }
+    Ok(durations)
+}
+
+/// Median and 99th percentile in microseconds.
+fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "an index into a short list"
+        )]
+        let index = ((samples.len() - 1) as f64 * q).round() as usize;
+        samples[index].as_secs_f64() * 1e6
+    };
+    (at(0.5), at(0.99))
+}
+
+/// cniguard's localhost programs on the cgroup v2 root, attached and detached at will.
+struct LocalhostHooks {
+    ebpf: aya::Ebpf,
+    links: Vec<aya::programs::cgroup_skb::CgroupSkbLink>,
+}
+
+impl LocalhostHooks {
+    fn load() -> Result<Self> {
+        let silent = 0_u8;
+        let mut ebpf = aya::EbpfLoader::new()
+            .override_global("AYA_LOG_LEVEL", &silent, true)
+            .load(cniguard::ebpf::OBJECT)?;
+        let mut ports: aya::maps::HashMap<_, u16, u8> =
+            aya::maps::HashMap::try_from(ebpf.map_mut("LOCALHOST_PORTS").context("no map")?)?;
+        ports.insert(9500, 1, 0)?;
+        for name in ["localhost_egress", "localhost_ingress"] {
+            let program: &mut aya::programs::CgroupSkb =
+                ebpf.program_mut(name).context("no program")?.try_into()?;
+            program.load()?;
+        }
+        Ok(Self { ebpf, links: Vec::new() })
+    }
+
+    fn attach(&mut self) -> Result<()> {
+        let root = std::fs::read_to_string("/proc/self/mounts")?
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.get(2) == Some(&"cgroup2")).then(|| fields[1].to_owned())
+            })
+            .context("no cgroup v2 mount")?;
+        let cgroup = std::fs::File::open(root)?;
+        for (name, attach_type) in [
+            ("localhost_egress", aya::programs::CgroupSkbAttachType::Egress),
+            ("localhost_ingress", aya::programs::CgroupSkbAttachType::Ingress),
+        ] {
+            let program: &mut aya::programs::CgroupSkb =
+                self.ebpf.program_mut(name).context("no program")?.try_into()?;
+            let link = program.attach(&cgroup, attach_type, aya::programs::CgroupAttachMode::Single)?;
+            self.links.push(program.take_link(link)?);
+        }
+        Ok(())
+    }
+
+    fn detach(&mut self) {
+        self.links.clear();
+    }
+
+    /// Response samples the programs recorded (all namespaces, port 9500).
+    fn exchanges_counted(&self) -> Result<u64> {
+        let latency: aya::maps::PerCpuHashMap<
+            _,
+            probe_common::localhost::LatencyKey,
+            probe_common::localhost::Histogram,
+        > = aya::maps::PerCpuHashMap::try_from(self.ebpf.map("LATENCY").context("no map")?)?;
+        Ok(latency
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, _)| key.kind == probe_common::localhost::LatencyKind::Response as u8)
+            .map(|(_, per_cpu)| per_cpu.iter().map(|h| h.buckets.iter().sum::<u64>()).sum::<u64>())
+            .sum())
+    }
 }

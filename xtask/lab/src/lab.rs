@@ -61,7 +61,25 @@ pub struct LabOptions {
     pub state_dir: PathBuf,
     /// Extra arguments for every node's `cniguard run`.
     pub cniguard_args: Vec<String>,
+    /// The configuration file every node's cniguard reads (as a DaemonSet's ConfigMap).
+    pub cniguard_config: String,
 }
+
+/// The lab's cniguard configuration: each node watches its own namespace and its pods' (one
+/// kernel runs all three nodes), and checks the MLServer pods every 2 seconds like the
+/// runbook's `curl 127.0.0.1:9500/v2/health/ready`.
+pub const LAB_CNIGUARD_CONFIG: &str = "\
+netns_scope = \"node\"
+
+[localhost]
+connect_timeout_seconds = 2
+
+[localhost.check]
+enabled = true
+namespaces = [\"*-mlserver-*\"]
+interval_seconds = 2
+timeout_seconds = 1
+";
 
 /// A fault `inject` can introduce and `repair` can take back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +137,7 @@ struct LabState {
     binaries: Binaries,
     state_dir: PathBuf,
     cniguard_args: Vec<String>,
+    cniguard_config: String,
     /// Per node: whether each dataplane is present.
     flannel: Vec<bool>,
     calico: Vec<bool>,
@@ -169,6 +188,7 @@ impl Lab {
                 binaries: options.binaries,
                 state_dir: options.state_dir,
                 cniguard_args: options.cniguard_args,
+                cniguard_config: options.cniguard_config,
                 flannel: vec![false; nodes],
                 calico: vec![false; nodes],
                 pods: BTreeMap::new(),
@@ -576,7 +596,15 @@ impl Lab {
     fn start_cniguard(&mut self, node: usize) -> Result<()> {
         let spec = &self.state.topology.nodes[node];
         let key = format!("cniguard/{}", spec.name);
-        let mut args = vec!["run".to_owned(), "--listen".into(), format!("{}:{CNIGUARD_PORT}", spec.address)];
+        let config = self.state.state_dir.join("cniguard.toml");
+        std::fs::write(&config, &self.state.cniguard_config)?;
+        let mut args = vec![
+            "run".to_owned(),
+            "--listen".into(),
+            format!("{}:{CNIGUARD_PORT}", spec.address),
+            "--config".into(),
+            config.display().to_string(),
+        ];
         args.extend(self.state.cniguard_args.iter().cloned());
         let log = self.log_file(&format!("cniguard-{}", spec.name));
         let netns = NetNs::existing(&self.state.topology.node_netns(node));

@@ -1,0 +1,194 @@
+//! The network namespaces of this host: their cookies (how eBPF programs name them), inodes
+//! and names (how operators and Kubernetes name them), and which of them are this
+//! daemon's to watch.
+//!
+//! On a real node the scope is the host: every namespace. In the lab, several nodes share
+//! one kernel, so a node's scope is its own namespace plus the pods plugged into it: the
+//! namespaces at the other end of its veths (matched by the id this namespace gives them).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use anyhow::{Context as _, Result};
+use futures::StreamExt as _;
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
+use rtnetlink::Handle;
+use serde::Deserialize;
+
+/// Which namespaces a daemon is responsible for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NetnsScope {
+    /// Every namespace of the host: a real node, one daemon per kernel.
+    Host,
+    /// The daemon's own namespace and those of the pods plugged into it by veth: a lab
+    /// node, where one kernel runs several.
+    Node,
+}
+
+/// One network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    pub inode: u64,
+    /// `bpf_get_netns_cookie`'s name for it.
+    pub cookie: u64,
+    /// Its name under /var/run/netns (what `ip netns` and the CNI plugins use), if any.
+    pub name: Option<String>,
+    /// A path that opens it (for entering it).
+    pub path: PathBuf,
+    /// The daemon's own namespace.
+    pub own: bool,
+}
+
+impl Namespace {
+    /// The `netns` label value: empty for the daemon's own namespace (the node's), the name
+    /// where there is one, else the inode number.
+    #[must_use]
+    pub fn label(&self) -> String {
+        if self.own { String::new() } else { self.name.clone().unwrap_or_else(|| self.inode.to_string()) }
+    }
+}
+
+/// The namespaces in scope, by cookie.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    pub by_cookie: HashMap<u64, Namespace>,
+}
+
+impl Inventory {
+    #[must_use]
+    pub fn label(&self, cookie: u64) -> Option<String> {
+        self.by_cookie.get(&cookie).map(Namespace::label)
+    }
+
+    #[must_use]
+    pub fn cookies(&self) -> BTreeSet<u64> {
+        self.by_cookie.keys().copied().collect()
+    }
+}
+
+pub type SharedInventory = Arc<RwLock<Inventory>>;
+
+/// Lists the namespaces in `scope`. `peer_nsids` are the ids of the namespaces at the other
+/// end of this namespace's veths (for [`NetnsScope::Node`]).
+///
+/// # Errors
+/// If the daemon's own namespace cannot be identified.
+pub async fn scan(handle: &Handle, scope: NetnsScope, peer_nsids: &BTreeSet<i32>) -> Result<Inventory> {
+    let candidates = tokio::task::spawn_blocking(candidates).await.context("namespace scan")??;
+    let mut inventory = Inventory::default();
+    for mut namespace in candidates {
+        let in_scope = match scope {
+            NetnsScope::Host => true,
+            NetnsScope::Node => {
+                namespace.own
+                    || nsid(handle, &namespace.path).await.is_some_and(|id| peer_nsids.contains(&id))
+            }
+        };
+        if in_scope {
+            namespace.name = namespace.name.filter(|n| !n.is_empty());
+            inventory.by_cookie.insert(namespace.cookie, namespace);
+        }
+    }
+    Ok(inventory)
+}
+
+/// Every namespace reachable from /var/run/netns (named) and /proc/*/ns/net, once each,
+/// with its cookie.
+fn candidates() -> Result<Vec<Namespace>> {
+    let own_inode = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?.ino();
+    let mut by_inode: HashMap<u64, (Option<String>, PathBuf)> = HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
+        for entry in entries.flatten() {
+            if let Ok(metadata) = std::fs::metadata(entry.path()) {
+                by_inode
+                    .insert(metadata.ino(), (entry.file_name().to_str().map(str::to_owned), entry.path()));
+            }
+        }
+    }
+    for entry in std::fs::read_dir("/proc").context("reading /proc")?.flatten() {
+        if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let path = entry.path().join("ns/net");
+        // Processes come and go while we look: a vanished one is simply skipped.
+        if let Ok(metadata) = std::fs::metadata(&path) {
+            by_inode.entry(metadata.ino()).or_insert((None, path));
+        }
+    }
+    let mut namespaces = Vec::new();
+    for (inode, (name, path)) in by_inode {
+        let own = inode == own_inode;
+        let cookie = if own { own_cookie() } else { cookie_of(&path) };
+        if let Ok(cookie) = cookie {
+            namespaces.push(Namespace { inode, cookie, name, path, own });
+        }
+    }
+    Ok(namespaces)
+}
+
+/// The cookie of the namespace this thread is in: from a socket created here.
+fn own_cookie() -> std::io::Result<u64> {
+    let socket =
+        std::net::UdpSocket::bind("127.0.0.1:0").or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))?;
+    let mut cookie = 0_u64;
+    let mut length = libc::socklen_t::try_from(size_of::<u64>()).unwrap_or(8);
+    // SAFETY: getsockopt writes at most `length` bytes into `cookie`.
+    let result = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut length,
+        )
+    };
+    if result == 0 { Ok(cookie) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// The cookie of the namespace at `path`, from a socket created in it by a short-lived
+/// thread (entering a namespace changes only the calling thread).
+fn cookie_of(path: &Path) -> std::io::Result<u64> {
+    let file = File::open(path)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+                own_cookie()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))
+    })
+}
+
+/// The id this namespace gives the namespace at `path`, if it gave it one (it does for the
+/// far end of its veths).
+async fn nsid(handle: &Handle, path: &Path) -> Option<i32> {
+    let file = File::open(path).ok()?;
+    let mut message = NsidMessage::default();
+    message.attributes.push(NsidAttribute::Fd(u32::try_from(file.as_raw_fd()).ok()?));
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(message));
+    request.header.flags = NLM_F_REQUEST;
+    let mut handle = handle.clone();
+    let mut responses = handle.request(request).ok()?;
+    while let Some(response) = responses.next().await {
+        if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(answer)) = response.payload {
+            return answer.attributes.iter().find_map(|a| match a {
+                NsidAttribute::Id(id) if *id >= 0 => Some(*id),
+                _ => None,
+            });
+        }
+    }
+    None
+}
+
+/// Reads the shared inventory.
+pub fn read(inventory: &SharedInventory) -> std::sync::RwLockReadGuard<'_, Inventory> {
+    inventory.read().unwrap_or_else(PoisonError::into_inner)
+}

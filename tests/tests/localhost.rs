@@ -1,0 +1,343 @@
+//! In-pod localhost latency on the real kernel: a node namespace running cniguard, a pod
+//! plugged into it by veth with an MLServer on 127.0.0.1, and decoys (an unplugged
+//! namespace and the host's own loopback) doing the same thing at the same time. Exact
+//! sample counts, attributed to the pod alone; latency in the bucket of the injected
+//! delay; refused, timed out and reset connections; the active check agreeing with the
+//! passive measurement.
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cniguard_lab::binaries::Binaries;
+use cniguard_lab::cniguard::Daemon;
+use cniguard_lab::exposition::Scrape;
+use cniguard_lab::netns::{NetNs, veth_pair};
+use cniguard_lab::require_root;
+
+/// A node namespace with a pod plugged into it, and a daemon watching the node's scope.
+/// Fields drop in order: the daemon stops before the namespaces go.
+struct Node {
+    daemon: Daemon,
+    pod: NetNs,
+    _namespace: NetNs,
+    stats: PathBuf,
+    _config: ConfigFile,
+}
+
+struct ConfigFile(PathBuf);
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Node {
+    fn new(config: &str) -> Self {
+        let node = NetNs::new("node").unwrap();
+        let pod = NetNs::new("pod").unwrap();
+        veth_pair(&node, "veth-pod0", &pod, "eth0").unwrap();
+        let stats = std::env::temp_dir().join(format!("cgt-{}-{}", std::process::id(), pod.name()));
+        std::fs::create_dir_all(&stats).unwrap();
+        let config_file = ConfigFile(stats.join("cniguard.toml"));
+        std::fs::write(&config_file.0, config).unwrap();
+        let daemon =
+            Daemon::start(&node, &["--netns-scope", "node", "--config", config_file.0.to_str().unwrap()])
+                .unwrap();
+        Self { daemon, pod, _namespace: node, stats, _config: config_file }
+    }
+
+    /// Starts a workload in `ns` (the host's namespace if `None`), killed on drop.
+    fn workload(&self, ns: Option<&NetNs>, name: &str, args: &[&str]) -> Process {
+        let program = Binaries::beside_test_executable().workload;
+        let stats = self.stats.join(format!("{name}.json"));
+        let mut command = match ns {
+            Some(ns) => ns.command(&program).unwrap(),
+            None => Command::new(&program),
+        };
+        command
+            .args(args)
+            .arg("--stats")
+            .arg(&stats)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let process = Process { child: command.spawn().unwrap(), stats };
+        process.wait_for("the workload to start", |s| s.is_some());
+        process
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.stats);
+    }
+}
+
+struct Process {
+    child: Child,
+    stats: PathBuf,
+}
+
+impl Process {
+    fn stats(&self) -> Option<serde_json::Value> {
+        std::fs::read_to_string(&self.stats).ok().and_then(|text| serde_json::from_str(&text).ok())
+    }
+
+    fn wait_for(&self, what: &str, done: impl Fn(Option<serde_json::Value>) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(self.stats()) {
+            assert!(Instant::now() < deadline, "{what}: {:?}", self.stats());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for a `--count` workload to finish and returns its final stats.
+    fn finish(mut self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_mins(1);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "workload did not finish: {:?}", self.stats());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stats().unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stats);
+    }
+}
+
+fn histogram_count(scrape: &Scrape, metric: &str, netns: &str, port: &str, le: Option<&str>) -> u64 {
+    match le {
+        Some(le) => {
+            scrape.count(&format!("{metric}_bucket"), &[("netns", netns), ("port", port), ("le", le)])
+        }
+        None => scrape.count(&format!("{metric}_count"), &[("netns", netns), ("port", port)]),
+    }
+}
+
+const RESPONSE: &str = "cniguard_localhost_response_seconds";
+const CONNECT: &str = "cniguard_localhost_connect_seconds";
+
+const KEEP_ALIVE: u64 = 40;
+const FRESH: u64 = 12;
+
+#[test]
+fn every_exchange_of_the_pod_is_counted_and_only_the_pods() {
+    require_root!();
+    let node = Node::new("");
+    let decoy = NetNs::new("decoy").unwrap();
+    let _server = node.workload(Some(&node.pod), "server", &["mlserver", "--listen", "127.0.0.1:9500"]);
+    let _decoy_server =
+        node.workload(Some(&decoy), "decoy-server", &["mlserver", "--listen", "127.0.0.1:9500"]);
+    // The host's own loopback: must never show up as the pod's.
+    let _host_server = node.workload(None, "host-server", &["mlserver", "--listen", "127.0.0.1:9500"]);
+    let target = ["agent", "--target", "127.0.0.1:9500", "--rate", "200"];
+    let decoys: Vec<Process> = [Some(&decoy), None]
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            node.workload(*ns, &format!("decoy-agent-{i}"), &[&target[..], &["--count", "30"]].concat())
+        })
+        .collect();
+    let keep_alive = node.workload(
+        Some(&node.pod),
+        "keep-alive",
+        &[&target[..], &["--count", "40", "--requests-per-connection", "40"]].concat(),
+    );
+    let fresh = node.workload(
+        Some(&node.pod),
+        "fresh",
+        &[&target[..], &["--count", "12", "--requests-per-connection", "1"]].concat(),
+    );
+    for (name, process) in [("keep-alive", keep_alive), ("fresh", fresh)] {
+        let stats = process.finish();
+        assert_eq!(stats["ok"], stats["attempts"], "{name}: {stats}");
+    }
+    for decoy in decoys {
+        let stats = decoy.finish();
+        assert_eq!(stats["ok"].as_u64(), Some(30), "decoy: {stats}");
+    }
+    let pod = node.pod.name();
+    let scrape = node
+        .daemon
+        .wait_for("every exchange counted", |s| {
+            histogram_count(s, RESPONSE, pod, "9500", None) >= KEEP_ALIVE + FRESH
+        })
+        .unwrap();
+    // One connection carried the keep-alive requests, each fresh request had its own.
+    assert_eq!(histogram_count(&scrape, RESPONSE, pod, "9500", None), KEEP_ALIVE + FRESH);
+    assert_eq!(histogram_count(&scrape, CONNECT, pod, "9500", None), 1 + FRESH);
+    // Nothing of the decoys, under any label: the pod is the only namespace with samples.
+    let count = format!("{RESPONSE}_count");
+    let namespaces: Vec<&str> = scrape.series(&count, &[]).map(|s| s.labels["netns"].as_str()).collect();
+    assert_eq!(namespaces, vec![pod], "{}", scrape.text);
+    assert_eq!(scrape.count_sum("cniguard_localhost_connect_failures_total", &[]), 0);
+}
+
+#[test]
+fn latency_falls_in_the_bucket_of_the_injected_delay() {
+    require_root!();
+    let node = Node::new("");
+    let _slow = node.workload(
+        Some(&node.pod),
+        "slow",
+        &["mlserver", "--listen", "127.0.0.1:9500", "--delay-ms", "5"],
+    );
+    let _fast = node.workload(Some(&node.pod), "fast", &["mlserver", "--listen", "127.0.0.1:8080"]);
+    let slow = node.workload(
+        Some(&node.pod),
+        "slow-agent",
+        &["agent", "--target", "127.0.0.1:9500", "--rate", "50", "--count", "20"],
+    );
+    let fast = node.workload(
+        Some(&node.pod),
+        "fast-agent",
+        &["agent", "--target", "127.0.0.1:8080", "--rate", "200", "--count", "60"],
+    );
+    assert_eq!(slow.finish()["ok"].as_u64(), Some(20));
+    assert_eq!(fast.finish()["ok"].as_u64(), Some(60));
+    let pod = node.pod.name();
+    let scrape = node
+        .daemon
+        .wait_for("samples", |s| {
+            histogram_count(s, RESPONSE, pod, "9500", None) == 20
+                && histogram_count(s, RESPONSE, pod, "8080", None) == 60
+        })
+        .unwrap();
+    // 5 ms of server delay: every sample above 5 ms, and within the next bucket.
+    assert_eq!(histogram_count(&scrape, RESPONSE, pod, "9500", Some("0.005")), 0);
+    assert_eq!(histogram_count(&scrape, RESPONSE, pod, "9500", Some("0.0075")), 20);
+    // No delay: the median is below the runbook's 1 ms.
+    assert!(histogram_count(&scrape, RESPONSE, pod, "8080", Some("0.001")) * 2 >= 60, "{}", scrape.text);
+}
+
+#[test]
+fn refused_timed_out_and_reset_connections_are_counted() {
+    require_root!();
+    let node = Node::new("[localhost]\nconnect_timeout_seconds = 1\n");
+    let pod = node.pod.name().to_owned();
+    let failures = |s: &Scrape, port: &str, reason: &str| {
+        s.count(
+            "cniguard_localhost_connect_failures_total",
+            &[("netns", &pod), ("port", port), ("reason", reason)],
+        )
+    };
+
+    // Nothing listens on 8081: every connect is refused.
+    let refused = node.workload(
+        Some(&node.pod),
+        "refused",
+        &["agent", "--target", "127.0.0.1:8081", "--rate", "20", "--count", "5"],
+    );
+    assert_eq!(refused.finish()["refused"].as_u64(), Some(5));
+    node.daemon.wait_for("5 refused", |s| failures(s, "8081", "refused") == 5).unwrap();
+
+    // The server's port dropped by nftables: SYNs are never answered.
+    let _server = node.workload(Some(&node.pod), "server", &["mlserver", "--listen", "127.0.0.1:9500"]);
+    nft(
+        &node.pod,
+        "table inet cgt_block {\n chain input { type filter hook input priority 0; tcp dport 9500 drop; }\n}\n",
+    );
+    let timeouts = node.workload(
+        Some(&node.pod),
+        "timeouts",
+        &[
+            "agent",
+            "--target",
+            "127.0.0.1:9500",
+            "--rate",
+            "5",
+            "--count",
+            "3",
+            "--connect-timeout-ms",
+            "300",
+        ],
+    );
+    assert_eq!(timeouts.finish()["connect_timeouts"].as_u64(), Some(3));
+    node.daemon.wait_for("3 timeouts", |s| failures(s, "9500", "timeout") == 3).unwrap();
+
+    // A server that dies mid-answer (an abortive close): the open connection is reset.
+    let listener = node.pod.run(|| TcpListener::bind("127.0.0.1:8080")).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = [0; 1024];
+        let _ = stream.read(&mut request).unwrap();
+        stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf").unwrap();
+        abort(&stream);
+    });
+    let mut client = node.pod.run(|| TcpStream::connect("127.0.0.1:8080")).unwrap();
+    client.write_all(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    server.join().unwrap();
+    let mut answer = Vec::new();
+    let read = client.read_to_end(&mut answer);
+    assert!(read.is_err(), "the client sees the reset");
+    let scrape = node.daemon.wait_for("1 reset", |s| failures(s, "8080", "reset") == 1).unwrap();
+    assert_eq!(failures(&scrape, "8080", "refused") + failures(&scrape, "8080", "timeout"), 0);
+    assert_eq!(failures(&scrape, "9500", "refused") + failures(&scrape, "8081", "timeout"), 0);
+    // The half answer was an answer: its first byte ended the exchange.
+    assert_eq!(histogram_count(&scrape, RESPONSE, &pod, "8080", None), 1);
+}
+
+#[test]
+fn the_active_check_agrees_with_the_passive_measurement() {
+    require_root!();
+    let config = "[localhost.check]\nenabled = true\nnamespaces = [\"cgt-*-pod\"]\ninterval_seconds = 1\ntimeout_seconds = 1\n";
+    let node = Node::new(config);
+    let _server = node.workload(
+        Some(&node.pod),
+        "server",
+        &["mlserver", "--listen", "127.0.0.1:9500", "--delay-ms", "5"],
+    );
+    let pod = node.pod.name().to_owned();
+    let labels = [("netns", pod.as_str()), ("port", "9500")];
+    let scrape = node
+        .daemon
+        .wait_for("three checks", |s| {
+            s.value("cniguard_localhost_probe_success", &labels) == Some(1.0)
+                && histogram_count(s, RESPONSE, &pod, "9500", None) >= 3
+        })
+        .unwrap();
+    let seconds = scrape.value("cniguard_localhost_probe_seconds", &labels).unwrap();
+    assert!(seconds > 0.005 && seconds <= 0.0075, "the check took {seconds}s");
+    // Its requests are the only ones on the port, and all of them landed in that bucket.
+    let checks = histogram_count(&scrape, RESPONSE, &pod, "9500", None);
+    assert_eq!(histogram_count(&scrape, RESPONSE, &pod, "9500", Some("0.005")), 0);
+    assert_eq!(histogram_count(&scrape, RESPONSE, &pod, "9500", Some("0.0075")), checks);
+    assert_eq!(histogram_count(&scrape, CONNECT, &pod, "9500", None), checks);
+}
+
+/// Closes `stream` with a RST rather than a FIN, as a crashing server's kernel would when
+/// it dies with the connection in use (SO_LINGER with a zero timeout).
+fn abort(stream: &TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt reads the struct passed by reference.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            libc::socklen_t::try_from(size_of::<libc::linger>()).unwrap(),
+        )
+    };
+    assert_eq!(result, 0);
+}
+
+fn nft(ns: &NetNs, ruleset: &str) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(ruleset.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+}
