@@ -51,6 +51,8 @@ pub struct Attachments {
     interfaces: InterfaceTable,
     attached: HashMap<u32, Attached>,
     names: AttachedInterfaces,
+    /// The names of every interface of the namespace, attached or not.
+    all_names: AttachedInterfaces,
     metrics: DaemonMetrics,
     netlink: Handle,
 }
@@ -66,6 +68,7 @@ impl Attachments {
         kernel: &Kernel,
         probes: Vec<Arc<dyn InterfaceProbe>>,
         names: AttachedInterfaces,
+        all_names: AttachedInterfaces,
         metrics: DaemonMetrics,
         netlink: Handle,
     ) -> Result<Self> {
@@ -92,6 +95,7 @@ impl Attachments {
             interfaces: InterfaceTable::new(),
             attached: HashMap::new(),
             names,
+            all_names,
             metrics,
             netlink,
         })
@@ -144,6 +148,7 @@ impl Attachments {
     /// Brings the attachments in line with the interface table: every probe on exactly the
     /// interfaces it wants.
     async fn sync(&mut self) {
+        self.all_names.replace(self.interfaces.values().map(|i| (i.index, i.name.clone())));
         for probe in &self.probes {
             probe.observe_interfaces(&self.interfaces);
         }

@@ -51,6 +51,10 @@ struct RunArgs {
     /// (when several nodes share a kernel) [default: host].
     #[arg(long, value_enum)]
     netns_scope: Option<NetnsScope>,
+    /// Directory for state kept across restarts (the pre-cutover baselines)
+    /// [default: /var/lib/cniguard].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[must_use]
@@ -73,6 +77,7 @@ fn run(args: RunArgs) -> ExitCode {
         tc_attach: args.tc_attach,
         ebpf_log_level: args.ebpf_log_level,
         netns_scope: args.netns_scope,
+        state_dir: args.state_dir,
     };
     let settings = match Settings::load(args.config.as_deref(), overrides) {
         Ok(settings) => settings,

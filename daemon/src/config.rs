@@ -16,6 +16,7 @@ pub use crate::namespaces::NetnsScope;
 /// The default interface patterns: every CNI-managed device Flannel and Calico create.
 pub const DEFAULT_INTERFACES: &[&str] = &["veth*", "cali*", "cni0", "flannel.1", "vxlan.calico"];
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/cniguard";
 
 /// The configuration file's contents. `#[serde(default)]`: every field may be left out.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -54,6 +55,46 @@ pub struct ConfigFile {
     pub netns_scope: NetnsScope,
     /// TCP over loopback inside each namespace (the Seldon agent and its MLServer).
     pub localhost: LocalhostConfig,
+    /// How many kernel functions `cniguard_drops_by_location_total` reports (the busiest).
+    pub drop_locations: usize,
+    /// DNS from the pods on this node.
+    pub dns: DnsConfig,
+    /// Where state kept across restarts lives (the pre-cutover baselines).
+    pub state_dir: String,
+    /// The pre-cutover baselines.
+    pub baseline: BaselineConfig,
+}
+
+/// The `[baseline]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaselineConfig {
+    /// The length of one window, in seconds: rates and ratios are computed per window.
+    pub window_seconds: u64,
+    /// How many of the latest windows in the `flannel` phase make the baseline.
+    pub windows: usize,
+}
+
+impl Default for BaselineConfig {
+    fn default() -> Self {
+        Self { window_seconds: 60, windows: 30 }
+    }
+}
+
+/// The `[dns]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// The pod-facing interfaces (the node's end of each pod's veth) DNS is watched on.
+    pub interfaces: Vec<String>,
+    /// A query unanswered this long is a timeout.
+    pub timeout_seconds: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self { interfaces: vec!["veth*".into(), "cali*".into()], timeout_seconds: 2 }
+    }
 }
 
 /// The `[localhost]` table.
@@ -134,6 +175,10 @@ impl Default for ConfigFile {
             typha_port: 5473,
             netns_scope: NetnsScope::Host,
             localhost: LocalhostConfig::default(),
+            drop_locations: 20,
+            dns: DnsConfig::default(),
+            state_dir: DEFAULT_STATE_DIR.to_owned(),
+            baseline: BaselineConfig::default(),
         }
     }
 }
@@ -225,6 +270,7 @@ pub struct Overrides {
     pub tc_attach: Option<TcAttachMode>,
     pub ebpf_log_level: Option<EbpfLogLevel>,
     pub netns_scope: Option<NetnsScope>,
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The validated settings the daemon runs with.
@@ -242,6 +288,26 @@ pub struct Settings {
     pub typha_port: u16,
     pub netns_scope: NetnsScope,
     pub localhost: LocalhostSettings,
+    pub drop_locations: usize,
+    pub dns: DnsSettings,
+    pub state: StateSettings,
+    pub baseline_window: Duration,
+    pub baseline_windows: usize,
+}
+
+/// Where state is kept, and whether it was asked for explicitly (then failing to create it
+/// is an error, not a warning).
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    pub dir: PathBuf,
+    pub explicit: bool,
+}
+
+/// The validated `[dns]` table.
+#[derive(Debug, Clone)]
+pub struct DnsSettings {
+    pub interfaces: InterfaceSelector,
+    pub timeout: Duration,
 }
 
 /// The validated `[localhost]` table.
@@ -324,7 +390,35 @@ impl Settings {
         }
         let localhost = localhost_settings(&file.localhost)
             .map_err(|(field, message)| ConfigError { origin: origin(field), message })?;
+        if file.dns.timeout_seconds == 0 {
+            return Err(ConfigError {
+                origin: origin("dns.timeout_seconds"),
+                message: "must be at least 1 (seconds)".into(),
+            });
+        }
+        let dns = DnsSettings {
+            interfaces: InterfaceSelector::new(&file.dns.interfaces)
+                .map_err(|message| ConfigError { origin: origin("dns.interfaces"), message })?,
+            timeout: Duration::from_secs(file.dns.timeout_seconds),
+        };
+        if file.baseline.window_seconds == 0 || file.baseline.windows == 0 {
+            let field =
+                if file.baseline.windows == 0 { "baseline.windows" } else { "baseline.window_seconds" };
+            return Err(ConfigError { origin: origin(field), message: "must be at least 1".into() });
+        }
+        let state = match overrides.state_dir {
+            Some(dir) => StateSettings { dir, explicit: true },
+            None => StateSettings {
+                explicit: file.state_dir != DEFAULT_STATE_DIR,
+                dir: PathBuf::from(&file.state_dir),
+            },
+        };
         Ok(Self {
+            state,
+            baseline_window: Duration::from_secs(file.baseline.window_seconds),
+            baseline_windows: file.baseline.windows,
+            dns,
+            drop_locations: file.drop_locations,
             netns_scope: overrides.netns_scope.unwrap_or(file.netns_scope),
             localhost,
             underlay_interfaces: InterfaceSelector::new(&file.underlay_interfaces)

@@ -10,18 +10,27 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::attach::Attachments;
+use crate::baseline::{self, BaselineCollector, Baselines, SharedBaselines};
+use crate::btf::Btf;
 use crate::config::Settings;
+use crate::ebpf::Globals;
 use crate::interfaces::LinkWatcher;
 use crate::labels::PeerLabels;
 use crate::metrics::{AttachFailure, DaemonMetrics};
-use crate::namespaces::{self, NetnsScope, SharedInventory};
+use crate::namespaces::{self, InterfaceResolver, NetnsScope, SharedInventory};
+use crate::phase::{PhaseCollector, SharedPhase, Signals};
 use crate::preflight::Kernel;
+use crate::probes::drops::Drops;
 use crate::probes::localhost::Localhost;
+use crate::probes::shared::{CidrClasses, Scope};
 use crate::probes::sock_state::{LocalAddresses, SockState};
+use crate::probes::tcp_health::TcpHealth;
 use crate::probes::{self, AttachedInterfaces};
 use crate::server::{self, Endpoints};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// How often the node's interfaces and routes are read for its phase.
+const PHASE_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs until SIGTERM or SIGINT, then detaches everything it attached.
 ///
@@ -43,7 +52,8 @@ pub async fn run(settings: Settings) -> Result<()> {
         let _ = server_stop.wait_for(|stop| *stop).await;
     }));
 
-    let mut node = Node::start(&settings, &kernel, metrics).await?;
+    let state_dir = state_dir(&settings)?;
+    let mut node = Node::start(&settings, &kernel, metrics, state_dir.as_deref()).await?;
     ready.store(true, Ordering::Release);
     tracing::info!(
         listen = %settings.listen,
@@ -72,60 +82,172 @@ struct Node {
     addresses: LocalAddresses,
     namespaces: Namespaces,
     sock_state: Option<SockState>,
+    phase: PhaseTracker,
+}
+
+/// Reads the node's phase and hands it to the baselines (which keep it across restarts)
+/// and to its collector.
+struct PhaseTracker {
+    baselines: SharedBaselines,
+    latest: SharedPhase,
+}
+
+impl PhaseTracker {
+    async fn refresh(&self, watcher: &LinkWatcher) {
+        let signals = match watcher.list().await {
+            Ok(interfaces) => Signals::read(watcher.handle(), &interfaces).await,
+            Err(err) => Err(err),
+        };
+        match signals {
+            Ok(signals) => {
+                let record = self
+                    .baselines
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .observe_phase(signals.phase());
+                *self.latest.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some((record, signals));
+            }
+            Err(err) => tracing::warn!(
+                "reading the node's interfaces and routes for its phase failed, will retry: {err}"
+            ),
+        }
+    }
+}
+
+/// The state directory, created if missing. One asked for explicitly must work; the
+/// default may not (an unprivileged demo run): then baselines live only in memory.
+fn state_dir(settings: &Settings) -> Result<Option<std::path::PathBuf>> {
+    let state = &settings.state;
+    match std::fs::create_dir_all(&state.dir) {
+        Ok(()) => Ok(Some(state.dir.clone())),
+        Err(err) if state.explicit => {
+            anyhow::bail!(
+                "cannot create the state directory {}: {err} (choose another with --state-dir)",
+                state.dir.display()
+            )
+        }
+        Err(err) => {
+            tracing::warn!(
+                dir = %state.dir.display(),
+                "cannot create the state directory ({err}): baselines will not survive a restart; pass --state-dir"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// This node's name: `NODE_NAME` (set from the pod spec in the DaemonSet), else the host name.
+fn node_name() -> String {
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|name| name.trim().to_owned())
+        })
+        .unwrap_or_default()
 }
 
 impl Node {
     /// Loads the eBPF object, starts every probe and attaches to the interfaces present.
     /// A probe the kernel cannot run is left off with a warning and an attach error; the
     /// others run.
-    async fn start(settings: &Settings, kernel: &Kernel, metrics: DaemonMetrics) -> Result<Self> {
-        // Tracepoint layouts come from this kernel's tracefs.
-        let sock_state_fields = probes::sock_state::fields();
-        let mut ebpf = crate::ebpf::load(
-            settings.ebpf_log_level,
-            &sock_state_fields.as_ref().copied().unwrap_or_default(),
-            settings.netns_scope,
-        )?;
+    async fn start(
+        settings: &Settings,
+        kernel: &Kernel,
+        metrics: DaemonMetrics,
+        state_dir: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        // Where this kernel keeps the fields the tracepoint programs read, from its BTF.
+        // Without it, those probes stay off and the others run.
+        let btf = Btf::kernel().and_then(|btf| {
+            let mut offsets = btf.kernel_offsets()?;
+            probes::tcp_health::find_arguments(&btf, &mut offsets)?;
+            Ok((btf, offsets))
+        });
+        let mut ebpf = crate::ebpf::load(&Globals {
+            log_level: settings.ebpf_log_level,
+            scope: settings.netns_scope,
+            kernel: btf.as_ref().map(|(_, offsets)| *offsets).unwrap_or_default(),
+        })?;
+        let btf = btf.map(|(btf, _)| btf).map_err(|err| format!("{err:#}"));
+        let with_btf = || btf.as_ref().map_err(|err| anyhow::anyhow!("{err}"));
         crate::ebpf::forward_logs(&mut ebpf)?;
         let names = AttachedInterfaces::default();
+        let all_names = AttachedInterfaces::default();
         let peers = Arc::new(PeerLabels::new(settings.max_peers, &metrics.registry));
-        let interface_probes = probes::interface_probes(&mut ebpf, settings, &names, &peers, &metrics)?;
+        let classes = Arc::new(CidrClasses::load(&mut ebpf, &settings.cidrs)?);
+        let scope = Scope::take(&mut ebpf)?;
+        let interface_probes =
+            probes::interface_probes(&mut ebpf, settings, &names, &peers, &classes, &metrics)?;
         let watcher = LinkWatcher::start().context("subscribing to netlink link notifications")?;
         let addresses: LocalAddresses = Arc::default();
         refresh_addresses(&watcher, &addresses).await;
         let sock_state = optional(
             probes::sock_state::NAME,
             "BGP session state and Typha connections",
-            sock_state_fields.and_then(|_| {
-                SockState::start(&mut ebpf, settings.typha_port, addresses.clone(), peers.clone(), &metrics)
+            with_btf().and_then(|btf| {
+                SockState::start(
+                    &mut ebpf,
+                    btf,
+                    settings.typha_port,
+                    addresses.clone(),
+                    peers.clone(),
+                    &metrics,
+                )
             }),
             &metrics,
         );
         let inventory = SharedInventory::default();
-        let localhost = optional(
+        let _localhost = optional(
             probes::localhost::NAME,
             "localhost latency",
             Localhost::start(&mut ebpf, settings.localhost.clone(), inventory.clone(), &metrics),
             &metrics,
         );
+        let _drops = optional(
+            probes::drops::NAME,
+            "kernel drop counts",
+            with_btf().and_then(|btf| {
+                let resolver = InterfaceResolver::new(all_names.clone());
+                Drops::start(&mut ebpf, btf, inventory.clone(), resolver, settings.drop_locations, &metrics)
+            }),
+            &metrics,
+        );
+        let _tcp_health = optional(
+            probes::tcp_health::NAME,
+            "TCP retransmits, resets and RTT",
+            with_btf().and_then(|btf| TcpHealth::start(&mut ebpf, btf, classes.clone(), &metrics)),
+            &metrics,
+        );
+        let registry = metrics.registry.clone();
         let mut attachments = Attachments::new(
             ebpf,
             settings.tc_attach,
             kernel,
             interface_probes,
             names,
+            all_names,
             metrics,
             watcher.handle().clone(),
         )?;
         attachments.reconcile(watcher.list().await.context("listing interfaces")?).await;
-        let namespaces = Namespaces {
-            handle: watcher.handle().clone(),
-            scope: settings.netns_scope,
-            inventory,
-            localhost,
-        };
+        let baselines: SharedBaselines = Arc::new(std::sync::Mutex::new(Baselines::load(
+            state_dir,
+            &node_name(),
+            settings.baseline_windows,
+            &baseline::rejections(&registry)?,
+        )));
+        let latest = SharedPhase::default();
+        registry.register(Box::new(PhaseCollector::new(latest.clone())))?;
+        registry.register(Box::new(BaselineCollector::new(baselines.clone())))?;
+        let phase = PhaseTracker { baselines: baselines.clone(), latest };
+        phase.refresh(&watcher).await;
+        baseline::start_sampling(baselines, registry, inventory.clone(), settings.baseline_window);
+        let namespaces =
+            Namespaces { handle: watcher.handle().clone(), mode: settings.netns_scope, inventory, scope };
         namespaces.refresh(&attachments).await;
-        Ok(Self { attachments, watcher, addresses, namespaces, sock_state })
+        Ok(Self { attachments, watcher, addresses, namespaces, sock_state, phase })
     }
 
     /// Follows link notifications, re-lists everything every `resync_interval`, and
@@ -136,6 +258,8 @@ impl Node {
         resync.reset();
         let mut namespaces_changed = false;
         let mut namespace_rescan = tokio::time::interval(Duration::from_secs(1));
+        // Routes (BIRD's) change without a link notification: the phase is re-read often.
+        let mut phase_tick = tokio::time::interval(PHASE_EVERY);
         loop {
             tokio::select! {
                 change = self.watcher.next() => if let Some(change) = change {
@@ -156,6 +280,7 @@ impl Node {
                     refresh_addresses(&self.watcher, &self.addresses).await;
                     self.namespaces.refresh(&self.attachments).await;
                 },
+                _ = phase_tick.tick() => self.phase.refresh(&self.watcher).await,
                 _ = namespace_rescan.tick(), if namespaces_changed => {
                     namespaces_changed = false;
                     self.namespaces.refresh(&self.attachments).await;
@@ -178,22 +303,21 @@ fn optional<T>(probe: &'static str, what: &str, started: Result<T>, metrics: &Da
     }
 }
 
-/// The namespaces in scope, and the probes that need to know them.
+/// The namespaces in scope, and the programs that need to know them.
 struct Namespaces {
     handle: rtnetlink::Handle,
-    scope: NetnsScope,
+    mode: NetnsScope,
     inventory: SharedInventory,
-    localhost: Option<Arc<Localhost>>,
+    /// The programs' copy of the scope (used in node scope).
+    scope: Scope,
 }
 
 impl Namespaces {
     async fn refresh(&self, attachments: &Attachments) {
-        match namespaces::scan(&self.handle, self.scope, &attachments.peer_nsids()).await {
+        match namespaces::scan(&self.handle, self.mode, &attachments.peer_nsids()).await {
             Ok(inventory) => {
-                if let Some(localhost) = &self.localhost
-                    && self.scope == NetnsScope::Node
-                {
-                    localhost.set_scope(&inventory.cookies());
+                if self.mode == NetnsScope::Node {
+                    self.scope.set(&inventory.cookies());
                 }
                 *self.inventory.write().unwrap_or_else(std::sync::PoisonError::into_inner) = inventory;
             }

@@ -5,7 +5,7 @@ use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use tokio::io::unix::AsyncFd;
 
-use probe_common::sock_state::SockStateFields;
+use probe_common::kernel::KernelOffsets;
 
 use crate::config::{EbpfLogLevel, NetnsScope};
 
@@ -15,21 +15,30 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// Creates the maps of the embedded object; programs are loaded by the probes that use them.
 ///
 /// `log_level` is written into the object before it loads: below a message's level, the
-/// programs skip the ring buffer write entirely. So are the tracepoint field offsets this
-/// kernel uses, and whether the socket hooks count every namespace or only those in scope.
+/// programs skip the ring buffer write entirely. So are where this kernel keeps the fields
+/// the tracepoint programs read, and whether the socket hooks count every namespace or only
+/// those in scope.
 ///
 /// # Errors
 /// If the kernel refuses a map (e.g. missing `CAP_BPF`, or memlock limits on old kernels).
-pub fn load(log_level: EbpfLogLevel, sock_state_fields: &SockStateFields, scope: NetnsScope) -> Result<Ebpf> {
+pub fn load(globals: &Globals) -> Result<Ebpf> {
     raise_memlock_limit();
-    let level = log_level.as_aya_level();
-    let count_every_namespace = u8::from(scope == NetnsScope::Host);
+    let level = globals.log_level.as_aya_level();
+    let count_every_namespace = u8::from(globals.scope == NetnsScope::Host);
     EbpfLoader::new()
         .override_global("AYA_LOG_LEVEL", &level, true)
-        .override_global("SOCK_STATE_FIELDS", sock_state_fields, true)
         .override_global("COUNT_EVERY_NAMESPACE", &count_every_namespace, true)
+        .override_global("KERNEL_OFFSETS", &globals.kernel, true)
         .load(OBJECT)
         .context("loading cniguard's eBPF object (run `cniguard check` to see what the kernel lacks)")
+}
+
+/// What is written into the object before it loads. Offsets the daemon could not learn
+/// stay zero; the tracepoint probes are then not started.
+pub struct Globals {
+    pub log_level: EbpfLogLevel,
+    pub scope: NetnsScope,
+    pub kernel: KernelOffsets,
 }
 
 /// Forwards the programs' aya-log messages to the daemon's log for as long as it runs.

@@ -5,7 +5,9 @@
 //! (`server`). `daemon` ties them together for `cniguard run`; `preflight` is `cniguard check`.
 
 pub mod attach;
+pub mod baseline;
 pub mod bgp_codes;
+pub mod btf;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -14,7 +16,7 @@ pub mod interfaces;
 pub mod labels;
 pub mod metrics;
 pub mod namespaces;
+pub mod phase;
 pub mod preflight;
 pub mod probes;
 pub mod server;
-pub mod tracefs;

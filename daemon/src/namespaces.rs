@@ -192,3 +192,68 @@ async fn nsid(handle: &Handle, path: &Path) -> Option<i32> {
 pub fn read(inventory: &SharedInventory) -> std::sync::RwLockReadGuard<'_, Inventory> {
     inventory.read().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// Interface names in any namespace in scope: the daemon's own from its interface table,
+/// the others by asking the kernel from inside the namespace (cached).
+#[derive(Clone, Default)]
+pub struct InterfaceResolver {
+    own: crate::probes::AttachedInterfaces,
+    cache: Arc<std::sync::Mutex<HashMap<(u64, u32), String>>>,
+}
+
+/// Names remembered for other namespaces before the cache starts over.
+const RESOLVER_CACHE: usize = 4096;
+
+impl InterfaceResolver {
+    /// `own` holds the names of every interface of the daemon's namespace.
+    #[must_use]
+    pub fn new(own: crate::probes::AttachedInterfaces) -> Self {
+        Self { own, cache: Arc::default() }
+    }
+
+    /// The name of interface `ifindex` of `namespace`; its number if it has none (any
+    /// more), empty for no interface at all.
+    #[must_use]
+    pub fn name(&self, namespace: &Namespace, ifindex: u32) -> String {
+        if ifindex == 0 {
+            return String::new();
+        }
+        if namespace.own {
+            return self.own.name(ifindex).unwrap_or_else(|| ifindex.to_string());
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(name) = cache.get(&(namespace.inode, ifindex)) {
+            return name.clone();
+        }
+        if cache.len() >= RESOLVER_CACHE {
+            cache.clear();
+        }
+        let name = name_in(&namespace.path, ifindex).unwrap_or_else(|| ifindex.to_string());
+        cache.insert((namespace.inode, ifindex), name.clone());
+        name
+    }
+}
+
+/// `if_indextoname` from a thread inside the namespace at `path`.
+fn name_in(path: &Path, ifindex: u32) -> Option<String> {
+    in_namespace(path, || {
+        nix::net::if_::if_indextoname(ifindex).ok().and_then(|name| name.into_string().ok())
+    })
+    .flatten()
+}
+
+/// Runs `f` on a thread that has entered the namespace at `path` (sockets it opens and the
+/// /proc/thread-self/net files it reads are that namespace's); `None` if it cannot enter.
+pub fn in_namespace<R: Send>(path: &Path, f: impl FnOnce() -> R + Send) -> Option<R> {
+    let file = File::open(path).ok()?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+                Some(f())
+            })
+            .join()
+            .ok()
+            .flatten()
+    })
+}

@@ -110,16 +110,9 @@ pub fn run() -> Report {
         Path::new("/sys/kernel/btf/vmlinux").exists(),
         "BTF",
         "kernel type information at /sys/kernel/btf/vmlinux",
-        "a kernel built with CONFIG_DEBUG_INFO_BTF=y (tracepoint probes resolve kernel types with it)",
+        "a kernel built with CONFIG_DEBUG_INFO_BTF=y (the tracepoint probes find kernel struct fields and tracepoint arguments with it)",
     ));
     findings.push(mounted(&mounts, "bpf", &["/sys/fs/bpf"], "bpffs", "mount -t bpf bpf /sys/fs/bpf"));
-    findings.push(mounted(
-        &mounts,
-        "tracefs",
-        &["/sys/kernel/tracing", "/sys/kernel/debug/tracing"],
-        "tracefs",
-        "mount -t tracefs tracefs /sys/kernel/tracing (needed by tracepoint probes)",
-    ));
     findings.push(mounted(
         &mounts,
         "cgroup2",

@@ -8,11 +8,15 @@
 // Explicit padding (`_pad`) is part of the layout both sides share, and both build it.
 #![allow(clippy::pub_underscore_fields)]
 
+pub mod dns;
+pub mod drops;
 pub mod iface_stats;
+pub mod kernel;
 pub mod localhost;
 pub mod map_health;
 pub mod overlay;
 pub mod sock_state;
+pub mod tcp_health;
 pub mod underlay;
 
 /// Asserts at compile time that a shared type has exactly the size of its fields, i.e. that

@@ -19,10 +19,17 @@ pub enum MapId {
     LocalhostConnections = 8,
     LocalhostLatency = 9,
     LocalhostFailures = 10,
+    Drops = 11,
+    DropEvents = 12,
+    TcpHealth = 13,
+    TcpRtt = 14,
+    DnsPending = 15,
+    DnsCounts = 16,
+    DnsLatency = 17,
 }
 
 impl MapId {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 18;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::IfaceStats,
         Self::VxlanStats,
@@ -35,6 +42,13 @@ impl MapId {
         Self::LocalhostConnections,
         Self::LocalhostLatency,
         Self::LocalhostFailures,
+        Self::Drops,
+        Self::DropEvents,
+        Self::TcpHealth,
+        Self::TcpRtt,
+        Self::DnsPending,
+        Self::DnsCounts,
+        Self::DnsLatency,
     ];
 
     /// The `map` label value of `cniguard_map_full_total`.
@@ -52,6 +66,13 @@ impl MapId {
             Self::LocalhostConnections => "localhost_connections",
             Self::LocalhostLatency => "localhost_latency",
             Self::LocalhostFailures => "localhost_failures",
+            Self::Drops => "drops",
+            Self::DropEvents => "drop_events",
+            Self::TcpHealth => "tcp_health",
+            Self::TcpRtt => "tcp_rtt",
+            Self::DnsPending => "dns_pending",
+            Self::DnsCounts => "dns_counts",
+            Self::DnsLatency => "dns_latency",
         }
     }
 }

@@ -8,7 +8,6 @@
 //! pass a hook where it arrives.
 
 use aya_ebpf::{
-    Global,
     helpers::{bpf_get_netns_cookie, bpf_ktime_get_ns},
     macros::{cgroup_skb, map},
     maps::{HashMap, PerCpuHashMap},
@@ -17,15 +16,15 @@ use aya_ebpf::{
 use probe_common::{
     localhost::{
         CONNECTIONS_MAX_ENTRIES, ConnectionKey, ConnectionState, FailureKey, FailureReason, Histogram,
-        LATENCY_BOUNDS_NS, LATENCY_BUCKETS, LATENCY_MAX_ENTRIES, LOCALHOST_PORTS_MAX_ENTRIES, LatencyKey,
-        LatencyKind, Phase, SCOPE_MAX_ENTRIES,
+        LATENCY_MAX_ENTRIES, LOCALHOST_PORTS_MAX_ENTRIES, LatencyKey, LatencyKind, Phase,
     },
     map_health::MapId,
 };
 
 use crate::{
-    counters::{add, counter},
+    counters::{add, record_latency},
     map_health::record_full,
+    scope,
 };
 
 /// cgroup_skb verdict: let the packet through.
@@ -37,14 +36,6 @@ const TCP_ACK: u8 = 0x10;
 const IPPROTO_TCP: u8 = 6;
 /// `skb->protocol` of an IPv4 packet (network byte order in a u32).
 const ETH_P_IP_BE: u32 = 0x0008;
-
-/// 1: every namespace counts (a real node); 0: only those in `SCOPE` (a lab node).
-#[unsafe(no_mangle)]
-static COUNT_EVERY_NAMESPACE: Global<u8> = Global::new(1);
-
-/// Namespace cookies within this daemon's scope; filled by the daemon.
-#[map]
-static SCOPE: HashMap<u64, u8> = HashMap::with_max_entries(SCOPE_MAX_ENTRIES, 0);
 
 /// Server ports to watch (9500, 8080, 8081 by default); filled by the daemon.
 #[map]
@@ -116,7 +107,7 @@ fn segment(ctx: &SkBuffContext) -> Option<Segment> {
     };
     // SAFETY: the helper only reads the context it is given.
     let netns = unsafe { bpf_get_netns_cookie(ctx.skb.skb.cast()) };
-    if COUNT_EVERY_NAMESPACE.load() == 0 && SCOPE.get_ptr(netns).is_none() {
+    if !scope::in_scope(netns) {
         return None;
     }
     let (source, destination) = ([ip[12], ip[13], ip[14], ip[15]], [ip[16], ip[17], ip[18], ip[19]]);
@@ -219,18 +210,5 @@ fn reset(segment: &Segment) {
 #[inline(always)]
 fn sample(key: &ConnectionKey, kind: LatencyKind, nanoseconds: u64) {
     let latency = LatencyKey { netns: key.netns, port: key.server_port, kind: kind as u8, _pad: [0; 5] };
-    let Some(histogram) = counter(&LATENCY, &latency, MapId::LocalhostLatency) else { return };
-    let mut bucket = LATENCY_BUCKETS - 1;
-    for (index, bound) in LATENCY_BOUNDS_NS.iter().enumerate() {
-        if nanoseconds <= *bound {
-            bucket = index;
-            break;
-        }
-    }
-    // SAFETY: a per-CPU value, only written by this CPU while this program runs.
-    let histogram = unsafe { &mut *histogram };
-    if let Some(count) = histogram.buckets.get_mut(bucket) {
-        *count += 1;
-    }
-    histogram.sum_ns += nanoseconds;
+    record_latency(&LATENCY, &latency, nanoseconds, MapId::LocalhostLatency);
 }

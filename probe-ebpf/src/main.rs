@@ -4,14 +4,25 @@
 //! full map or an unparsable frame is counted, not acted on.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The BPF target has no compare-and-swap, so `AtomicU64::fetch_add` does not exist there;
+// the intrinsic compiles to the BPF atomic add. The eBPF build runs with RUSTC_BOOTSTRAP
+// already (for -Z build-std), see daemon/build.rs.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
+mod cidr;
 mod counters;
+mod dns;
+mod drops;
 mod iface_stats;
+mod kernel;
 mod localhost;
 mod map_health;
 mod overlay;
 mod packet;
+mod scope;
 mod sock_state;
+mod tcp_health;
 mod underlay;
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};

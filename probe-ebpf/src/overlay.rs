@@ -5,24 +5,20 @@
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     macros::{classifier, map},
-    maps::{LpmTrie, PerCpuHashMap, lpm_trie::Key},
+    maps::PerCpuHashMap,
     programs::TcContext,
 };
 use probe_common::{
     iface_stats::PacketCount,
     map_health::MapId,
-    overlay::{MAX_CIDRS, OTHER_CIDR, OVERLAY_STATS_MAX_ENTRIES, OverlayKey},
+    overlay::{OVERLAY_STATS_MAX_ENTRIES, OverlayKey},
 };
 
 use crate::{
+    cidr,
     counters::add_packet,
     packet::{self, ETH_P_IP},
 };
-
-/// Configured CIDRs, longest prefix wins; the value is the CIDR's index in the daemon's
-/// configuration. Filled by the daemon.
-#[map]
-static CIDR_CLASSES: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_CIDRS, 1); // BPF_F_NO_PREALLOC
 
 #[map]
 static OVERLAY_STATS: PerCpuHashMap<OverlayKey, PacketCount> =
@@ -49,12 +45,11 @@ fn observe(ctx: &TcContext) {
     let Some(ip) = packet::ipv4(ctx, l3, len) else { return };
     // SAFETY: the kernel hands this program its __sk_buff.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let key =
-        OverlayKey { ifindex, src_class: class(ip.source), dst_class: class(ip.destination), _pad: [0; 2] };
+    let key = OverlayKey {
+        ifindex,
+        src_class: cidr::class(ip.source),
+        dst_class: cidr::class(ip.destination),
+        _pad: [0; 2],
+    };
     add_packet(&OVERLAY_STATS, &key, ctx.len(), MapId::OverlayStats);
-}
-
-#[inline(always)]
-fn class(address: [u8; 4]) -> u8 {
-    CIDR_CLASSES.get(Key::new(32, address)).copied().unwrap_or(OTHER_CIDR)
 }

@@ -1,6 +1,8 @@
 //! What cniguard's tests on the real kernel add to the lab's harness (`cniguard-lab`):
-//! BPF_PROG_TEST_RUN of the classifiers, and reading what is attached at tc hooks.
+//! BPF_PROG_TEST_RUN of the classifiers, reading what is attached at tc hooks, and nftables
+//! rules in test namespaces.
 
 pub mod lab_support;
+pub mod netfilter;
 pub mod tc;
 pub mod test_run;

@@ -124,6 +124,9 @@ fn check_workloads(lab: &Lab) {
     let dns = Workload::DnsClient { rate: 4, names };
     let read =
         || (lab.workload_stats("mlserver-0", &agent).unwrap(), lab.workload_stats("client-1", &dns).unwrap());
+    // A query in flight when traffic was paused (or sent while routes converged) resolves
+    // or times out first: wait out the client's 2 s timeout before the window opens.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
     let (agent_before, dns_before) = read();
     std::thread::sleep(std::time::Duration::from_secs(3));
     let (agent_after, dns_after) = read();

@@ -208,21 +208,20 @@ fn install_bpf_linker(major: u32) -> Result<()> {
     std::fs::write(&marker, format!("{major}\n")).with_context(|| format!("writing {}", marker.display()))
 }
 
-/// bpffs (for pinned maps) and tracefs (tracepoints): mounted where the kernel expects them.
+/// bpffs (for pinned maps), mounted where the kernel expects it. (The tracepoint probes are
+/// raw tracepoints: they need no tracefs.)
 fn mount_kernel_filesystems() -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    for (fstype, target) in [("bpf", "/sys/fs/bpf"), ("tracefs", "/sys/kernel/tracing")] {
-        let mounted = mounts.lines().any(|line| {
-            let mut fields = line.split_whitespace();
-            let (_, mount_point, kind) = (fields.next(), fields.next(), fields.next());
-            mount_point == Some(target) && kind == Some(fstype)
-        });
-        if mounted {
-            println!("setup: {fstype} is mounted at {target}");
-        } else {
-            println!("setup: mounting {fstype} at {target}");
-            cmd::run(Command::new("mount").args(["-t", fstype, fstype, target]))?;
-        }
+    let mounted = mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, mount_point, kind) = (fields.next(), fields.next(), fields.next());
+        mount_point == Some("/sys/fs/bpf") && kind == Some("bpf")
+    });
+    if mounted {
+        println!("setup: bpffs is mounted at /sys/fs/bpf");
+    } else {
+        println!("setup: mounting bpffs at /sys/fs/bpf");
+        cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
     Ok(())
 }

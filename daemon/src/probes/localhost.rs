@@ -23,8 +23,7 @@ use aya::maps::{HashMap, MapData, PerCpuHashMap};
 use aya::programs::cgroup_skb::CgroupSkbLink;
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
 use probe_common::localhost::{
-    ConnectionKey, ConnectionState, FailureKey, FailureReason, Histogram, LATENCY_BOUNDS_NS, LATENCY_BUCKETS,
-    LatencyKey, LatencyKind, Phase,
+    ConnectionKey, ConnectionState, FailureKey, FailureReason, Histogram, LatencyKey, LatencyKind, Phase,
 };
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -33,6 +32,7 @@ use prometheus::{GaugeVec, Opts};
 use crate::config::{CheckSettings, LocalhostSettings};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
 use crate::namespaces::{self, SharedInventory};
+use crate::probes::shared::{LatencyTotals, summed};
 use crate::probes::underlay::monotonic_ns;
 
 pub const NAME: &str = "localhost";
@@ -41,7 +41,6 @@ const FAILURE_LABELS: &[&str] = &["netns", "port", "reason"];
 
 pub struct Localhost {
     _links: Vec<CgroupSkbLink>,
-    scope: Mutex<HashMap<MapData, u64, u8>>,
     connections: Mutex<HashMap<MapData, ConnectionKey, ConnectionState>>,
     latency: Mutex<PerCpuHashMap<MapData, LatencyKey, Histogram>>,
     failures: Mutex<PerCpuHashMap<MapData, FailureKey, u64>>,
@@ -70,7 +69,6 @@ impl Localhost {
         for port in &settings.ports {
             ports.insert(port, 1, 0)?;
         }
-        let scope = HashMap::try_from(take("SCOPE")?)?;
         let connections = HashMap::try_from(take("CONNECTIONS")?)?;
         let latency = PerCpuHashMap::try_from(take("LATENCY")?)?;
         let failures = PerCpuHashMap::try_from(take("FAILURES")?)?;
@@ -102,7 +100,6 @@ impl Localhost {
         drop(ports);
         let probe = Arc::new(Self {
             _links: links,
-            scope: Mutex::new(scope),
             connections: Mutex::new(connections),
             latency: Mutex::new(latency),
             failures: Mutex::new(failures),
@@ -140,20 +137,6 @@ impl Localhost {
         }
         tracing::info!(root = %root.display(), ports = ?probe.settings.ports, "localhost probe attached to the cgroup v2 root");
         Ok(probe)
-    }
-
-    /// Limits the programs to these namespaces (node scope).
-    pub fn set_scope(&self, cookies: &BTreeSet<u64>) {
-        let mut scope = self.scope.lock().unwrap_or_else(PoisonError::into_inner);
-        let present: BTreeSet<u64> = scope.keys().filter_map(Result::ok).collect();
-        for cookie in present.difference(cookies) {
-            let _ = scope.remove(cookie);
-        }
-        for cookie in cookies.difference(&present) {
-            if let Err(err) = scope.insert(cookie, 1, 0) {
-                tracing::warn!(cookie, "cannot add a namespace to the localhost scope: {err}");
-            }
-        }
     }
 
     /// Counts SYNs unanswered for longer than the connect timeout as timeouts, forgets
@@ -284,7 +267,6 @@ struct LocalhostCollector {
     connect: Desc,
     response: Desc,
     failures: Desc,
-    bounds: Vec<f64>,
 }
 
 impl LocalhostCollector {
@@ -306,8 +288,6 @@ impl LocalhostCollector {
                 "Failed loopback connections inside a namespace: refused (RST answered the SYN), timeout (SYN never answered), reset (an open connection reset)",
                 FAILURE_LABELS,
             ),
-            #[allow(clippy::cast_precision_loss, reason = "bounds are at most 1e9 ns")]
-            bounds: LATENCY_BOUNDS_NS.iter().map(|ns| *ns as f64 / 1e9).collect(),
         }
     }
 }
@@ -320,39 +300,24 @@ impl Collector for LocalhostCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         let probe = &self.probe;
         let inventory = namespaces::read(&probe.inventory);
-        let mut connect = FamilyBuilder::histogram(&self.connect, LABELS);
-        let mut response = FamilyBuilder::histogram(&self.response, LABELS);
+        let (mut connect, mut response) = (LatencyTotals::default(), LatencyTotals::default());
         for (key, per_cpu) in
             probe.latency.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Result::ok)
         {
             let Some(netns) = inventory.label(key.netns) else { continue };
-            let mut counts = [0_u64; LATENCY_BUCKETS];
-            let mut sum_ns = 0_u64;
-            for cpu in per_cpu.iter() {
-                for (total, count) in counts.iter_mut().zip(cpu.buckets) {
-                    *total += count;
-                }
-                sum_ns += cpu.sum_ns;
-            }
-            let family = if key.kind == LatencyKind::Connect as u8 { &mut connect } else { &mut response };
-            family.histogram_sample(
-                &[&netns, &key.port.to_string()],
-                &self.bounds,
-                &counts,
-                sum_ns as f64 / 1e9,
-            );
+            let totals = if key.kind == LatencyKind::Connect as u8 { &mut connect } else { &mut response };
+            totals.add(vec![netns, key.port.to_string()], &per_cpu);
         }
+        let (connect, response) =
+            (connect.family(&self.connect, LABELS), response.family(&self.response, LABELS));
         let mut failures: BTreeMap<[String; 3], u64> = BTreeMap::new();
-        for (key, per_cpu) in
-            probe.failures.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Result::ok)
-        {
+        for (key, count) in summed(&probe.failures) {
             let (Some(netns), Some(reason)) =
                 (inventory.label(key.netns), FailureReason::from_u8(key.reason))
             else {
                 continue;
             };
-            *failures.entry([netns, key.port.to_string(), reason.label().to_owned()]).or_default() +=
-                per_cpu.iter().sum::<u64>();
+            *failures.entry([netns, key.port.to_string(), reason.label().to_owned()]).or_default() += count;
         }
         for ((netns, port), count) in probe.timeouts.lock().unwrap_or_else(PoisonError::into_inner).iter() {
             let Some(netns) = inventory.label(*netns) else { continue };
@@ -364,6 +329,6 @@ impl Collector for LocalhostCollector {
         for (labels, count) in &failures {
             failure_family.sample(&[&labels[0], &labels[1], &labels[2]], *count as f64);
         }
-        [connect.build(), response.build(), failure_family.build()].into_iter().flatten().collect()
+        [connect, response, failure_family.build()].into_iter().flatten().collect()
     }
 }

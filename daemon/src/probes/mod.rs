@@ -5,11 +5,15 @@
 //! `probe-common/src/<probe>.rs`, a module here that takes its maps and registers its
 //! collector, and one line in [`interface_probes`].
 
+pub mod dns;
+pub mod drops;
 pub mod iface_stats;
 pub mod localhost;
 pub mod map_health;
 pub mod overlay;
+pub mod shared;
 pub mod sock_state;
+pub mod tcp_health;
 pub mod underlay;
 
 use std::collections::HashMap;
@@ -70,6 +74,11 @@ impl AttachedInterfaces {
     pub fn contains(&self, index: u32) -> bool {
         self.0.read().unwrap_or_else(PoisonError::into_inner).contains_key(&index)
     }
+
+    /// Replaces every entry.
+    pub fn replace(&self, names: impl IntoIterator<Item = (u32, String)>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = names.into_iter().collect();
+    }
 }
 
 /// Takes each interface probe's maps out of `ebpf` and registers its collector.
@@ -81,6 +90,7 @@ pub fn interface_probes(
     settings: &Settings,
     attached: &AttachedInterfaces,
     peers: &Arc<PeerLabels>,
+    classes: &Arc<shared::CidrClasses>,
     metrics: &DaemonMetrics,
 ) -> Result<Vec<Arc<dyn InterfaceProbe>>> {
     map_health::register(ebpf, metrics)?;
@@ -94,6 +104,14 @@ pub fn interface_probes(
             peers.clone(),
             metrics,
         )?,
-        overlay::Overlay::register(ebpf, &settings.cidrs, attached, metrics)?,
+        overlay::Overlay::register(ebpf, classes.clone(), attached, metrics)?,
+        dns::Dns::register(
+            ebpf,
+            settings.dns.interfaces.clone(),
+            settings.dns.timeout,
+            attached,
+            peers.clone(),
+            metrics,
+        )?,
     ])
 }

@@ -6,18 +6,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
-use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{MapData, PerCpuHashMap};
 use probe_common::Direction;
 use probe_common::iface_stats::PacketCount;
-use probe_common::overlay::{OTHER_CIDR, OverlayKey};
+use probe_common::overlay::OverlayKey;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
+use super::shared::CidrClasses;
 use super::{AttachedInterfaces, InterfaceProbe, TcProgram};
-use crate::config::Cidr;
 use crate::interfaces::{Interface, InterfaceTable};
-use crate::labels;
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
 
 pub const NAME: &str = "overlay";
@@ -30,42 +28,26 @@ const PROGRAMS: &[TcProgram] = &[
 const LABELS: &[&str] = &["device", "src_cidr", "dst_cidr"];
 
 pub struct Overlay {
-    /// Held open: the programs are loaded after this probe registers, and their map
-    /// references must point at a live fd then.
-    _classes: LpmTrie<MapData, [u8; 4], u8>,
     stats: Mutex<PerCpuHashMap<MapData, OverlayKey, PacketCount>>,
-    /// The label value of each configured CIDR, by its index.
-    names: Vec<String>,
+    classes: Arc<CidrClasses>,
     attached: AttachedInterfaces,
 }
 
 impl Overlay {
-    /// Loads the configured CIDRs into the program's trie and registers the collector.
+    /// Takes the probe's map and registers the collector.
     ///
     /// # Errors
-    /// If a map is missing or the kernel refuses an entry.
+    /// If the map is missing.
     pub fn register(
         ebpf: &mut Ebpf,
-        cidrs: &[Cidr],
+        classes: Arc<CidrClasses>,
         attached: &AttachedInterfaces,
         metrics: &DaemonMetrics,
     ) -> Result<Arc<dyn InterfaceProbe>> {
-        let mut classes: LpmTrie<MapData, [u8; 4], u8> = LpmTrie::try_from(
-            ebpf.take_map("CIDR_CLASSES").context("the eBPF object has no CIDR_CLASSES map")?,
-        )?;
-        for (index, cidr) in cidrs.iter().enumerate() {
-            let class = u8::try_from(index)?;
-            classes
-                .insert(&Key::new(u32::from(cidr.prefix_len), cidr.network.octets()), class, 0)
-                .with_context(|| {
-                    format!("loading CIDR {}/{} ({})", cidr.network, cidr.prefix_len, cidr.name)
-                })?;
-        }
         let stats = ebpf.take_map("OVERLAY_STATS").context("the eBPF object has no OVERLAY_STATS map")?;
         let probe = Arc::new(Self {
-            _classes: classes,
             stats: Mutex::new(PerCpuHashMap::try_from(stats)?),
-            names: cidrs.iter().map(|c| c.name.clone()).collect(),
+            classes,
             attached: attached.clone(),
         });
         metrics.registry.register(Box::new(OverlayCollector {
@@ -77,14 +59,6 @@ impl Overlay {
             ),
         }))?;
         Ok(probe)
-    }
-
-    fn class_name(&self, class: u8) -> &str {
-        if class == OTHER_CIDR {
-            labels::OTHER
-        } else {
-            self.names.get(usize::from(class)).map_or(labels::OTHER, String::as_str)
-        }
     }
 }
 
@@ -131,8 +105,8 @@ impl Collector for OverlayCollector {
             let Some(device) = probe.attached.name(key.ifindex) else { continue };
             let labels = [
                 device,
-                probe.class_name(key.src_class).to_owned(),
-                probe.class_name(key.dst_class).to_owned(),
+                probe.classes.name(key.src_class).to_owned(),
+                probe.classes.name(key.dst_class).to_owned(),
             ];
             *totals.entry(labels).or_default() += per_cpu.iter().map(|c| c.packets).sum::<u64>();
         }

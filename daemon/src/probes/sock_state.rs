@@ -1,5 +1,5 @@
 //! `sock_state`: BGP session state and Typha connection attempts, from the sockets
-//! themselves (the `sock:inet_sock_set_state` tracepoint), not guessed from packets.
+//! themselves (the `inet_sock_set_state` raw tracepoint), not guessed from packets.
 //!
 //! The tracepoint fires for every namespace on the kernel. A socket belongs to this node
 //! when its local address is one of the node's own: on a real node that is every socket of
@@ -14,41 +14,23 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
 use aya::maps::{HashMap, MapData, RingBuf};
-use aya::programs::TracePoint;
-use aya::programs::trace_point::TracePointLink;
-use probe_common::sock_state::{SockStateEvent, SockStateFields};
+use aya::programs::raw_trace_point::RawTracePointLink;
+use probe_common::sock_state::SockStateEvent;
 use probe_common::underlay::BGP_PORT;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, Opts};
 use tokio::io::unix::AsyncFd;
 
+use super::shared::attach_raw_tracepoint;
+use crate::btf::Btf;
 use crate::labels::PeerLabels;
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
-use crate::tracefs::TracepointFormat;
 
 pub const NAME: &str = "sock_state";
 const TCP_ESTABLISHED: u8 = 1;
 const TCP_SYN_SENT: u8 = 2;
 const TCP_CLOSE: u8 = 7;
-
-/// The tracepoint's field offsets on this kernel, for the program's global.
-///
-/// # Errors
-/// If tracefs is not mounted or the tracepoint's layout lacks a field.
-pub fn fields() -> Result<SockStateFields> {
-    let format = TracepointFormat::read("sock", "inet_sock_set_state")?;
-    Ok(SockStateFields {
-        oldstate: format.offset("oldstate", 4)?,
-        newstate: format.offset("newstate", 4)?,
-        sport: format.offset("sport", 2)?,
-        dport: format.offset("dport", 2)?,
-        family: format.offset("family", 2)?,
-        protocol: format.offset("protocol", 2)?,
-        saddr: format.offset("saddr", 4)?,
-        daddr: format.offset("daddr", 4)?,
-    })
-}
 
 /// The node's own IPv4 addresses, kept current by the daemon.
 pub type LocalAddresses = Arc<RwLock<BTreeSet<Ipv4Addr>>>;
@@ -72,7 +54,7 @@ struct Sessions {
 
 /// The running probe: its tracepoint link and what it has learnt.
 pub struct SockState {
-    _link: TracePointLink,
+    _link: RawTracePointLink,
     sessions: Arc<Mutex<Sessions>>,
 }
 
@@ -84,6 +66,7 @@ impl SockState {
     /// If the program cannot load or attach, or a map is missing.
     pub fn start(
         ebpf: &mut Ebpf,
+        btf: &Btf,
         typha_port: u16,
         addresses: LocalAddresses,
         peers: Arc<PeerLabels>,
@@ -97,12 +80,8 @@ impl SockState {
         let events = RingBuf::try_from(
             ebpf.take_map("SOCK_EVENTS").context("the eBPF object has no SOCK_EVENTS map")?,
         )?;
-        let program: &mut TracePoint =
-            ebpf.program_mut(NAME).context("the eBPF object has no sock_state program")?.try_into()?;
-        program.load().context("loading the sock_state tracepoint program")?;
-        let link =
-            program.attach("sock", "inet_sock_set_state").context("attaching to sock:inet_sock_set_state")?;
-        let link = program.take_link(link)?;
+        let (link, _) =
+            attach_raw_tracepoint(ebpf, btf, NAME, "inet_sock_set_state", &["sock*", "int", "int"])?;
 
         let sessions = Arc::new(Mutex::new(Sessions::default()));
         {

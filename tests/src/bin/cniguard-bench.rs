@@ -5,6 +5,9 @@
 //!    (the kernel times the runs itself).
 //! 2. Per loopback request/response in a pod-like namespace (the Seldon agent's path):
 //!    median and p99 with the localhost hooks attached and without, rounds interleaved.
+//! 3. Per dropped packet, under a drop storm: the `kfree_skb` program's own run time as the
+//!    kernel accounts it (BPF stats, enabled through the stats fd for this run only), and
+//!    the storm's packets per second with the program attached and without.
 
 use std::time::Duration;
 
@@ -54,6 +57,14 @@ fn rows() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         frame(|f| eth().ipv4(nodes.0, nodes.1, 64).tcp(179, 40179, 1, 1024).write(f, &keepalive).unwrap());
     let plain =
         frame(|f| eth().ipv4(nodes.0, nodes.1, 64).tcp(40000, 443, 1, 1024).write(f, &payload).unwrap());
+    // A query for `exists.cluster.local`, type A: each run stores it as outstanding (the
+    // same key every time: the first insert wins, the others find it).
+    let question: Vec<u8> = [0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]
+        .into_iter()
+        .chain(*b"\x06exists\x07cluster\x05local\x00\x00\x01\x00\x01")
+        .collect();
+    let dns_query =
+        frame(|f| eth().ipv4(v4.0, [10, 43, 0, 10], 64).udp(40053, 53).write(f, &question).unwrap());
     vec![
         ("iface_stats_ingress", "ipv4/tcp 64B payload", plain.clone()),
         ("iface_stats_ingress", "ipv4/udp 64B payload", inner.clone()),
@@ -66,7 +77,9 @@ fn rows() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("underlay_ingress", "neither VXLAN nor BGP", plain),
         ("underlay_ingress", "VXLAN 4789", vxlan),
         ("underlay_ingress", "BGP KEEPALIVE", bgp),
-        ("overlay_ingress", "inner ipv4/udp", inner),
+        ("overlay_ingress", "inner ipv4/udp", inner.clone()),
+        ("dns_ingress", "not DNS (ipv4/udp)", inner),
+        ("dns_ingress", "DNS query", dns_query),
     ]
 }
 
@@ -78,7 +91,71 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 fn main() -> Result<()> {
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "the benchmark loads eBPF programs: run it as root");
     classifiers()?;
-    loopback()
+    loopback()?;
+    drop_storm()
+}
+
+const STORM_PACKETS: u64 = 200_000;
+const STORM_ROUNDS: usize = 5;
+
+/// Datagrams from one namespace to another that drops every one of them in nftables: each
+/// is a `kfree_skb` with reason NETFILTER_DROP.
+fn drop_storm() -> Result<()> {
+    let link = cniguard_lab::netns::QuietLink::new("veth-bs0", "veth-bs1")?;
+    cniguard_tests::netfilter::nft(
+        &link.b,
+        "table inet cgbench {\n chain input { type filter hook input priority 0; udp dport 7777 drop; }\n}\n",
+    )?;
+    let offsets = cniguard::btf::Btf::kernel()?.kernel_offsets()?;
+    let (silent, every_namespace) = (0_u8, 1_u8);
+    let mut ebpf = aya::EbpfLoader::new()
+        .override_global("AYA_LOG_LEVEL", &silent, true)
+        .override_global("COUNT_EVERY_NAMESPACE", &every_namespace, true)
+        .override_global("KERNEL_OFFSETS", &offsets, true)
+        .load(cniguard::ebpf::OBJECT)?;
+    let program: &mut aya::programs::RawTracePoint =
+        ebpf.program_mut("drops").context("no drops program")?.try_into()?;
+    program.load()?;
+    // Run-time accounting costs a little itself; it stays on only while this fd is open.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+    let socket = link.a.run(|| std::net::UdpSocket::bind("0.0.0.0:0"))?;
+    let target = std::net::SocketAddr::from((link.b_addr, 7777));
+    let storm = || -> Result<f64> {
+        let start = std::time::Instant::now();
+        for _ in 0..STORM_PACKETS {
+            socket.send_to(&[0x42; 64], target)?;
+        }
+        #[allow(clippy::cast_precision_loss, reason = "a few hundred thousand packets")]
+        Ok(STORM_PACKETS as f64 / start.elapsed().as_secs_f64())
+    };
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..STORM_ROUNDS {
+        without.push(storm()?);
+        let link_id = program.attach("kfree_skb")?;
+        with.push(storm()?);
+        program.detach(link_id)?;
+    }
+    let info = program.info()?;
+    let middle = |mut rates: Vec<f64>| {
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
+    };
+    let (without, with) = (middle(without), middle(with));
+    println!();
+    println!(
+        "drop storm: {STORM_PACKETS} datagrams per round into an nftables drop, {STORM_ROUNDS} interleaved rounds"
+    );
+    #[allow(clippy::cast_precision_loss, reason = "run counts stay far below 2^52")]
+    let per_run = info.run_time().as_nanos() as f64 / info.run_count().max(1) as f64;
+    println!(
+        "kfree_skb program: {} runs (every drop on the machine while attached), {per_run:.0} ns per run",
+        info.run_count()
+    );
+    println!("{:<28} {:>14}", "", "drops per s");
+    println!("{:<28} {without:>14.0}", "without cniguard");
+    println!("{:<28} {with:>14.0}", "with the drops program");
+    println!("{:<28} {:>14.3}", "ratio (with / without)", with / without);
+    Ok(())
 }
 
 fn classifiers() -> Result<()> {
@@ -89,6 +166,7 @@ fn classifiers() -> Result<()> {
             "iface_stats_ingress",
             "underlay_ingress",
             "overlay_ingress",
+            "dns_ingress",
         ])?;
         classifiers.set_vxlan_ports(&[8472, 4789])?;
         classifiers.set_cidr_classes(&[([10, 42, 0, 0], 16), ([10, 244, 0, 0], 16), ([10, 96, 0, 0], 12)])?;

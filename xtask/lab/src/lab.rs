@@ -79,6 +79,10 @@ enabled = true
 namespaces = [\"*-mlserver-*\"]
 interval_seconds = 2
 timeout_seconds = 1
+
+[baseline]
+window_seconds = 2
+windows = 5
 ";
 
 /// A fault `inject` can introduce and `repair` can take back.
@@ -299,6 +303,24 @@ impl Lab {
                 continue;
             }
             self.cutover_node(node)?;
+        }
+        Ok(())
+    }
+
+    /// The first step of a cutover on `node` alone: Calico's dataplane and BGP come up next
+    /// to Flannel's, the pods stay where they are. The node is then `mixed` until
+    /// [`Self::cutover`] finishes it (or [`Self::rollback`] takes it back).
+    ///
+    /// # Errors
+    /// An unknown node, or the step that failed.
+    pub fn calico_up(&mut self, node: &str) -> Result<()> {
+        for node in self.selected_nodes(Some(node))? {
+            let name = self.state.topology.nodes[node].name.clone();
+            println!("lab: {name}: Calico up next to Flannel");
+            self.state.calico[node] = true;
+            self.sync_calico()?;
+            self.record(&format!("calico up {name}"));
+            self.save()?;
         }
         Ok(())
     }
@@ -593,6 +615,22 @@ impl Lab {
 
     // --- Observers ---
 
+    /// Stops node `node`'s cniguard (with SIGKILL if `kill`: no chance to clean up or save,
+    /// like a crash or an OOM kill) and starts it again; returns once it is ready.
+    ///
+    /// # Errors
+    /// If it does not come back.
+    pub fn restart_cniguard(&mut self, node: usize, kill: bool) -> Result<()> {
+        let key = format!("cniguard/{}", self.state.topology.nodes[node].name);
+        if kill {
+            self.state.processes.signal(&key, Signal::SIGKILL);
+        }
+        self.state.processes.stop(&key);
+        self.start_cniguard(node)?;
+        self.save()?;
+        self.wait_until_observed()
+    }
+
     fn start_cniguard(&mut self, node: usize) -> Result<()> {
         let spec = &self.state.topology.nodes[node];
         let key = format!("cniguard/{}", spec.name);
@@ -604,6 +642,8 @@ impl Lab {
             format!("{}:{CNIGUARD_PORT}", spec.address),
             "--config".into(),
             config.display().to_string(),
+            "--state-dir".into(),
+            self.state.state_dir.join(format!("cniguard-{}", spec.name)).display().to_string(),
         ];
         args.extend(self.state.cniguard_args.iter().cloned());
         let log = self.log_file(&format!("cniguard-{}", spec.name));

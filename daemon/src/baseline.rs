@@ -1,0 +1,719 @@
+//! Rolling baselines of the node's key rates while it still runs Flannel, frozen when the
+//! cutover starts, and the ratio of every later window to them: "drops are 5x what they
+//! were before the cutover" is the question the runbook's rollback triggers ask.
+//!
+//! Every `[baseline] window_seconds` the daemon reads its own metrics (the numbers an
+//! operator sees on /metrics) and the kernel's count of TCP segments sent in each watched
+//! namespace, and turns the window's increase into rates and ratios. In the `flannel` phase
+//! each window joins the baseline (the last `windows` of them); the first window in another
+//! phase freezes it, and from then on `cniguard_baseline_ratio` compares each window with
+//! it. Baselines and the phase are kept in `<state dir>/baselines.json`, written atomically
+//! after every window, so a restart in the middle of the cutover keeps them. A file that is
+//! corrupt or from another node is reported and set aside, never trusted.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{MetricFamily, MetricType};
+use prometheus::{IntCounterVec, Opts, Registry};
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{FamilyBuilder, describe};
+use crate::namespaces::{self, SharedInventory};
+use crate::phase::{Phase, PhaseRecord};
+
+const FORMAT: &str = "cniguard-baselines";
+const VERSION: u32 = 1;
+const FILE_NAME: &str = "baselines.json";
+
+/// The signals, by `signal` label value.
+pub const DROPS_PER_SECOND: &str = "drops_per_second";
+pub const RETRANSMITS_PER_SEGMENT: &str = "retransmits_per_segment";
+pub const DNS_FAILURE_RATIO: &str = "dns_failure_ratio";
+pub const DNS_TIMEOUT_RATIO: &str = "dns_timeout_ratio";
+pub const LOCALHOST_P99: &str = "localhost_response_p99_seconds";
+
+/// What is kept on disk.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Stored {
+    format: String,
+    version: u32,
+    /// The node the baselines were learnt on.
+    node: String,
+    phase: Option<PhaseRecord>,
+    /// Set when the node first left `flannel`: the baselines learn no more.
+    frozen: bool,
+    /// The last windows' values, oldest first.
+    signals: BTreeMap<String, VecDeque<f64>>,
+    drop_reasons: BTreeMap<String, VecDeque<f64>>,
+}
+
+/// Cumulative readings at one instant.
+#[derive(Debug, Clone, Default)]
+struct Totals {
+    drops: BTreeMap<String, f64>,
+    retransmits: f64,
+    segments_sent: f64,
+    dns_queries: f64,
+    dns_failures: f64,
+    dns_timeouts: f64,
+    /// `(upper bound, cumulative count)` of the localhost response histograms, summed.
+    localhost_response: Vec<(f64, f64)>,
+}
+
+/// The rates and ratios of one window.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Window {
+    signals: BTreeMap<String, f64>,
+    drop_reasons: BTreeMap<String, f64>,
+}
+
+pub struct Baselines {
+    stored: Stored,
+    path: Option<PathBuf>,
+    windows: usize,
+    previous: Option<(Instant, Totals)>,
+    latest: Option<Window>,
+    /// TCP segments sent per namespace (inode) at the last reading, and their running sum.
+    segments_seen: BTreeMap<u64, u64>,
+    segments_sent_total: u64,
+}
+
+/// Where the baselines live, shared by the sampler and the collector.
+pub type SharedBaselines = Arc<Mutex<Baselines>>;
+
+impl Baselines {
+    /// Loads the state in `state_dir` if there is a trustworthy one. A corrupt file, or one
+    /// from another node or format, is renamed aside with a warning (and counted in
+    /// `rejected`); the daemon then starts afresh.
+    #[must_use]
+    pub fn load(state_dir: Option<&Path>, node: &str, windows: usize, rejected: &IntCounterVec) -> Self {
+        let path = state_dir.map(|dir| dir.join(FILE_NAME));
+        let fresh =
+            Stored { format: FORMAT.into(), version: VERSION, node: node.into(), ..Stored::default() };
+        let stored = match path.as_deref().map(|path| (path, std::fs::read(path))) {
+            Some((path, Ok(bytes))) => match trusted(&bytes, node) {
+                Ok(stored) => {
+                    tracing::info!(path = %path.display(), frozen = stored.frozen, "baselines loaded");
+                    stored
+                }
+                Err((reason, why)) => {
+                    rejected.with_label_values(&[reason]).inc();
+                    let aside = set_aside(path);
+                    tracing::warn!(
+                        path = %path.display(),
+                        aside = %aside.display(),
+                        "the baseline state file is not trusted ({why}): set aside, starting afresh"
+                    );
+                    fresh
+                }
+            },
+            Some((path, Err(err))) if err.kind() != std::io::ErrorKind::NotFound => {
+                rejected.with_label_values(&["unreadable"]).inc();
+                tracing::warn!(path = %path.display(), "cannot read the baseline state file ({err}): starting afresh");
+                fresh
+            }
+            _ => fresh,
+        };
+        Self {
+            stored,
+            path,
+            windows,
+            previous: None,
+            latest: None,
+            segments_seen: BTreeMap::new(),
+            segments_sent_total: 0,
+        }
+    }
+
+    /// The phase kept from before a restart.
+    #[must_use]
+    pub fn phase(&self) -> Option<PhaseRecord> {
+        self.stored.phase
+    }
+
+    /// Records the phase; a change is saved at once.
+    pub fn observe_phase(&mut self, phase: Phase) -> PhaseRecord {
+        let record = PhaseRecord::observe(self.stored.phase, phase);
+        if self.stored.phase != Some(record) {
+            if let Some(previous) = self.stored.phase {
+                tracing::info!(from = previous.phase.label(), to = phase.label(), "migration phase changed");
+            }
+            self.stored.phase = Some(record);
+            if phase != Phase::Flannel && !self.stored.frozen && !self.stored.signals.is_empty() {
+                tracing::info!("the node left flannel: baselines frozen, ratios from now on");
+                self.stored.frozen = true;
+            }
+            self.save();
+        }
+        record
+    }
+
+    /// Closes a window: `totals` are the cumulative readings now.
+    fn close_window(&mut self, now: Instant, totals: Totals) {
+        let Some((then, previous)) = self.previous.take() else {
+            self.previous = Some((now, totals));
+            return;
+        };
+        let window = window(&previous, &totals, now.duration_since(then).as_secs_f64());
+        self.previous = Some((now, totals));
+        let Some(window) = window else { return };
+        let learning = self.stored.phase.is_some_and(|p| p.phase == Phase::Flannel) && !self.stored.frozen;
+        if learning {
+            for (signal, value) in &window.signals {
+                push(self.stored.signals.entry(signal.clone()).or_default(), *value, self.windows);
+            }
+            // Every reason seen so far gets this window's value, 0 when it had none.
+            let reasons: Vec<String> =
+                self.stored.drop_reasons.keys().chain(window.drop_reasons.keys()).cloned().collect();
+            for reason in reasons {
+                let value = window.drop_reasons.get(&reason).copied().unwrap_or(0.0);
+                push(self.stored.drop_reasons.entry(reason).or_default(), value, self.windows);
+            }
+        }
+        self.latest = Some(window);
+        self.save();
+    }
+
+    /// Writes the state file atomically (a temporary file renamed over it).
+    fn save(&self) {
+        let Some(path) = &self.path else { return };
+        if let Err(err) = write_atomically(path, &self.stored) {
+            tracing::warn!(path = %path.display(), "cannot save the baselines: {err:#}");
+        }
+    }
+}
+
+fn push(samples: &mut VecDeque<f64>, value: f64, limit: usize) {
+    samples.push_back(value);
+    while samples.len() > limit {
+        samples.pop_front();
+    }
+}
+
+/// The baseline of a signal: the mean of its windows, but the median for a percentile
+/// (one slow window must not move it much).
+fn baseline(signal: &str, samples: &VecDeque<f64>) -> Option<f64> {
+    if samples.is_empty() {
+        return None;
+    }
+    #[allow(clippy::cast_precision_loss, reason = "at most a few thousand windows")]
+    if signal == LOCALHOST_P99 {
+        let mut sorted: Vec<f64> = samples.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        Some(sorted[sorted.len() / 2])
+    } else {
+        Some(samples.iter().sum::<f64>() / samples.len() as f64)
+    }
+}
+
+/// Current over baseline. A baseline of zero gives 1 while the signal stays zero and +Inf
+/// once it is not: anything at all is infinitely more than nothing.
+fn ratio(current: f64, baseline: f64) -> f64 {
+    if baseline > 0.0 {
+        current / baseline
+    } else if current > 0.0 {
+        f64::INFINITY
+    } else {
+        1.0
+    }
+}
+
+fn trusted(bytes: &[u8], node: &str) -> Result<Stored, (&'static str, String)> {
+    let stored: Stored =
+        serde_json::from_slice(bytes).map_err(|err| ("corrupt", format!("not valid: {err}")))?;
+    if stored.format != FORMAT || stored.version != VERSION {
+        return Err((
+            "foreign",
+            format!(
+                "format {:?} version {}, expected {FORMAT:?} version {VERSION}",
+                stored.format, stored.version
+            ),
+        ));
+    }
+    if stored.node != node {
+        return Err(("foreign", format!("written on node {:?}, this is {node:?}", stored.node)));
+    }
+    let finite = stored
+        .signals
+        .values()
+        .chain(stored.drop_reasons.values())
+        .flatten()
+        .all(|v| v.is_finite() && *v >= 0.0);
+    if !finite {
+        return Err(("corrupt", "a sample is negative or not a number".into()));
+    }
+    Ok(stored)
+}
+
+/// Renames `path` to `<path>.rejected-<unix seconds>[-n]`; returns the new name.
+fn set_aside(path: &Path) -> PathBuf {
+    let seconds =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut aside = path.with_extension(format!("json.rejected-{seconds}"));
+    // Never over an earlier one: each may be needed to understand what went wrong.
+    for attempt in 1.. {
+        if !aside.exists() {
+            break;
+        }
+        aside = path.with_extension(format!("json.rejected-{seconds}-{attempt}"));
+    }
+    if let Err(err) = std::fs::rename(path, &aside) {
+        tracing::warn!(path = %path.display(), "cannot set the state file aside: {err}");
+    }
+    aside
+}
+
+fn write_atomically(path: &Path, stored: &Stored) -> Result<()> {
+    use std::io::Write as _;
+    let temporary = path.with_extension("json.tmp");
+    let mut file =
+        std::fs::File::create(&temporary).with_context(|| format!("creating {}", temporary.display()))?;
+    file.write_all(&serde_json::to_vec_pretty(stored)?)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))?;
+    if let Some(dir) = path.parent() {
+        // The rename itself must survive a crash too.
+        std::fs::File::open(dir).and_then(|dir| dir.sync_all()).ok();
+    }
+    Ok(())
+}
+
+/// A window's rates and ratios from the cumulative readings at its start and end.
+fn window(before: &Totals, after: &Totals, seconds: f64) -> Option<Window> {
+    if seconds <= 0.0 {
+        return None;
+    }
+    // Counters only grow, but a series can vanish with its interface: never below zero.
+    let delta = |a: f64, b: f64| (b - a).max(0.0);
+    let mut signals = BTreeMap::new();
+    let mut drop_reasons = BTreeMap::new();
+    for (reason, count) in &after.drops {
+        drop_reasons.insert(
+            reason.clone(),
+            delta(before.drops.get(reason).copied().unwrap_or(0.0), *count) / seconds,
+        );
+    }
+    signals.insert(DROPS_PER_SECOND.to_owned(), drop_reasons.values().sum());
+    let segments = delta(before.segments_sent, after.segments_sent);
+    if segments > 0.0 {
+        signals.insert(
+            RETRANSMITS_PER_SEGMENT.to_owned(),
+            delta(before.retransmits, after.retransmits) / segments,
+        );
+    }
+    let queries = delta(before.dns_queries, after.dns_queries);
+    if queries > 0.0 {
+        signals
+            .insert(DNS_FAILURE_RATIO.to_owned(), delta(before.dns_failures, after.dns_failures) / queries);
+        signals
+            .insert(DNS_TIMEOUT_RATIO.to_owned(), delta(before.dns_timeouts, after.dns_timeouts) / queries);
+    }
+    if let Some(p99) = quantile(0.99, &before.localhost_response, &after.localhost_response) {
+        signals.insert(LOCALHOST_P99.to_owned(), p99);
+    }
+    Some(Window { signals, drop_reasons })
+}
+
+/// The `q` quantile of the observations between two readings of a cumulative histogram,
+/// interpolated within its bucket as Prometheus' `histogram_quantile` does.
+fn quantile(q: f64, before: &[(f64, f64)], after: &[(f64, f64)]) -> Option<f64> {
+    let counts: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(bound, count)| {
+            let earlier =
+                before.iter().find(|(b, _)| b.to_bits() == bound.to_bits()).map_or(0.0, |(_, c)| *c);
+            (*bound, (count - earlier).max(0.0))
+        })
+        .collect();
+    let total = counts.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower_bound, mut lower_count) = (0.0, 0.0);
+    for (bound, count) in counts {
+        if count >= rank {
+            if bound.is_infinite() {
+                return Some(lower_bound);
+            }
+            let within = if count > lower_count { (rank - lower_count) / (count - lower_count) } else { 1.0 };
+            return Some(lower_bound + (bound - lower_bound) * within);
+        }
+        (lower_bound, lower_count) = (bound, count);
+    }
+    None
+}
+
+/// Reads the cumulative totals from the daemon's own metrics.
+fn totals_from(families: &[MetricFamily], segments_sent: f64) -> Totals {
+    let mut totals = Totals { segments_sent, ..Totals::default() };
+    let mut histogram: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+    for family in families {
+        for metric in family.get_metric() {
+            let label = |name: &str| {
+                metric.get_label().iter().find(|l| l.name() == name).map(prometheus::proto::LabelPair::value)
+            };
+            let counter = || {
+                if family.get_field_type() == MetricType::COUNTER {
+                    metric.get_counter().get_value()
+                } else {
+                    0.0
+                }
+            };
+            match family.name() {
+                "cniguard_drops_total" => {
+                    let reason = label("reason").unwrap_or_default();
+                    // The kernel's default reason: skbs freed on many harmless paths.
+                    if reason != "NOT_SPECIFIED" {
+                        *totals.drops.entry(reason.to_owned()).or_default() += counter();
+                    }
+                }
+                "cniguard_tcp_retransmits_total" => totals.retransmits += counter(),
+                "cniguard_dns_queries_total" => totals.dns_queries += counter(),
+                "cniguard_dns_responses_total" => {
+                    if matches!(label("rcode"), Some("SERVFAIL" | "REFUSED")) {
+                        totals.dns_failures += counter();
+                    }
+                }
+                "cniguard_dns_timeouts_total" => totals.dns_timeouts += counter(),
+                "cniguard_localhost_response_seconds" => {
+                    let series = metric.get_histogram();
+                    for bucket in series.get_bucket() {
+                        let entry = histogram
+                            .entry(bucket.upper_bound().to_bits())
+                            .or_insert((bucket.upper_bound(), 0.0));
+                        #[allow(clippy::cast_precision_loss, reason = "counts stay far below 2^52")]
+                        {
+                            entry.1 += bucket.cumulative_count() as f64;
+                        }
+                    }
+                    let entry = histogram.entry(f64::INFINITY.to_bits()).or_insert((f64::INFINITY, 0.0));
+                    #[allow(clippy::cast_precision_loss, reason = "counts stay far below 2^52")]
+                    {
+                        entry.1 += series.get_sample_count() as f64;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut buckets: Vec<(f64, f64)> = histogram.into_values().collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    totals.localhost_response = buckets;
+    totals
+}
+
+/// Samples every window until the daemon stops.
+pub fn start_sampling(
+    baselines: SharedBaselines,
+    registry: Registry,
+    inventory: SharedInventory,
+    window: std::time::Duration,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(window);
+        loop {
+            tick.tick().await;
+            let (baselines, registry, inventory) = (baselines.clone(), registry.clone(), inventory.clone());
+            let sampled = tokio::task::spawn_blocking(move || {
+                let segments = read_segments(&inventory);
+                // Gathered before taking the lock: gathering runs this module's collector,
+                // which takes it too.
+                let families = registry.gather();
+                let mut baselines = baselines.lock().unwrap_or_else(PoisonError::into_inner);
+                let sent = baselines.count_segments(&segments);
+                #[allow(clippy::cast_precision_loss, reason = "far below 2^52")]
+                let totals = totals_from(&families, sent as f64);
+                baselines.close_window(Instant::now(), totals);
+            })
+            .await;
+            if let Err(err) = sampled {
+                tracing::warn!("baseline sampling failed: {err}");
+            }
+        }
+    });
+}
+
+impl Baselines {
+    /// Adds the increase of each namespace's segments-sent counter to the running total
+    /// (a namespace that goes takes its count along; one that comes starts from now).
+    fn count_segments(&mut self, now: &BTreeMap<u64, u64>) -> u64 {
+        for (inode, sent) in now {
+            if let Some(before) = self.segments_seen.get(inode) {
+                self.segments_sent_total += sent.saturating_sub(*before);
+            }
+        }
+        self.segments_seen.clone_from(now);
+        self.segments_sent_total
+    }
+}
+
+/// `OutSegs` of /proc/net/snmp in every watched namespace, by namespace inode.
+fn read_segments(inventory: &SharedInventory) -> BTreeMap<u64, u64> {
+    let watched: Vec<(u64, PathBuf, bool)> = namespaces::read(inventory)
+        .by_cookie
+        .values()
+        .map(|ns| (ns.inode, ns.path.clone(), ns.own))
+        .collect();
+    watched
+        .into_iter()
+        .filter_map(|(inode, path, own)| {
+            let read = || std::fs::read_to_string("/proc/thread-self/net/snmp").ok();
+            let snmp = if own { read() } else { namespaces::in_namespace(&path, read).flatten() }?;
+            Some((inode, out_segments(&snmp)?))
+        })
+        .collect()
+}
+
+/// The `OutSegs` field of the `Tcp:` lines of /proc/net/snmp.
+fn out_segments(snmp: &str) -> Option<u64> {
+    let mut tcp = snmp.lines().filter(|line| line.starts_with("Tcp:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let index = names.split_whitespace().position(|name| name == "OutSegs")?;
+    values.split_whitespace().nth(index)?.parse().ok()
+}
+
+/// Exports the baselines, the latest window, the ratios and the segment count.
+pub struct BaselineCollector {
+    baselines: SharedBaselines,
+    baseline: Desc,
+    current: Desc,
+    ratio: Desc,
+    drops_baseline: Desc,
+    drops_ratio: Desc,
+    segments: Desc,
+}
+
+impl BaselineCollector {
+    #[must_use]
+    pub fn new(baselines: SharedBaselines) -> Self {
+        Self {
+            baselines,
+            baseline: describe(
+                "cniguard_baseline",
+                "The signal's baseline, learnt while the node ran Flannel (frozen once it left)",
+                &["signal"],
+            ),
+            current: describe(
+                "cniguard_baseline_window",
+                "The signal's value over the latest window",
+                &["signal"],
+            ),
+            ratio: describe(
+                "cniguard_baseline_ratio",
+                "The latest window over the baseline, once the node has left Flannel (+Inf: something where the baseline had nothing)",
+                &["signal"],
+            ),
+            drops_baseline: describe(
+                "cniguard_baseline_drops_per_second",
+                "Drops per second by reason, learnt while the node ran Flannel",
+                &["reason"],
+            ),
+            drops_ratio: describe(
+                "cniguard_baseline_drops_ratio",
+                "Drops per second by reason over the latest window, over their baseline, once the node has left Flannel",
+                &["reason"],
+            ),
+            segments: describe(
+                "cniguard_tcp_segments_sent_total",
+                "TCP segments sent by the watched namespaces (the kernel's OutSegs), updated every baseline window",
+                &[],
+            ),
+        }
+    }
+}
+
+impl Collector for BaselineCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![
+            &self.baseline,
+            &self.current,
+            &self.ratio,
+            &self.drops_baseline,
+            &self.drops_ratio,
+            &self.segments,
+        ]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let baselines = self.baselines.lock().unwrap_or_else(PoisonError::into_inner);
+        let stored = &baselines.stored;
+        let latest = baselines.latest.clone().unwrap_or_default();
+        let mut baseline = FamilyBuilder::gauge(&self.baseline, &["signal"]);
+        let mut ratio = FamilyBuilder::gauge(&self.ratio, &["signal"]);
+        for (signal, samples) in &stored.signals {
+            let Some(value) = self::baseline(signal, samples) else { continue };
+            baseline.sample(&[signal], value);
+            if let (true, Some(current)) = (stored.frozen, latest.signals.get(signal)) {
+                ratio.sample(&[signal], self::ratio(*current, value));
+            }
+        }
+        let mut current = FamilyBuilder::gauge(&self.current, &["signal"]);
+        for (signal, value) in &latest.signals {
+            current.sample(&[signal], *value);
+        }
+        let mut drops_baseline = FamilyBuilder::gauge(&self.drops_baseline, &["reason"]);
+        let mut drops_ratio = FamilyBuilder::gauge(&self.drops_ratio, &["reason"]);
+        for (reason, samples) in &stored.drop_reasons {
+            let Some(value) = self::baseline(reason, samples) else { continue };
+            drops_baseline.sample(&[reason], value);
+            if stored.frozen {
+                let now = latest.drop_reasons.get(reason).copied().unwrap_or(0.0);
+                drops_ratio.sample(&[reason], self::ratio(now, value));
+            }
+        }
+        let mut segments = FamilyBuilder::counter(&self.segments, &[]);
+        #[allow(clippy::cast_precision_loss, reason = "far below 2^52")]
+        segments.sample(&[], baselines.segments_sent_total as f64);
+        [
+            baseline.build(),
+            current.build(),
+            ratio.build(),
+            drops_baseline.build(),
+            drops_ratio.build(),
+            segments.build(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+/// `cniguard_state_file_rejected_total{reason}`: state files set aside.
+///
+/// # Errors
+/// On a duplicate metric name.
+pub fn rejections(registry: &Registry) -> Result<IntCounterVec> {
+    let counter = IntCounterVec::new(
+        Opts::new(
+            "cniguard_state_file_rejected_total",
+            "Baseline state files set aside at start-up: corrupt, foreign (another node or format) or unreadable",
+        ),
+        &["reason"],
+    )?;
+    registry.register(Box::new(counter.clone()))?;
+    Ok(counter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory of its own, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("cniguard-baseline-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn encode(families: &[MetricFamily]) -> String {
+        use prometheus::Encoder as _;
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new().encode(families, &mut text).unwrap();
+        String::from_utf8(text).unwrap()
+    }
+
+    fn rejected() -> IntCounterVec {
+        IntCounterVec::new(Opts::new("r", "r"), &["reason"]).unwrap()
+    }
+
+    fn learnt(dir: &Path) -> Baselines {
+        let mut baselines = Baselines::load(Some(dir), "node-a", 3, &rejected());
+        baselines.observe_phase(Phase::Flannel);
+        let start = Instant::now();
+        let mut totals = Totals { segments_sent: 1000.0, ..Totals::default() };
+        totals.drops.insert("NETFILTER_DROP".into(), 0.0);
+        baselines.close_window(start, totals.clone());
+        totals.drops.insert("NETFILTER_DROP".into(), 20.0);
+        totals.segments_sent = 2000.0;
+        totals.retransmits = 10.0;
+        baselines.close_window(start + std::time::Duration::from_secs(10), totals);
+        baselines
+    }
+
+    #[test]
+    fn baselines_learn_in_flannel_survive_a_restart_and_give_ratios_after() {
+        let dir = TempDir::new("restart");
+        let baselines = learnt(dir.path());
+        assert_eq!(baselines.stored.signals[DROPS_PER_SECOND], [2.0]);
+        assert_eq!(baselines.stored.signals[RETRANSMITS_PER_SEGMENT], [0.01]);
+        drop(baselines);
+
+        let mut restarted = Baselines::load(Some(dir.path()), "node-a", 3, &rejected());
+        assert_eq!(restarted.stored.signals[DROPS_PER_SECOND], [2.0]);
+        assert_eq!(restarted.phase().unwrap().phase, Phase::Flannel);
+        restarted.observe_phase(Phase::Mixed);
+        assert!(restarted.stored.frozen);
+        let start = Instant::now();
+        let mut totals = Totals::default();
+        totals.drops.insert("NETFILTER_DROP".into(), 100.0);
+        restarted.close_window(start, totals.clone());
+        totals.drops.insert("NETFILTER_DROP".into(), 160.0);
+        restarted.close_window(start + std::time::Duration::from_secs(10), totals);
+        // Frozen: the cutover's windows do not move the baseline.
+        assert_eq!(restarted.stored.signals[DROPS_PER_SECOND], [2.0]);
+        let text = encode(&BaselineCollector::new(Arc::new(Mutex::new(restarted))).collect());
+        assert!(text.contains("cniguard_baseline_ratio{signal=\"drops_per_second\"} 3"), "{text}");
+        assert!(text.contains("cniguard_baseline_drops_ratio{reason=\"NETFILTER_DROP\"} 3"), "{text}");
+    }
+
+    #[test]
+    fn corrupt_and_foreign_files_are_set_aside() {
+        let dir = TempDir::new("aside");
+        drop(learnt(dir.path()));
+        let counter = rejected();
+        let other = Baselines::load(Some(dir.path()), "node-b", 3, &counter);
+        assert!(other.stored.signals.is_empty(), "another node's baselines are not used");
+        assert_eq!(counter.with_label_values(&["foreign"]).get(), 1);
+        assert!(!dir.path().join(FILE_NAME).exists(), "set aside");
+
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            b"{\"format\": \"cniguard-baselines\", \"version\": 1, \"nod",
+        )
+        .unwrap();
+        let corrupt = Baselines::load(Some(dir.path()), "node-b", 3, &counter);
+        assert!(corrupt.stored.signals.is_empty());
+        assert_eq!(counter.with_label_values(&["corrupt"]).get(), 1);
+        let aside = std::fs::read_dir(dir.path()).unwrap().filter_map(Result::ok);
+        assert_eq!(aside.filter(|e| e.file_name().to_string_lossy().contains(".rejected-")).count(), 2);
+    }
+
+    #[test]
+    fn quantile_interpolates_within_the_bucket() {
+        let before = [(0.001, 0.0), (0.01, 0.0), (f64::INFINITY, 0.0)];
+        let after = [(0.001, 50.0), (0.01, 100.0), (f64::INFINITY, 100.0)];
+        let p99 = quantile(0.99, &before, &after).unwrap();
+        // Rank 99 of 100: 49 of the 50 observations between 1 ms and 10 ms.
+        assert!((p99 - 0.00982).abs() < 1e-9, "{p99}");
+        assert_eq!(quantile(0.99, &after, &after), None, "no observations");
+    }
+
+    #[test]
+    fn ratios_of_nothing() {
+        assert!((ratio(3.0, 1.5) - 2.0).abs() < f64::EPSILON);
+        assert!(ratio(1.0, 0.0).is_infinite());
+        assert!((ratio(0.0, 0.0) - 1.0).abs() < f64::EPSILON);
+    }
+}

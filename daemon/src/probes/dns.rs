@@ -1,0 +1,279 @@
+//! `dns`: DNS as the pods on this node see it, on their veths: queries by interface and
+//! server, answers by response code, query-to-answer latency, and timeouts.
+//!
+//! The classifiers match answers to queries in the kernel (`DNS_PENDING`); a query still
+//! there after `[dns] timeout_seconds` is taken out here and counted as a timeout. Whoever
+//! deletes the entry first decides: an answer that loses the race is counted as unmatched
+//! (late), never as both.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use aya::Ebpf;
+use aya::maps::{HashMap, MapData, PerCpuHashMap};
+use probe_common::Direction;
+use probe_common::dns::{DnsCountKey, DnsOutcome, Pending, PendingKey, rcode_label};
+use probe_common::localhost::Histogram;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounterVec, Opts};
+
+use super::shared::{LatencyTotals, summed};
+use super::underlay::monotonic_ns;
+use super::{AttachedInterfaces, InterfaceProbe, TcProgram};
+use crate::interfaces::{Interface, InterfaceSelector, InterfaceTable};
+use crate::labels::PeerLabels;
+use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+
+pub const NAME: &str = "dns";
+
+const PROGRAMS: &[TcProgram] = &[
+    TcProgram { function: "dns_ingress", direction: Direction::Ingress },
+    TcProgram { function: "dns_egress", direction: Direction::Egress },
+];
+
+/// The servers share one cap (`max_peers`) across the DNS metrics.
+const SERVER_LABELS: &str = "cniguard_dns";
+/// How often outstanding queries are checked for timeouts.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+pub struct Dns {
+    pending: Mutex<HashMap<MapData, PendingKey, Pending>>,
+    counts: Mutex<PerCpuHashMap<MapData, DnsCountKey, u64>>,
+    latency: Mutex<PerCpuHashMap<MapData, [u8; 4], Histogram>>,
+    timeouts: IntCounterVec,
+    timeout: Duration,
+    selector: InterfaceSelector,
+    attached: AttachedInterfaces,
+    servers: Arc<PeerLabels>,
+}
+
+impl Dns {
+    /// Takes the probe's maps, registers its collector and starts the timeout sweep.
+    ///
+    /// # Errors
+    /// If a map is missing (an eBPF object from another build).
+    pub fn register(
+        ebpf: &mut Ebpf,
+        selector: InterfaceSelector,
+        timeout: Duration,
+        attached: &AttachedInterfaces,
+        servers: Arc<PeerLabels>,
+        metrics: &DaemonMetrics,
+    ) -> Result<Arc<dyn InterfaceProbe>> {
+        let mut take =
+            |name: &str| ebpf.take_map(name).with_context(|| format!("the eBPF object has no {name} map"));
+        let timeouts = IntCounterVec::new(
+            Opts::new(
+                "cniguard_dns_timeouts_total",
+                "DNS queries from pods on this node left unanswered for [dns] timeout_seconds, by server",
+            ),
+            &["server"],
+        )?;
+        metrics.registry.register(Box::new(timeouts.clone()))?;
+        let probe = Arc::new(Self {
+            pending: Mutex::new(HashMap::try_from(take("DNS_PENDING")?)?),
+            counts: Mutex::new(PerCpuHashMap::try_from(take("DNS_COUNTS")?)?),
+            latency: Mutex::new(PerCpuHashMap::try_from(take("DNS_LATENCY")?)?),
+            timeouts,
+            timeout,
+            selector,
+            attached: attached.clone(),
+            servers,
+        });
+        metrics.registry.register(Box::new(DnsCollector::new(probe.clone())))?;
+        let sweeper = probe.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                sweeper.expire(monotonic_ns());
+            }
+        });
+        Ok(probe)
+    }
+
+    /// Counts and forgets the queries older than the timeout at `now_ns` (CLOCK_MONOTONIC,
+    /// the programs' clock).
+    fn expire(&self, now_ns: u64) {
+        let timeout_ns = u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX);
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let expired: Vec<PendingKey> = pending
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, query)| now_ns.saturating_sub(query.sent_ns) >= timeout_ns)
+            .map(|(key, _)| key)
+            .collect();
+        for key in expired {
+            // Not found: the answer arrived in between and the program took it.
+            if pending.remove(&key).is_ok() {
+                let server = self.servers.label(SERVER_LABELS, Ipv4Addr::from(key.server));
+                self.timeouts.with_label_values(&[server.as_str()]).inc();
+            }
+        }
+    }
+
+    fn server(&self, address: [u8; 4]) -> String {
+        self.servers.label(SERVER_LABELS, Ipv4Addr::from(address))
+    }
+}
+
+impl InterfaceProbe for Dns {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn programs(&self) -> &'static [TcProgram] {
+        PROGRAMS
+    }
+
+    fn wants(&self, interface: &Interface, _all: &InterfaceTable) -> bool {
+        self.selector.selects(interface)
+    }
+
+    fn retain_interfaces(&self, keep: &dyn Fn(u32) -> bool) {
+        // Answers are kept under interface 0 (their series have no interface label).
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale: Vec<DnsCountKey> =
+            counts.keys().filter_map(Result::ok).filter(|k| k.ifindex != 0 && !keep(k.ifindex)).collect();
+        for key in stale {
+            let _ = counts.remove(&key);
+        }
+    }
+}
+
+struct DnsCollector {
+    probe: Arc<Dns>,
+    queries: Desc,
+    responses: Desc,
+    unmatched: Desc,
+    untracked: Desc,
+    malformed: Desc,
+    latency: Desc,
+}
+
+impl DnsCollector {
+    fn new(probe: Arc<Dns>) -> Self {
+        Self {
+            probe,
+            queries: describe(
+                "cniguard_dns_queries_total",
+                "DNS queries from pods on this node, by the pod's interface and the server asked",
+                &["interface", "server"],
+            ),
+            responses: describe(
+                "cniguard_dns_responses_total",
+                "DNS answers to pods on this node that matched a query, by server and response code",
+                &["server", "rcode"],
+            ),
+            unmatched: describe(
+                "cniguard_dns_unmatched_responses_total",
+                "DNS answers over UDP that matched no outstanding query: late (after the timeout) or unsolicited",
+                &["server"],
+            ),
+            untracked: describe(
+                "cniguard_dns_untracked_queries_total",
+                "DNS queries that could not be remembered for matching (outstanding-query map full)",
+                &["server"],
+            ),
+            malformed: describe(
+                "cniguard_dns_malformed_total",
+                "Port 53 traffic on pod interfaces that is not a DNS message of the expected kind",
+                &["interface", "direction"],
+            ),
+            latency: describe(
+                "cniguard_dns_latency_seconds",
+                "Time from a pod's DNS query to the answer, as seen on its interface, by server",
+                &["server"],
+            ),
+        }
+    }
+}
+
+impl Collector for DnsCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.queries, &self.responses, &self.unmatched, &self.untracked, &self.malformed, &self.latency]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let probe = &self.probe;
+        let mut queries: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut responses: BTreeMap<(String, &str), u64> = BTreeMap::new();
+        let mut unmatched: BTreeMap<String, u64> = BTreeMap::new();
+        let mut untracked: BTreeMap<String, u64> = BTreeMap::new();
+        let mut malformed: BTreeMap<(String, &str), u64> = BTreeMap::new();
+        for (key, count) in summed(&probe.counts) {
+            let interface = || probe.attached.name(key.ifindex);
+            match key.outcome {
+                o if o == DnsOutcome::Query as u8 => {
+                    let Some(interface) = interface() else { continue };
+                    *queries.entry((interface, probe.server(key.server))).or_default() += count;
+                }
+                o if o == DnsOutcome::Response as u8 => {
+                    *responses.entry((probe.server(key.server), rcode_label(key.rcode))).or_default() +=
+                        count;
+                }
+                o if o == DnsOutcome::Unmatched as u8 => {
+                    *unmatched.entry(probe.server(key.server)).or_default() += count;
+                }
+                o if o == DnsOutcome::Untracked as u8 => {
+                    *untracked.entry(probe.server(key.server)).or_default() += count;
+                }
+                o if o == DnsOutcome::Malformed as u8 => {
+                    let Some(interface) = interface() else { continue };
+                    let direction =
+                        if key.direction == Direction::Ingress as u8 { "ingress" } else { "egress" };
+                    *malformed.entry((interface, direction)).or_default() += count;
+                }
+                _ => {}
+            }
+        }
+        let mut families = Vec::new();
+        let mut family = FamilyBuilder::counter(&self.queries, &["interface", "server"]);
+        for ((interface, server), count) in &queries {
+            family.sample(&[interface, server], *count as f64);
+        }
+        families.push(family.build());
+        let mut family = FamilyBuilder::counter(&self.responses, &["server", "rcode"]);
+        for ((server, rcode), count) in &responses {
+            family.sample(&[server, rcode], *count as f64);
+        }
+        families.push(family.build());
+        for (desc, counts) in [(&self.unmatched, &unmatched), (&self.untracked, &untracked)] {
+            let mut family = FamilyBuilder::counter(desc, &["server"]);
+            for (server, count) in counts {
+                family.sample(&[server], *count as f64);
+            }
+            families.push(family.build());
+        }
+        let mut family = FamilyBuilder::counter(&self.malformed, &["interface", "direction"]);
+        for ((interface, direction), count) in &malformed {
+            family.sample(&[interface, direction], *count as f64);
+        }
+        families.push(family.build());
+        families.push(self.latency_family());
+        families.into_iter().flatten().collect()
+    }
+}
+
+impl DnsCollector {
+    fn latency_family(&self) -> Option<MetricFamily> {
+        let probe = &self.probe;
+        let histograms: Vec<([u8; 4], Vec<Histogram>)> = probe
+            .latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(server, per_cpu)| (server, per_cpu.iter().copied().collect()))
+            .collect();
+        let mut totals = LatencyTotals::default();
+        for (server, per_cpu) in histograms {
+            totals.add(vec![probe.server(server)], &per_cpu);
+        }
+        totals.family(&self.latency, &["server"])
+    }
+}

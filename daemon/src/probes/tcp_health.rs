@@ -1,0 +1,149 @@
+//! `tcp_health`: TCP retransmissions, resets sent and received, and sampled smoothed RTT,
+//! of the namespaces in scope, by the configured CIDR the remote end falls in (old pods,
+//! new pods, services, nodes, other), from the `tcp_*` raw tracepoints.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::{Context as _, Result};
+use aya::Ebpf;
+use aya::maps::{MapData, PerCpuHashMap};
+use aya::programs::raw_trace_point::RawTracePointLink;
+use probe_common::kernel::KernelOffsets;
+use probe_common::localhost::Histogram;
+use probe_common::tcp_health::{TcpEvent, TcpKey};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+
+use super::shared::{CidrClasses, LatencyTotals, attach_raw_tracepoint, summed};
+use crate::btf::Btf;
+use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+
+pub const NAME: &str = "tcp_health";
+
+/// (program, tracepoint, the arguments the program reads).
+const PROGRAMS: &[(&str, &str, &[&str])] = &[
+    ("tcp_retransmit", RETRANSMIT, &["sock*", "sk_buff*"]),
+    ("tcp_retransmit_synack", "tcp_retransmit_synack", &["sock*", "request_sock*"]),
+    ("tcp_receive_reset", "tcp_receive_reset", &["sock*"]),
+    ("tcp_send_reset", "tcp_send_reset", &["sock*", "sk_buff*"]),
+    ("tcp_rtt", "tcp_probe", &["sock*", "sk_buff*"]),
+];
+
+const RETRANSMIT: &str = "tcp_retransmit_skb";
+
+/// Fills in which argument of `tcp_retransmit_skb` is its result, on kernels whose
+/// tracepoint has one (it then also fires for attempts that did not go out).
+///
+/// # Errors
+/// If the kernel has no such tracepoint.
+pub fn find_arguments(btf: &Btf, offsets: &mut KernelOffsets) -> Result<()> {
+    let args = btf.tracepoint_args(RETRANSMIT)?;
+    offsets.retransmit_err_arg = match args.get(2).map(String::as_str) {
+        Some("int") => 2,
+        _ => 0,
+    };
+    Ok(())
+}
+
+pub struct TcpHealth {
+    _links: Vec<RawTracePointLink>,
+    events: Mutex<PerCpuHashMap<MapData, TcpKey, u64>>,
+    rtt: Mutex<PerCpuHashMap<MapData, u8, Histogram>>,
+    classes: Arc<CidrClasses>,
+}
+
+impl TcpHealth {
+    /// Attaches the tracepoint programs and registers the collector.
+    ///
+    /// # Errors
+    /// If a program cannot load or attach.
+    pub fn start(
+        ebpf: &mut Ebpf,
+        btf: &Btf,
+        classes: Arc<CidrClasses>,
+        metrics: &DaemonMetrics,
+    ) -> Result<Arc<Self>> {
+        let events = PerCpuHashMap::try_from(
+            ebpf.take_map("TCP_EVENTS").context("the eBPF object has no TCP_EVENTS map")?,
+        )?;
+        let rtt =
+            PerCpuHashMap::try_from(ebpf.take_map("TCP_RTT").context("the eBPF object has no TCP_RTT map")?)?;
+        let mut links = Vec::new();
+        for (program, tracepoint, expected) in PROGRAMS {
+            links.push(attach_raw_tracepoint(ebpf, btf, program, tracepoint, expected)?.0);
+        }
+        let probe =
+            Arc::new(Self { _links: links, events: Mutex::new(events), rtt: Mutex::new(rtt), classes });
+        metrics.registry.register(Box::new(TcpCollector::new(probe.clone())))?;
+        Ok(probe)
+    }
+}
+
+struct TcpCollector {
+    probe: Arc<TcpHealth>,
+    retransmits: Desc,
+    resets: Desc,
+    rtt: Desc,
+}
+
+impl TcpCollector {
+    fn new(probe: Arc<TcpHealth>) -> Self {
+        Self {
+            probe,
+            retransmits: describe(
+                "cniguard_tcp_retransmits_total",
+                "TCP segments retransmitted (SYN-ACKs included), by the configured CIDR of the remote end",
+                &["peer_cidr"],
+            ),
+            resets: describe(
+                "cniguard_tcp_resets_total",
+                "TCP resets sent and received, by the configured CIDR of the remote end",
+                &["peer_cidr", "direction"],
+            ),
+            rtt: describe(
+                "cniguard_tcp_srtt_seconds",
+                "Smoothed round-trip time of TCP connections (sampled), by the configured CIDR of the remote end",
+                &["peer_cidr"],
+            ),
+        }
+    }
+}
+
+impl Collector for TcpCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.retransmits, &self.resets, &self.rtt]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let probe = &self.probe;
+        let mut retransmits: BTreeMap<String, u64> = BTreeMap::new();
+        let mut resets: BTreeMap<(String, &str), u64> = BTreeMap::new();
+        for (key, count) in summed(&probe.events) {
+            let class = probe.classes.name(key.peer_class).to_owned();
+            let slot = match key.event {
+                e if e == TcpEvent::Retransmit as u8 => retransmits.entry(class).or_default(),
+                e if e == TcpEvent::ResetSent as u8 => resets.entry((class, "sent")).or_default(),
+                e if e == TcpEvent::ResetReceived as u8 => resets.entry((class, "received")).or_default(),
+                _ => continue,
+            };
+            *slot += count;
+        }
+        let mut retransmit_family = FamilyBuilder::counter(&self.retransmits, &["peer_cidr"]);
+        for (class, count) in &retransmits {
+            retransmit_family.sample(&[class], *count as f64);
+        }
+        let mut reset_family = FamilyBuilder::counter(&self.resets, &["peer_cidr", "direction"]);
+        for ((class, direction), count) in &resets {
+            reset_family.sample(&[class, direction], *count as f64);
+        }
+        let mut rtt = LatencyTotals::default();
+        for (class, per_cpu) in
+            probe.rtt.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Result::ok)
+        {
+            rtt.add(vec![probe.classes.name(class).to_owned()], &per_cpu);
+        }
+        let rtt = rtt.family(&self.rtt, &["peer_cidr"]);
+        [retransmit_family.build(), reset_family.build(), rtt].into_iter().flatten().collect()
+    }
+}

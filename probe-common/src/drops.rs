@@ -1,0 +1,38 @@
+//! `drops`: every packet the kernel drops (the `kfree_skb` tracepoint), by reason,
+//! device, namespace and protocol, and a sampled few with where in the kernel they died.
+
+use crate::{assert_size, impl_pod};
+
+pub const DROPS_MAX_ENTRIES: u32 = 8192;
+/// A detail event per CPU at most this often, so a drop storm cannot flood the ring buffer.
+pub const DROP_EVENT_INTERVAL_NS: u64 = 100_000_000;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DropKey {
+    /// The namespace's cookie (0 when the skb had neither device nor socket).
+    pub netns: u64,
+    /// The skb's device in that namespace (0 without one).
+    pub ifindex: u32,
+    /// An `enum skb_drop_reason` value; its name comes from the kernel's BTF.
+    pub reason: u32,
+    /// The skb's protocol (ethertype, in host byte order).
+    pub protocol: u16,
+    pub _pad: [u8; 6],
+}
+
+/// A sampled drop, with the kernel address it happened at.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    pub netns: u64,
+    pub location: u64,
+    pub ifindex: u32,
+    pub reason: u32,
+    pub protocol: u16,
+    pub _pad: [u8; 6],
+}
+
+assert_size!(DropKey, 24);
+assert_size!(DropEvent, 32);
+impl_pod!(DropKey, DropEvent);

@@ -1,0 +1,48 @@
+//! Where fields of kernel objects are on the running kernel, for the raw tracepoint
+//! programs, which get the tracepoint's arguments (an skb, a socket) and read what they
+//! need from them. Looked up in the kernel's BTF by the daemon and written into the
+//! programs before they load.
+
+use crate::{assert_size, impl_pod};
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct sk_buff`: `dev` and `sk`.
+    pub skb_dev: u16,
+    pub skb_sk: u16,
+    /// `struct net_device`: `ifindex` and `nd_net.net`.
+    pub dev_ifindex: u16,
+    pub dev_net: u16,
+    /// `struct sock` (`__sk_common.skc_net.net`).
+    pub sock_net: u16,
+    /// `struct net`: `net_cookie`, the value `bpf_get_netns_cookie` returns.
+    pub net_cookie: u16,
+    /// `struct sk_buff.cb` plus `struct tcp_skb_cb.tcp_gso_segs`: how many segments a TCP
+    /// skb carries (`tcp_skb_pcount`), which is what the kernel's retransmit counter adds.
+    pub skb_tcp_segs: u16,
+    /// `struct sk_buff`: `protocol` (big-endian ethertype), `head` and `network_header`
+    /// (the IP header is at `head + network_header`).
+    pub skb_protocol: u16,
+    pub skb_head: u16,
+    pub skb_network_header: u16,
+    /// `struct sock_common`, at the start of full, request and timewait sockets alike:
+    /// family, remote and local IPv4 address, local port (host order), remote port
+    /// (network order).
+    pub sock_family: u16,
+    pub sock_daddr: u16,
+    pub sock_rcv_saddr: u16,
+    pub sock_num: u16,
+    pub sock_dport: u16,
+    /// `struct sock`: `sk_protocol`.
+    pub sock_protocol: u16,
+    /// `struct tcp_sock`: `srtt_us` (the smoothed RTT in microseconds, times 8).
+    pub tcp_srtt_us: u16,
+    /// 2 if the third argument of `tcp_retransmit_skb` is its result (`err`), 0 if the
+    /// kernel's tracepoint has none (then it fires only for retransmissions that went out).
+    pub retransmit_err_arg: u16,
+    pub _pad: [u16; 2],
+}
+
+assert_size!(KernelOffsets, 40);
+impl_pod!(KernelOffsets);

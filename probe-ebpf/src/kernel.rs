@@ -1,0 +1,139 @@
+//! Reading kernel objects from raw tracepoints: an skb's device, namespace and IPv4 source;
+//! a socket's namespace, addresses and ports. The offsets come from the running kernel's
+//! BTF (see the daemon's `btf`).
+
+use aya_ebpf::{Global, helpers::bpf_probe_read_kernel};
+use probe_common::{kernel::KernelOffsets, sock_state::AF_INET};
+
+#[unsafe(no_mangle)]
+static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+    skb_dev: 0,
+    skb_sk: 0,
+    dev_ifindex: 0,
+    dev_net: 0,
+    sock_net: 0,
+    net_cookie: 0,
+    skb_tcp_segs: 0,
+    skb_protocol: 0,
+    skb_head: 0,
+    skb_network_header: 0,
+    sock_family: 0,
+    sock_daddr: 0,
+    sock_rcv_saddr: 0,
+    sock_num: 0,
+    sock_dport: 0,
+    sock_protocol: 0,
+    tcp_srtt_us: 0,
+    retransmit_err_arg: 0,
+    _pad: [0; 2],
+});
+
+const ETH_P_IP: u16 = 0x0800;
+/// Offset of the source address in an IPv4 header.
+const IPV4_SOURCE: u64 = 12;
+
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    KERNEL_OFFSETS.load()
+}
+
+#[inline(always)]
+fn read<T>(base: u64, offset: u16) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address and fails on a bad one.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T).ok() }
+}
+
+/// The namespace cookie of the socket at `sock` (full, request or timewait).
+#[inline(always)]
+pub fn sock_netns(sock: u64) -> Option<u64> {
+    let offsets = offsets();
+    let net: u64 = read(sock, offsets.sock_net)?;
+    read(net, offsets.net_cookie)
+}
+
+/// An IPv4 socket's ends; ports in host order.
+pub struct SockEnds {
+    pub local: [u8; 4],
+    pub remote: [u8; 4],
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+
+/// The ends of the socket at `sock`, if it is an IPv4 one.
+#[inline(always)]
+pub fn sock_ends(sock: u64) -> Option<SockEnds> {
+    let offsets = offsets();
+    if read::<u16>(sock, offsets.sock_family)? != AF_INET {
+        return None;
+    }
+    Some(SockEnds {
+        local: read(sock, offsets.sock_rcv_saddr)?,
+        remote: read(sock, offsets.sock_daddr)?,
+        local_port: read(sock, offsets.sock_num)?,
+        remote_port: u16::from_be(read(sock, offsets.sock_dport)?),
+    })
+}
+
+/// The remote IPv4 address of the socket at `sock`, if it is an IPv4 one.
+#[inline(always)]
+pub fn sock_peer(sock: u64) -> Option<[u8; 4]> {
+    let offsets = offsets();
+    if read::<u16>(sock, offsets.sock_family)? != AF_INET {
+        return None;
+    }
+    read(sock, offsets.sock_daddr)
+}
+
+/// `sk_protocol` of the full socket at `sock`.
+#[inline(always)]
+pub fn sock_protocol(sock: u64) -> Option<u16> {
+    read(sock, offsets().sock_protocol)
+}
+
+/// The smoothed RTT of the TCP socket at `sock`, in microseconds.
+#[inline(always)]
+pub fn tcp_srtt_us(sock: u64) -> Option<u32> {
+    read::<u32>(sock, offsets().tcp_srtt_us).map(|scaled| scaled >> 3)
+}
+
+/// The ethertype of the skb at `skb`, in host order.
+#[inline(always)]
+pub fn skb_protocol(skb: u64) -> u16 {
+    read::<u16>(skb, offsets().skb_protocol).map_or(0, u16::from_be)
+}
+
+/// The source address of the IPv4 packet in the skb at `skb`.
+#[inline(always)]
+pub fn skb_ipv4_source(skb: u64) -> Option<[u8; 4]> {
+    let offsets = offsets();
+    if skb_protocol(skb) != ETH_P_IP {
+        return None;
+    }
+    let head: u64 = read(skb, offsets.skb_head)?;
+    let network: u16 = read(skb, offsets.skb_network_header)?;
+    read(head + u64::from(network) + IPV4_SOURCE, 0)
+}
+
+/// The `(ifindex, namespace cookie)` of the skb at `skb`: its device's, else its socket's
+/// namespace with no device (0).
+#[inline(always)]
+pub fn skb_device(skb: u64) -> (u32, u64) {
+    let offsets = offsets();
+    let device: u64 = read(skb, offsets.skb_dev).unwrap_or(0);
+    if device != 0 {
+        let ifindex: u32 = read(device, offsets.dev_ifindex).unwrap_or(0);
+        let netns = read::<u64>(device, offsets.dev_net).and_then(|net| read(net, offsets.net_cookie));
+        return (ifindex, netns.unwrap_or(0));
+    }
+    let sock: u64 = read(skb, offsets.skb_sk).unwrap_or(0);
+    (0, sock_netns(sock).unwrap_or(0))
+}
+
+/// How many segments the TCP skb at `skb` carries (at least one).
+#[inline(always)]
+pub fn tcp_skb_segments(skb: u64) -> u16 {
+    read::<u16>(skb, offsets().skb_tcp_segs).unwrap_or(1).max(1)
+}
