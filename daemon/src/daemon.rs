@@ -27,6 +27,7 @@ use crate::probes::sock_state::{LocalAddresses, SockState};
 use crate::probes::tcp_health::TcpHealth;
 use crate::probes::{self, AttachedInterfaces};
 use crate::server::{self, Endpoints};
+use crate::state_file::StateFile;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How often the node's interfaces and routes are read for its phase.
@@ -232,18 +233,20 @@ impl Node {
             watcher.handle().clone(),
         )?;
         attachments.reconcile(watcher.list().await.context("listing interfaces")?).await;
+        let rejected = crate::state_file::rejections(&registry)?;
+        let node = node_name();
+        let state_file = |name, format| StateFile::new(state_dir, name, format, &node, rejected.clone());
         let baselines: SharedBaselines = Arc::new(std::sync::Mutex::new(Baselines::load(
-            state_dir,
-            &node_name(),
+            state_file(baseline::FILE_NAME, baseline::FORMAT),
             settings.baseline_windows,
-            &baseline::rejections(&registry)?,
         )));
         let latest = SharedPhase::default();
         registry.register(Box::new(PhaseCollector::new(latest.clone())))?;
         registry.register(Box::new(BaselineCollector::new(baselines.clone())))?;
         let phase = PhaseTracker { baselines: baselines.clone(), latest };
         phase.refresh(&watcher).await;
-        baseline::start_sampling(baselines, registry, inventory.clone(), settings.baseline_window);
+        baseline::start_sampling(baselines, registry, inventory.clone(), settings.baseline_window)
+            .context("starting the baseline thread")?;
         let namespaces =
             Namespaces { handle: watcher.handle().clone(), mode: settings.netns_scope, inventory, scope };
         namespaces.refresh(&attachments).await;

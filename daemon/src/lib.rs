@@ -20,3 +20,4 @@ pub mod phase;
 pub mod preflight;
 pub mod probes;
 pub mod server;
+pub mod state_file;
