@@ -103,6 +103,29 @@ impl Baselines {
         self.stored.phase
     }
 
+    /// The latest window's signals (empty before the first window closes).
+    #[must_use]
+    pub fn latest_window(&self) -> BTreeMap<String, f64> {
+        self.latest.as_ref().map(|window| window.signals.clone()).unwrap_or_default()
+    }
+
+    /// The latest window over the baseline, per signal: only once the baselines are frozen
+    /// (the node has left Flannel), and only for signals with both.
+    #[must_use]
+    pub fn ratios(&self) -> BTreeMap<String, f64> {
+        if !self.stored.frozen {
+            return BTreeMap::new();
+        }
+        let Some(latest) = &self.latest else { return BTreeMap::new() };
+        self.stored
+            .signals
+            .iter()
+            .filter_map(|(signal, samples)| {
+                Some((signal.clone(), ratio(*latest.signals.get(signal)?, baseline(signal, samples)?)))
+            })
+            .collect()
+    }
+
     /// Records the phase; a change is saved at once.
     pub fn observe_phase(&mut self, phase: Phase) -> PhaseRecord {
         let record = PhaseRecord::observe(self.stored.phase, phase);
@@ -467,13 +490,14 @@ impl Collector for BaselineCollector {
         let stored = &baselines.stored;
         let latest = baselines.latest.clone().unwrap_or_default();
         let mut baseline = FamilyBuilder::gauge(&self.baseline, &["signal"]);
-        let mut ratio = FamilyBuilder::gauge(&self.ratio, &["signal"]);
         for (signal, samples) in &stored.signals {
-            let Some(value) = self::baseline(signal, samples) else { continue };
-            baseline.sample(&[signal], value);
-            if let (true, Some(current)) = (stored.frozen, latest.signals.get(signal)) {
-                ratio.sample(&[signal], self::ratio(*current, value));
+            if let Some(value) = self::baseline(signal, samples) {
+                baseline.sample(&[signal], value);
             }
+        }
+        let mut ratio = FamilyBuilder::gauge(&self.ratio, &["signal"]);
+        for (signal, value) in baselines.ratios() {
+            ratio.sample(&[&signal], value);
         }
         let mut current = FamilyBuilder::gauge(&self.current, &["signal"]);
         for (signal, value) in &latest.signals {

@@ -1,4 +1,5 @@
-//! The HTTP endpoints: `/metrics` (Prometheus text format), `/healthz`, `/readyz`.
+//! The HTTP endpoints: `/metrics` (Prometheus text format), `/healthz`, `/readyz`, and
+//! `/status` (JSON, read by `cniguard status`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,7 @@ pub struct Endpoints {
     pub registry: Registry,
     /// Set once the eBPF programs are loaded and the first attach pass is done.
     pub ready: Arc<AtomicBool>,
+    pub status: crate::status::SharedSources,
 }
 
 /// Serves until `shutdown` completes.
@@ -31,6 +33,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/status", get(status))
         .with_state(endpoints);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
@@ -53,5 +56,16 @@ async fn readyz(State(endpoints): State<Endpoints>) -> (StatusCode, &'static str
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "loading eBPF programs\n")
+    }
+}
+
+async fn status(State(endpoints): State<Endpoints>) -> axum::response::Response {
+    match endpoints.status.get() {
+        Some(sources) => match serde_json::to_vec(&sources.snapshot()) {
+            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the status failed: {err}\n"))
+                .into_response(),
+        },
+        None => (StatusCode::SERVICE_UNAVAILABLE, "starting: the probes are loading\n").into_response(),
     }
 }

@@ -59,6 +59,12 @@ impl StateFile {
         }
     }
 
+    /// Where the file lives (`None`: state is kept in memory only).
+    #[must_use]
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
     /// The stored body if the file exists and is trusted; `check` may reject a body that
     /// parses but cannot be right (a negative count...).
     pub fn load<T: DeserializeOwned>(&self, check: impl Fn(&T) -> Result<(), String>) -> Option<T> {
@@ -181,7 +187,10 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     #[must_use]
     pub fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("cniguard-state-{}-{name}", std::process::id()));
+        // Unique per call: tests run in parallel threads of one process.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("cniguard-state-{}-{n}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("a temporary directory");
         Self(path)

@@ -29,6 +29,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("bird2", "the BGP daemon Calico runs, for the lab's BGP sessions"),
     ("dnsmasq", "the lab's cluster DNS server"),
     ("nftables", "the lab's injected faults (dropping VXLAN, blocking a port)"),
+    (
+        "prometheus-alertmanager",
+        "delivers the rollback alert to `cniguard rollback-hook` in its tests and the lab",
+    ),
 ];
 
 /// Debian packages that hold a compiler able to build `core` for the BPF target.
