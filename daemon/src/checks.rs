@@ -55,7 +55,8 @@ pub struct TargetConfig {
     #[serde(default)]
     pub peer: Option<String>,
     /// `host:port` for `pod_to_pod` and `service`; a host name is resolved through the
-    /// resolver, from the pod.
+    /// resolver, from the pod. For `dns`: the DNS server to ask (IPv4:port) instead of
+    /// `[checks] resolver`.
     #[serde(default)]
     pub address: Option<String>,
     /// Make it an HTTP GET of this path (a 2xx answer is success) instead of a TCP connect.
@@ -76,6 +77,8 @@ pub struct Target {
     pub port: u16,
     pub http_path: Option<String>,
     pub query: Option<String>,
+    /// For `dns`: the server this target asks, if not `[checks] resolver`.
+    pub resolver: Option<SocketAddrV4>,
 }
 
 impl Target {
@@ -86,13 +89,20 @@ impl Target {
         if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(format!("target name `{name}` must be 1 to 64 characters without spaces"));
         }
+        let mut resolver = None;
         let (host, port) = match (config.check, &config.address, &config.query) {
-            (CheckKind::Dns, _, Some(query)) if !query.is_empty() => {
-                if !has_resolver {
-                    return Err(format!(
-                        "dns check `{name}` needs `[checks] resolver` (the cluster DNS, e.g. 10.43.0.10:53)"
-                    ));
-                }
+            (CheckKind::Dns, address, Some(query)) if !query.is_empty() => {
+                resolver = match address {
+                    Some(address) => Some(address.parse::<SocketAddrV4>().map_err(|_| {
+                        format!("dns check `{name}`: address `{address}` is not the IPv4 address and port of a DNS server")
+                    })?),
+                    None if has_resolver => None,
+                    None => {
+                        return Err(format!(
+                            "dns check `{name}` needs `[checks] resolver` (the cluster DNS, e.g. 10.43.0.10:53) or its own `address`"
+                        ));
+                    }
+                };
                 (query.clone(), 53)
             }
             (CheckKind::Dns, _, _) => {
@@ -125,6 +135,7 @@ impl Target {
             port,
             http_path: config.http_path.clone(),
             query: config.query.clone(),
+            resolver,
         })
     }
 }
@@ -393,7 +404,7 @@ fn record(metrics: &CheckMetrics, shared: &SharedResults, outcomes: Vec<Outcome>
 fn check(target: &Target, settings: &CheckSettings) -> Option<Failure> {
     let deadline = Instant::now() + settings.timeout;
     if target.check == CheckKind::Dns {
-        let resolver = settings.resolver?;
+        let resolver = target.resolver.or(settings.resolver)?;
         return match resolve(resolver, &target.host, deadline) {
             Ok(addresses) if addresses.is_empty() => Some(Failure::DnsEmpty),
             Ok(_) => None,
@@ -540,6 +551,11 @@ mod tests {
             target("check = \"service\"\nname = \"x\"\naddress = \"scheduler.seldon:9004\"").unwrap_err();
         assert!(name.contains("set `[checks] resolver`"), "{name}");
         assert!(target("check = \"dns\"\nname = \"x\"").unwrap_err().contains("needs `query`"));
+        let own =
+            target("check = \"dns\"\nname = \"x\"\nquery = \"a.b\"\naddress = \"10.42.2.10:53\"").unwrap();
+        assert_eq!(own.resolver, Some("10.42.2.10:53".parse().unwrap()));
+        let bad = target("check = \"dns\"\nname = \"x\"\nquery = \"a.b\"\naddress = \"dns:53\"").unwrap_err();
+        assert!(bad.contains("not the IPv4 address and port of a DNS server"), "{bad}");
         let path =
             target("check = \"service\"\nname = \"x\"\naddress = \"10.0.0.1:80\"\nhttp_path = \"ready\"");
         assert!(path.unwrap_err().contains("must start with /"));

@@ -80,6 +80,9 @@ struct RollbackHookArgs {
 struct EchoArgs {
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9465")]
     listen: std::net::SocketAddr,
+    /// A file created once the socket listens (for supervisors that wait for it).
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -172,11 +175,15 @@ fn rollback_hook(args: RollbackHookArgs) -> ExitCode {
 
 fn echo(args: &EchoArgs) -> ExitCode {
     init_logging();
-    let listen = args.listen;
+    let (listen, ready_file) = (args.listen, args.ready_file.clone());
     block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|err| anyhow::anyhow!("cannot listen on {listen}: {err} (set another with --listen)"))?;
+        if let Some(file) = ready_file {
+            std::fs::write(&file, "listening\n")
+                .map_err(|err| anyhow::anyhow!("cannot write --ready-file {}: {err}", file.display()))?;
+        }
         tracing::info!(%listen, "echo: answering every HTTP request with 200");
         let app = axum::Router::new().fallback(|| async { "cniguard echo\n" });
         axum::serve(listener, app).await?;

@@ -35,10 +35,56 @@ pub fn run(options: LabOptions) -> Result<()> {
     windows.push(settle(&lab));
     lab.repair(&fault)?;
     windows.push(settle(&lab));
+    // The runbook's rollback trigger "DNS resolution failures": the triggers fire, the
+    // rollback hook runs the (stand-in) rollback once, and everything clears on repair.
+    let fault = Fault::StopDns;
+    lab.inject(&fault)?;
+    windows.push(settle(&lab));
+    wait_until(&lab, "a node to recommend a rollback", |lab| !recommending(lab).is_empty())?;
+    lab.note(&format!("cniguard: rollback recommended on {}", recommending(&lab).join(", ")))?;
+    windows.push(settle(&lab));
+    wait_until(&lab, "the rollback hook to run the rollback", |lab| lab.rollback_runs() > 0)?;
+    lab.note("rollback hook: ran the (stand-in) rollback playbook")?;
+    windows.push(settle(&lab));
+    lab.repair(&fault)?;
+    windows.push(settle(&lab));
+    wait_until(&lab, "every trigger to clear", |lab| recommending(lab).is_empty())?;
+    lab.note("cniguard: every trigger cleared")?;
+    windows.push(settle(&lab));
     println!("{}", timeline(&lab, &windows)?);
+    println!(
+        "demo: the rollback hook ran the stand-in rollback {} time(s): not during the cutover, whose blips\n\
+         \x20     (cross-node traffic breaks while nodes run different CNIs) fire the lab's seconds-long triggers\n\
+         \x20     for less than the hook's {}s, and once for the DNS outage, however often Alertmanager repeated it",
+        lab.rollback_runs(),
+        cniguard_lab::lab::LAB_HOOK_FIRING_FOR_SECONDS
+    );
     println!("demo: done; removing the lab");
     lab.down();
     Ok(())
+}
+
+fn recommended(lab: &Lab, node: usize) -> bool {
+    lab.cniguard(node).scrape().is_ok_and(|s| s.value("cniguard_rollback_recommended", &[]) == Some(1.0))
+}
+
+/// Waits (up to two minutes) until `condition` holds.
+fn wait_until(lab: &Lab, what: &str, condition: impl Fn(&Lab) -> bool) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_mins(2);
+    println!("demo: waiting for {what}");
+    while !condition(lab) {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "demo: gave up waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    Ok(())
+}
+
+/// The nodes whose cniguard recommends a rollback now.
+fn recommending(lab: &Lab) -> Vec<String> {
+    (0..lab.topology().nodes.len())
+        .filter(|&node| recommended(lab, node))
+        .map(|node| lab.topology().nodes[node].name.clone())
+        .collect()
 }
 
 /// Lets traffic flow for [`SETTLE`] and returns what the MLServer agent and the DNS client
@@ -80,7 +126,7 @@ fn timeline(lab: &Lab, windows: &[WorkloadWindow]) -> Result<String> {
     let events = lab.events();
     let start = events.first().map_or(0.0, |e| e.at);
     let width = events.iter().map(|e| e.step.len()).max().unwrap_or(4);
-    let columns: [(&str, &str); 7] = [
+    let columns: [(&str, &str); 9] = [
         ("VXLAN 8472/s", "sum(rate(cniguard_vxlan_packets_total{node=\"NODE\",port=\"8472\"}[10s]))"),
         ("VXLAN 4789/s", "sum(rate(cniguard_vxlan_packets_total{node=\"NODE\",port=\"4789\"}[10s]))"),
         ("veth*/s", "sum(rate(cniguard_interface_packets_total{node=\"NODE\",interface=~\"veth.*\"}[10s]))"),
@@ -91,11 +137,14 @@ fn timeline(lab: &Lab, windows: &[WorkloadWindow]) -> Result<String> {
             "1000 * histogram_quantile(0.99, sum by (le) (rate(cniguard_localhost_response_seconds_bucket{node=\"NODE\",port=\"9500\"}[10s])))",
         ),
         ("check ok", "min(cniguard_localhost_probe_success{node=\"NODE\"})"),
+        ("triggers on", "sum(cniguard_rollback_trigger_active{node=\"NODE\"})"),
+        ("rollback", "max(cniguard_rollback_recommended{node=\"NODE\"})"),
     ];
     let mut text = String::from(
         "timeline: per node, what cniguard measured (from Prometheus): VXLAN packets/s by port on the underlay\n\
          \x20         (Flannel 8472, Calico 4789), pod packets/s on veth* (Flannel) and cali* (Calico), BGP sessions up,\n\
-         \x20         the MLServer pod's 127.0.0.1:9500 p99 response time (the runbook wants < 1 ms) and active check;\n\
+         \x20         the MLServer pod's 127.0.0.1:9500 p99 response time (the runbook wants < 1 ms) and active check,\n\
+         \x20         rollback triggers active and whether the node recommends a rollback (1);\n\
          \x20         per step, what the pods' own workloads saw (agent health checks, DNS queries)\n",
     );
     let _ = write!(text, "{:>5}  {:<width$}  {:<7}", "t", "step", "node");

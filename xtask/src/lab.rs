@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use cniguard_lab::binaries::Binaries;
 use cniguard_lab::lab::{
-    Fault, LAB_CNIGUARD_CONFIG, Lab, LabOptions, namespaces_with_prefix, remove_namespaces,
+    Fault, LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG, Lab, LabOptions, namespaces_with_prefix,
+    remove_namespaces,
 };
 use cniguard_lab::topology::Topology;
 
@@ -174,7 +175,7 @@ fn prepare() -> Result<LabOptions> {
         binaries,
         state_dir: state_dir(),
         cniguard_args: Vec::new(),
-        cniguard_config: LAB_CNIGUARD_CONFIG.to_owned(),
+        cniguard_config: format!("{LAB_CNIGUARD_CONFIG}{LAB_JUDGEMENT_CONFIG}"),
     })
 }
 

@@ -19,7 +19,9 @@ use crate::dataplane;
 use crate::netns::{NetNs, run};
 use crate::process::Processes;
 use crate::services::{self, Prometheus};
-use crate::topology::{CNIGUARD_PORT, Cni, MLSERVER_PORT, PROMETHEUS_PORT, Topology, Workload};
+use crate::topology::{
+    CNIGUARD_PORT, Cni, DNS_PORT, ECHO_PORT, MLSERVER_PORT, PROMETHEUS_PORT, Pod, Topology, Workload,
+};
 use crate::workloads::{Context, Planned, WORKLOAD_KEY_PREFIX, workload_key};
 
 /// The programs the lab runs, with the Debian package that has each.
@@ -32,6 +34,7 @@ pub const REQUIRED_PROGRAMS: &[(&str, &str)] = &[
     ("dnsmasq", "dnsmasq"),
     ("prometheus", "prometheus"),
     ("nft", "nftables"),
+    ("prometheus-alertmanager", "prometheus-alertmanager"),
 ];
 
 /// Checks that every required program is on `path` (the `PATH` variable's value).
@@ -84,6 +87,61 @@ timeout_seconds = 1
 window_seconds = 2
 windows = 5
 ";
+
+/// What turns the lab's measurements into a rollback decision: active checks from a pod
+/// of each node to the others' echo pods, the MLServer and the cluster DNS (targets the
+/// lab rewrites as pods move), and the runbook's triggers with their `for` and clear
+/// times shortened from minutes to seconds. Appended to [`LAB_CNIGUARD_CONFIG`] by
+/// `cargo xtask lab` and the trigger tests; left out where a test counts packets exactly
+/// (the checks add their own). `{state_dir}` and `{node}` are filled in per node.
+pub const LAB_JUDGEMENT_CONFIG: &str = "
+[checks]
+enabled = true
+interval_seconds = 1
+timeout_seconds = 1
+targets_file = \"{state_dir}/targets-{node}.toml\"
+
+[triggers]
+evaluate_seconds = 1
+
+[triggers.connectivity_lost]
+for_seconds = 8
+clear_seconds = 4
+
+[triggers.pod_to_pod_not_restored]
+restore_deadline_seconds = 30
+window_seconds = 10
+for_seconds = 8
+clear_seconds = 4
+
+[triggers.critical_service_unavailable]
+for_seconds = 8
+clear_seconds = 4
+
+[triggers.dns_failing]
+for_seconds = 8
+clear_seconds = 4
+
+# The lab's three nodes share a small machine's CPUs: under load its loopback p99 crosses
+# the runbook's 1 ms with nothing wrong. A 20 ms injected delay (slow-mlserver) is clear.
+[triggers.localhost_latency_slo]
+threshold = 0.01
+clear_threshold = 0.005
+for_seconds = 8
+clear_seconds = 4
+
+[triggers.regression]
+for_seconds = 8
+clear_seconds = 4
+";
+
+/// The bearer token the lab's Alertmanager sends to its rollback hook.
+const HOOK_TOKEN: &str = "cniguard-lab-token";
+/// Where the rollback hook listens, inside the monitoring namespace.
+pub const HOOK_ADDRESS: &str = "127.0.0.1:9466";
+const ALERTMANAGER_PORT: u16 = 9093;
+/// How long the lab's rollback alert must fire before the hook runs the rollback.
+pub const LAB_HOOK_FIRING_FOR_SECONDS: u64 = 30;
 
 /// A fault `inject` can introduce and `repair` can take back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,6 +283,7 @@ impl Lab {
         for node in &all {
             self.start_cniguard(*node)?;
         }
+        self.start_alerting()?;
         self.start_prometheus()?;
         self.wait_until_observed()?;
         self.record("up (flannel)");
@@ -281,6 +340,15 @@ impl Lab {
         std::fs::write(&temporary, serde_json::to_vec_pretty(&self.state)?)?;
         std::fs::rename(&temporary, &path)?;
         Ok(())
+    }
+
+    /// Adds a moment to the timeline (e.g. what cniguard concluded), and saves it.
+    ///
+    /// # Errors
+    /// If the state cannot be saved.
+    pub fn note(&mut self, step: &str) -> Result<()> {
+        self.record(step);
+        self.save()
     }
 
     fn record(&mut self, step: &str) {
@@ -481,6 +549,7 @@ impl Lab {
         for key in stale {
             self.state.processes.stop(&key);
         }
+        self.write_check_targets()?;
         let hosts = self.dns_hosts();
         let hosts_file = self.context().dns_hosts_file();
         let hosts_changed = std::fs::read_to_string(&hosts_file).ok().as_deref() != Some(hosts.as_str());
@@ -513,6 +582,59 @@ impl Lab {
             } else {
                 self.wait_serving(plan)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Each node's check targets (`targets-<node>.toml`, read by its cniguard every round):
+    /// the echo pods of the other nodes, the MLServer and the cluster DNS, where they run
+    /// now. Replaced whole, never half-written.
+    fn write_check_targets(&self) -> Result<()> {
+        let topology = &self.state.topology;
+        let address_of = |name: &str| self.pod_address(name);
+        let dns = topology.pods.iter().find(|p| p.workloads.contains(&Workload::Dns));
+        for (index, node) in topology.nodes.iter().enumerate() {
+            let mut text =
+                format!("# Written by the cniguard lab for {}; rewritten as pods move.\n", node.name);
+            for pod in
+                topology.pods.iter().filter(|p| p.node != index && p.workloads.contains(&Workload::Echo))
+            {
+                let Some(address) = address_of(&pod.name) else { continue };
+                // Named after the peer node, as with the echo DaemonSet (one pod per node):
+                // the Prometheus rules read `target` as the other end of a node pair.
+                let _ = write!(
+                    text,
+                    "\n[[targets]]\ncheck = \"pod_to_pod\"\nname = \"{}\"\naddress = \"{address}:{ECHO_PORT}\"\n",
+                    topology.nodes[pod.node].name
+                );
+            }
+            if let Some(address) = topology
+                .pods
+                .iter()
+                .find(|p| p.workloads.contains(&Workload::MlServer))
+                .and_then(|p| address_of(&p.name))
+            {
+                let _ = write!(
+                    text,
+                    "\n[[targets]]\ncheck = \"service\"\nname = \"mlserver\"\naddress = \"{address}:8080\"\nhttp_path = \"/v2/health/ready\"\n"
+                );
+            }
+            if let Some(dns) = dns.and_then(|p| Some((p, address_of(&p.name)?))) {
+                let (pod, address) = dns;
+                let name = topology
+                    .pods
+                    .iter()
+                    .find(|p| p.workloads.contains(&Workload::Echo))
+                    .map_or_else(|| pod.service_name(), Pod::service_name);
+                let _ = write!(
+                    text,
+                    "\n[[targets]]\ncheck = \"service\"\nname = \"cluster-dns\"\naddress = \"{address}:{DNS_PORT}\"\n\n[[targets]]\ncheck = \"dns\"\nname = \"cluster-dns-lookup\"\nquery = \"{name}\"\naddress = \"{address}:{DNS_PORT}\"\n"
+                );
+            }
+            let path = self.state.state_dir.join(format!("targets-{}.toml", node.name));
+            let partial = path.with_extension("toml.tmp");
+            std::fs::write(&partial, text)?;
+            std::fs::rename(&partial, &path)?;
         }
         Ok(())
     }
@@ -639,9 +761,18 @@ impl Lab {
         // empty file is a valid configuration: every default, silently).
         let config = self.state.state_dir.join(format!("cniguard-{}.toml", spec.name));
         let partial = config.with_extension("toml.tmp");
-        std::fs::write(&partial, &self.state.cniguard_config)?;
+        let text = self
+            .state
+            .cniguard_config
+            .replace("{state_dir}", &self.state.state_dir.display().to_string())
+            .replace("{node}", &spec.name);
+        std::fs::write(&partial, text)?;
         std::fs::rename(&partial, &config)?;
+        // NODE_NAME, as the DaemonSet sets it from the pod's spec.nodeName: the node's name in
+        // `cniguard status` and its state files (one kernel, one host name, three nodes).
         let mut args = vec![
+            format!("NODE_NAME={}", spec.name),
+            self.state.binaries.cniguard.display().to_string(),
             "run".to_owned(),
             "--listen".into(),
             format!("{}:{CNIGUARD_PORT}", spec.address),
@@ -653,14 +784,19 @@ impl Lab {
         args.extend(self.state.cniguard_args.iter().cloned());
         let log = self.log_file(&format!("cniguard-{}", spec.name));
         let netns = NetNs::existing(&self.state.topology.node_netns(node));
-        let program = self.state.binaries.cniguard.clone();
-        self.state.processes.start(&key, &netns, &program, &args, log)?;
+        self.state.processes.start(&key, &netns, Path::new("/usr/bin/env"), &args, log)?;
         Ok(())
     }
 
     fn start_prometheus(&mut self) -> Result<()> {
         let config = self.state.state_dir.join("prometheus.yml");
-        std::fs::write(&config, services::prometheus_config(&self.state.topology))?;
+        let rules = self.state.state_dir.join("cniguard.rules.yaml");
+        std::fs::write(&rules, services::SHIPPED_RULES)?;
+        let alertmanager = SocketAddr::from((self.state.topology.monitor_address, ALERTMANAGER_PORT));
+        std::fs::write(
+            &config,
+            services::prometheus_config(&self.state.topology, &rules.display().to_string(), alertmanager),
+        )?;
         let data = self.state.state_dir.join("prometheus-data");
         std::fs::create_dir_all(&data)?;
         let args = services::prometheus_args(
@@ -672,6 +808,75 @@ impl Lab {
         let netns = NetNs::existing(&self.state.topology.monitor_netns());
         self.state.processes.start("prometheus", &netns, Path::new("prometheus"), &args, log)?;
         Ok(())
+    }
+
+    /// Alertmanager and `cniguard rollback-hook` in the monitoring namespace: the rollback
+    /// alert goes to the hook, which (armed) runs a stand-in for the runbook's rollback
+    /// playbook that appends a line to `rollback-runs`.
+    fn start_alerting(&mut self) -> Result<()> {
+        let dir = &self.state.state_dir;
+        let token = dir.join("hook-token");
+        std::fs::write(&token, format!("{HOOK_TOKEN}\n"))?;
+        let config = dir.join("alertmanager.yml");
+        std::fs::write(&config, services::alertmanager_config(HOOK_ADDRESS, &token.display().to_string()))?;
+        std::fs::create_dir_all(dir.join("alertmanager-data"))?;
+        let netns = NetNs::existing(&self.state.topology.monitor_netns());
+        let args = vec![
+            format!("--config.file={}", config.display()),
+            format!("--storage.path={}", dir.join("alertmanager-data").display()),
+            format!("--web.listen-address={}:{ALERTMANAGER_PORT}", self.state.topology.monitor_address),
+            "--cluster.listen-address=".into(),
+            "--log.level=warn".into(),
+        ];
+        let log = self.log_file("alertmanager");
+        self.state.processes.start(
+            "alertmanager",
+            &netns,
+            Path::new("prometheus-alertmanager"),
+            &args,
+            log,
+        )?;
+        let runs = self.rollback_runs_file().display().to_string();
+        let args = vec![
+            "rollback-hook".into(),
+            "--listen".into(),
+            HOOK_ADDRESS.into(),
+            "--token-file".into(),
+            token.display().to_string(),
+            // Longer than the lab's node-by-node cutover disrupts cross-node traffic (the
+            // triggers fire then, with their `for` of seconds): the hook rides that out,
+            // as production's 5 minutes ride out a real cutover's blips.
+            "--firing-for-seconds".into(),
+            LAB_HOOK_FIRING_FOR_SECONDS.to_string(),
+            "--arm".into(),
+            "--state-dir".into(),
+            dir.join("rollback-hook").display().to_string(),
+            "--".into(),
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("echo \"stand-in rollback playbook ran at $(date +%s)\" >> {runs}"),
+        ];
+        let log = self.log_file("rollback-hook");
+        let program = self.state.binaries.cniguard.clone();
+        self.state.processes.start("rollback-hook", &netns, &program, &args, log)?;
+        Ok(())
+    }
+
+    fn rollback_runs_file(&self) -> PathBuf {
+        self.state.state_dir.join("rollback-runs")
+    }
+
+    /// How many times the rollback hook ran the (stand-in) rollback.
+    #[must_use]
+    pub fn rollback_runs(&self) -> usize {
+        std::fs::read_to_string(self.rollback_runs_file()).map_or(0, |text| text.lines().count())
+    }
+
+    /// The rollback hook's namespace and address, and its log.
+    #[must_use]
+    pub fn rollback_hook(&self) -> (NetNs, SocketAddr, String) {
+        let address = HOOK_ADDRESS.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9466)));
+        (NetNs::existing(&self.state.topology.monitor_netns()), address, self.log_tail("rollback-hook"))
     }
 
     /// Waits until every cniguard is ready and Prometheus scrapes all of them.
@@ -963,6 +1168,12 @@ impl Lab {
         if self.state.paused {
             text.push_str("  traffic generators paused\n");
         }
+        let _ = writeln!(
+            text,
+            "  rollback hook: the stand-in rollback ran {} time(s) ({})",
+            self.rollback_runs(),
+            self.rollback_runs_file().display()
+        );
         text
     }
 

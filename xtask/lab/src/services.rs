@@ -88,11 +88,18 @@ pub fn dnsmasq_args(listen: Ipv4Addr, hosts: &str, pid_file: &str) -> Vec<String
     .collect()
 }
 
-/// Prometheus scraping the cniguard of every node every 2 s, labelled with the node name.
+/// The Prometheus rules cniguard ships, loaded as they are: the rollback alert has no `for`
+/// of its own (each daemon's triggers already waited theirs).
+pub const SHIPPED_RULES: &str = include_str!("../../../dashboards/prometheus/cniguard.rules.yaml");
+
+/// Prometheus scraping the cniguard of every node every 2 s, labelled with the node name,
+/// evaluating the shipped `rules` file and alerting through `alertmanager`.
 #[must_use]
-pub fn prometheus_config(topology: &Topology) -> String {
-    let mut config = String::from(
+pub fn prometheus_config(topology: &Topology, rules: &str, alertmanager: SocketAddr) -> String {
+    let mut config = format!(
         "# Written by the cniguard lab.\nglobal:\n  scrape_interval: 2s\n  evaluation_interval: 2s\n\
+         rule_files: ['{rules}']\n\
+         alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{alertmanager}']\n\
          scrape_configs:\n  - job_name: cniguard\n    static_configs:\n",
     );
     for node in &topology.nodes {
@@ -103,6 +110,21 @@ pub fn prometheus_config(topology: &Topology) -> String {
         );
     }
     config
+}
+
+/// Alertmanager: the rollback alert goes to the rollback hook with its bearer token, at
+/// once and again every few seconds while it fires (the hook decides, not the repeats);
+/// every other alert goes nowhere.
+#[must_use]
+pub fn alertmanager_config(hook: &str, token_file: &str) -> String {
+    format!(
+        "# Written by the cniguard lab.\nroute:\n  receiver: discard\n  group_by: [alertname]\n\
+         \x20 group_wait: 1s\n  group_interval: 2s\n  repeat_interval: 4s\n  routes:\n\
+         \x20   - receiver: rollback-hook\n      matchers: ['alertname=\"CniguardRollbackRecommended\"']\n\
+         receivers:\n  - name: discard\n  - name: rollback-hook\n    webhook_configs:\n\
+         \x20     - url: http://{hook}/webhook\n        send_resolved: true\n        http_config:\n\
+         \x20         authorization:\n            type: Bearer\n            credentials_file: {token_file}\n"
+    )
 }
 
 #[must_use]

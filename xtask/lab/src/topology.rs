@@ -22,6 +22,8 @@ pub const CNIGUARD_PORT: u16 = 9464;
 pub const PROMETHEUS_PORT: u16 = 9090;
 /// The Seldon MLServer port the runbook checks inside the pod.
 pub const MLSERVER_PORT: u16 = 9500;
+/// Where `cniguard echo` answers the other nodes' pod-to-pod checks.
+pub const ECHO_PORT: u16 = 9465;
 pub const SINK_PORT: u16 = 7000;
 pub const DNS_PORT: u16 = 53;
 /// The cluster domain the lab's DNS answers for.
@@ -117,6 +119,8 @@ pub enum Workload {
     UdpSend { to: String, rate: u32 },
     /// Counts datagrams arriving on `SINK_PORT`.
     UdpSink,
+    /// `cniguard echo` on `ECHO_PORT`: the target of the other nodes' pod-to-pod checks.
+    Echo,
 }
 
 impl Workload {
@@ -130,6 +134,7 @@ impl Workload {
             Self::DnsClient { .. } => "dns-client".into(),
             Self::UdpSend { to, .. } => format!("udp-send-{to}"),
             Self::UdpSink => "udp-sink".into(),
+            Self::Echo => "echo".into(),
         }
     }
 
@@ -223,11 +228,12 @@ impl Topology {
                         Workload::DnsClient { rate: 4, names: names.clone() },
                         Workload::UdpSend { to: "sink-2".into(), rate: 20 },
                         Workload::UdpSend { to: "sink-3".into(), rate: 20 },
+                        Workload::Echo,
                     ],
                 ),
                 pod("coredns-0", "kube-system", 1, 10, vec![Workload::Dns]),
-                pod("sink-2", "default", 1, 11, vec![Workload::UdpSink]),
-                pod("sink-3", "default", 2, 10, vec![Workload::UdpSink]),
+                pod("sink-2", "default", 1, 11, vec![Workload::UdpSink, Workload::Echo]),
+                pod("sink-3", "default", 2, 10, vec![Workload::UdpSink, Workload::Echo]),
                 pod("client-3", "default", 2, 11, vec![Workload::DnsClient { rate: 4, names }]),
             ],
             monitor_address: Ipv4Addr::new(192, 168, 10, 100),

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use crate::binaries::Binaries;
-use crate::topology::{DNS_PORT, MLSERVER_PORT, Pod, SINK_PORT, Topology, Workload};
+use crate::topology::{DNS_PORT, ECHO_PORT, MLSERVER_PORT, Pod, SINK_PORT, Topology, Workload};
 
 /// A process a pod generation should be running.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +115,16 @@ impl Context<'_> {
                         "--rate".into(),
                         rate.to_string(),
                     ]),
+                    Workload::Echo => Some((
+                        self.binaries.cniguard.clone(),
+                        vec![
+                            "echo".into(),
+                            "--listen".into(),
+                            format!("{address}:{ECHO_PORT}"),
+                            "--ready-file".into(),
+                            stats.clone(),
+                        ],
+                    )),
                     Workload::UdpSink => workload_args(vec![
                         "udp-sink".into(),
                         "--listen".into(),
