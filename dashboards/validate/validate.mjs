@@ -22,12 +22,16 @@ const dashboards = path.join(here, '..', 'grafana');
 const generated = path.join(here, '.generated');
 const readme = path.join(here, '..', '..', 'README.md');
 
-// Metrics of the rollback-trigger engine and the active checks (issue 7), which the README's
-// table does not list yet: the contract the dashboards are written against.
+// Metrics of the active checks, the rollback-trigger engine and `cniguard rollback-hook`
+// (issue 7), which the README's table does not list yet: the contract the dashboards are
+// written against.
 const CONTRACT_METRICS = [
   'cniguard_rollback_trigger_active',
   'cniguard_rollback_trigger_pending_seconds',
+  'cniguard_rollback_trigger_value',
   'cniguard_rollback_recommended',
+  'cniguard_rollback_executions_total',
+  'cniguard_rollback_hook_armed',
   'cniguard_check_success',
   'cniguard_check_seconds',
   'cniguard_check_failures_total',
