@@ -63,6 +63,8 @@ pub struct ConfigFile {
     pub state_dir: String,
     /// The pre-cutover baselines.
     pub baseline: BaselineConfig,
+    /// Cluster mode: the Kubernetes API (`crate::cluster::settings` documents each field).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// The `[baseline]` table.
@@ -179,6 +181,7 @@ impl Default for ConfigFile {
             dns: DnsConfig::default(),
             state_dir: DEFAULT_STATE_DIR.to_owned(),
             baseline: BaselineConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }
@@ -271,6 +274,7 @@ pub struct Overrides {
     pub ebpf_log_level: Option<EbpfLogLevel>,
     pub netns_scope: Option<NetnsScope>,
     pub state_dir: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// The validated settings the daemon runs with.
@@ -293,6 +297,7 @@ pub struct Settings {
     pub state: StateSettings,
     pub baseline_window: Duration,
     pub baseline_windows: usize,
+    pub cluster: crate::cluster::ClusterSettings,
 }
 
 /// Where state is kept, and whether it was asked for explicitly (then failing to create it
@@ -413,7 +418,14 @@ impl Settings {
                 dir: PathBuf::from(&file.state_dir),
             },
         };
+        let cluster =
+            crate::cluster::ClusterSettings::validate(&file.cluster, overrides.kubeconfig.as_deref())
+                .map_err(|(field, message)| ConfigError {
+                    origin: if field.starts_with("--") { field } else { origin(&field) },
+                    message,
+                })?;
         Ok(Self {
+            cluster,
             state,
             baseline_window: Duration::from_secs(file.baseline.window_seconds),
             baseline_windows: file.baseline.windows,

@@ -46,14 +46,30 @@ pub async fn run(settings: Settings) -> Result<()> {
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {} (set another with --listen)", settings.listen))?;
-    let endpoints = Endpoints { registry: metrics.registry.clone(), ready: ready.clone() };
+    let rewriter = crate::server::Rewriter::default();
+    let endpoints =
+        Endpoints { registry: metrics.registry.clone(), ready: ready.clone(), rewriter: rewriter.clone() };
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(server::serve(listener, endpoints, async move {
         let _ = server_stop.wait_for(|stop| *stop).await;
     }));
 
     let state_dir = state_dir(&settings)?;
+    let registry = metrics.registry.clone();
     let mut node = Node::start(&settings, &kernel, metrics, state_dir.as_deref()).await?;
+    // Cluster mode (a no-op in node-local mode): pod labels, the cluster's view of the
+    // phase, check targets (`cluster.targets()`) and trigger Events (`cluster.events()`).
+    let _cluster = crate::cluster::Cluster::start(
+        &settings.cluster,
+        crate::cluster::ClusterContext {
+            node: node_name(),
+            registry,
+            phase: node.phase.latest.clone(),
+            inventory: node.namespaces.inventory.clone(),
+            rewriter,
+        },
+    )
+    .await?;
     ready.store(true, Ordering::Release);
     tracing::info!(
         listen = %settings.listen,

@@ -9,6 +9,7 @@ pub mod baseline;
 pub mod bgp_codes;
 pub mod btf;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod ebpf;
