@@ -282,7 +282,7 @@ pub fn maintain<S: FactsSource>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use prometheus::proto::Metric;
 
     use super::*;
