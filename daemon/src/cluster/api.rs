@@ -86,7 +86,7 @@ impl ApiFailure {
     fn hint(self) -> &'static str {
         match self {
             Self::Forbidden => {
-                "RBAC denies it: the ServiceAccount needs the ClusterRole in deploy/rbac.yaml (README: Install on a cluster)"
+                "RBAC denies it: bind the ServiceAccount to the roles in deploy/rbac.yaml (README: Install on a cluster, Permissions)"
             }
             Self::Unauthorized => {
                 "the API server does not accept the credentials (service account token or kubeconfig)"

@@ -16,7 +16,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde_json::{Value, json};
 
-use super::fake_api::{self, EVENTS, FakeApi, NODES, PODS, SERVICES, collection};
+use super::fake_api::{self, ApiCall, EVENTS, FakeApi, NODES, PODS, SERVICES, collection};
 use super::identity::{FactsSource, HostVeth, NetnsFacts, NodeFacts};
 use super::{Cluster, ClusterContext, ClusterSettings, ClusterTargets, PeerTarget, ServiceTarget};
 use crate::phase::{Phase, PhaseRecord, SharedPhase, Signals};
@@ -641,4 +641,125 @@ async fn rbac_denials_are_counted_and_logged_with_the_fix_and_nothing_stops() {
         (retried >= 4.0).then_some(())
     })
     .await;
+}
+
+// Permissions: the ClusterRole, the calls cniguard makes and the README agree.
+
+/// (API group, resource, verb) triples.
+type Grants = BTreeSet<(String, String, String)>;
+
+fn repository_file(path: &str) -> String {
+    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|err| panic!("{}: {err}", full.display()))
+}
+
+/// Every YAML document of a manifest file, as JSON.
+fn documents(path: &str) -> Vec<Value> {
+    use serde::Deserialize as _;
+    serde_yaml::Deserializer::from_str(&repository_file(path))
+        .map(|document| Value::deserialize(document).unwrap_or_else(|err| panic!("{path}: {err}")))
+        .filter(|document| !document.is_null())
+        .collect()
+}
+
+/// What the ClusterRole and Role of `deploy/rbac.yaml` grant, expanded.
+fn granted_by_manifests() -> Grants {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+    let mut grants = Grants::new();
+    for document in documents("deploy/rbac.yaml") {
+        let rules = match document["kind"].as_str() {
+            Some("ClusterRole") => serde_json::from_value::<ClusterRole>(document).unwrap().rules,
+            Some("Role") => serde_json::from_value::<Role>(document).unwrap().rules,
+            _ => continue,
+        };
+        for rule in rules.unwrap_or_default() {
+            assert_eq!(rule.resource_names, None, "{rule:?}");
+            assert_eq!(rule.non_resource_urls, None, "{rule:?}");
+            for group in rule.api_groups.unwrap_or_default() {
+                for resource in rule.resources.clone().unwrap_or_default() {
+                    for verb in &rule.verbs {
+                        assert!(!group.contains('*') && !resource.contains('*') && !verb.contains('*'));
+                        grants.insert((group.clone(), resource.clone(), verb.clone()));
+                    }
+                }
+            }
+        }
+    }
+    grants
+}
+
+/// The README's permission table: `| API group | Resources | Verbs | Why |`.
+fn granted_by_readme() -> Grants {
+    let readme = repository_file("README.md");
+    let section = readme.split("\n### Permissions\n").nth(1).expect("a `### Permissions` section");
+    let mut grants = Grants::new();
+    for line in section.lines().skip_while(|l| !l.starts_with('|')).take_while(|l| l.starts_with('|')).skip(2)
+    {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let strip = |cell: &str| cell.trim_matches('`').to_owned();
+        let group = match strip(cells[1]).as_str() {
+            "core" | "\"\"" => String::new(),
+            other => other.to_owned(),
+        };
+        for resource in cells[2].split(',').map(|r| strip(r.trim())) {
+            for verb in cells[3].split(',').map(|v| strip(v.trim())) {
+                grants.insert((group.clone(), resource.clone(), verb));
+            }
+        }
+    }
+    grants
+}
+
+/// Everything cluster mode calls in one run, with every part of it exercised.
+async fn calls_made() -> Grants {
+    let harness = Harness::start(|fake| {
+        fake.apply(NODES, fake_api::node(NODE, &json!({})));
+        fake.apply(PODS, echo("cniguard-echo-b", "node-2", "10.42.1.10"));
+        fake.apply(SERVICES, service("kube-system", "kube-dns", "10.43.0.10"));
+        fake.apply(
+            &installations(),
+            json!({"apiVersion": "operator.tigera.io/v1", "kind": "Installation", "metadata": {"name": "default"}}),
+        );
+        fake.apply(
+            &ippools(),
+            json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool", "metadata": {"name": "p"}, "spec": {}}),
+        );
+    });
+    harness.set_phase(Phase::Mixed);
+    harness.cluster.events().record_trigger("connectivity_lost", true, "test");
+    // Changes after the first listing, so that every collection is watched too.
+    harness.fake.apply(PODS, echo("cniguard-echo-c", "node-3", "10.42.2.10"));
+    harness.fake.apply(NODES, fake_api::node(NODE, &json!({"changed": "yes"})));
+    harness.fake.apply(SERVICES, service("kube-system", "kube-dns", "10.43.0.11"));
+    until("every call made", Duration::from_secs(30), || {
+        let calls: BTreeSet<ApiCall> = harness.fake.requests().into_iter().map(|r| r.call).collect();
+        (calls.len() >= 11).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    harness.fake.requests().into_iter().map(|r| (r.call.group, r.call.resource, r.call.verb)).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_cluster_role_the_calls_made_and_the_readme_agree() {
+    let made = calls_made().await;
+    let expected: Grants = [
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+        ("", "nodes", "list"),
+        ("", "nodes", "watch"),
+        ("", "services", "list"),
+        ("", "services", "watch"),
+        ("", "events", "create"),
+        ("operator.tigera.io", "installations", "list"),
+        ("operator.tigera.io", "installations", "watch"),
+        ("crd.projectcalico.org", "ippools", "list"),
+        ("crd.projectcalico.org", "ippools", "watch"),
+    ]
+    .into_iter()
+    .map(|(g, r, v)| (g.to_owned(), r.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(made, expected, "the calls cniguard makes changed: update deploy/rbac.yaml and the README");
+    assert_eq!(granted_by_manifests(), made, "deploy/rbac.yaml grants other than what cniguard calls");
+    assert_eq!(granted_by_readme(), made, "the README's permission table differs from what cniguard calls");
 }
