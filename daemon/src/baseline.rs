@@ -7,28 +7,27 @@
 //! namespace, and turns the window's increase into rates and ratios. In the `flannel` phase
 //! each window joins the baseline (the last `windows` of them); the first window in another
 //! phase freezes it, and from then on `cniguard_baseline_ratio` compares each window with
-//! it. Baselines and the phase are kept in `<state dir>/baselines.json`, written atomically
-//! after every window, so a restart in the middle of the cutover keeps them. A file that is
-//! corrupt or from another node is reported and set aside, never trusted.
+//! it. Baselines and the phase are kept in `<state dir>/baselines.json` (see `state_file`),
+//! written after every window, so a restart in the middle of the cutover keeps them.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use anyhow::{Context as _, Result};
+use prometheus::Registry;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
-use prometheus::{IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{FamilyBuilder, describe};
 use crate::namespaces::{self, SharedInventory};
 use crate::phase::{Phase, PhaseRecord};
+use crate::state_file::StateFile;
 
-const FORMAT: &str = "cniguard-baselines";
-const VERSION: u32 = 1;
-const FILE_NAME: &str = "baselines.json";
+/// The state file's name and format.
+pub const FILE_NAME: &str = "baselines";
+pub const FORMAT: &str = "cniguard-baselines";
 
 /// The signals, by `signal` label value.
 pub const DROPS_PER_SECOND: &str = "drops_per_second";
@@ -40,10 +39,6 @@ pub const LOCALHOST_P99: &str = "localhost_response_p99_seconds";
 /// What is kept on disk.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Stored {
-    format: String,
-    version: u32,
-    /// The node the baselines were learnt on.
-    node: String,
     phase: Option<PhaseRecord>,
     /// Set when the node first left `flannel`: the baselines learn no more.
     frozen: bool,
@@ -74,7 +69,7 @@ struct Window {
 
 pub struct Baselines {
     stored: Stored,
-    path: Option<PathBuf>,
+    file: StateFile,
     windows: usize,
     previous: Option<(Instant, Totals)>,
     latest: Option<Window>,
@@ -87,41 +82,13 @@ pub struct Baselines {
 pub type SharedBaselines = Arc<Mutex<Baselines>>;
 
 impl Baselines {
-    /// Loads the state in `state_dir` if there is a trustworthy one. A corrupt file, or one
-    /// from another node or format, is renamed aside with a warning (and counted in
-    /// `rejected`); the daemon then starts afresh.
+    /// Loads the state file if it is trustworthy (see `state_file`), else starts afresh.
     #[must_use]
-    pub fn load(state_dir: Option<&Path>, node: &str, windows: usize, rejected: &IntCounterVec) -> Self {
-        let path = state_dir.map(|dir| dir.join(FILE_NAME));
-        let fresh =
-            Stored { format: FORMAT.into(), version: VERSION, node: node.into(), ..Stored::default() };
-        let stored = match path.as_deref().map(|path| (path, std::fs::read(path))) {
-            Some((path, Ok(bytes))) => match trusted(&bytes, node) {
-                Ok(stored) => {
-                    tracing::info!(path = %path.display(), frozen = stored.frozen, "baselines loaded");
-                    stored
-                }
-                Err((reason, why)) => {
-                    rejected.with_label_values(&[reason]).inc();
-                    let aside = set_aside(path);
-                    tracing::warn!(
-                        path = %path.display(),
-                        aside = %aside.display(),
-                        "the baseline state file is not trusted ({why}): set aside, starting afresh"
-                    );
-                    fresh
-                }
-            },
-            Some((path, Err(err))) if err.kind() != std::io::ErrorKind::NotFound => {
-                rejected.with_label_values(&["unreadable"]).inc();
-                tracing::warn!(path = %path.display(), "cannot read the baseline state file ({err}): starting afresh");
-                fresh
-            }
-            _ => fresh,
-        };
+    pub fn load(file: StateFile, windows: usize) -> Self {
+        let stored = file.load(check).unwrap_or_default();
         Self {
             stored,
-            path,
+            file,
             windows,
             previous: None,
             latest: None,
@@ -134,6 +101,29 @@ impl Baselines {
     #[must_use]
     pub fn phase(&self) -> Option<PhaseRecord> {
         self.stored.phase
+    }
+
+    /// The latest window's signals (empty before the first window closes).
+    #[must_use]
+    pub fn latest_window(&self) -> BTreeMap<String, f64> {
+        self.latest.as_ref().map(|window| window.signals.clone()).unwrap_or_default()
+    }
+
+    /// The latest window over the baseline, per signal: only once the baselines are frozen
+    /// (the node has left Flannel), and only for signals with both.
+    #[must_use]
+    pub fn ratios(&self) -> BTreeMap<String, f64> {
+        if !self.stored.frozen {
+            return BTreeMap::new();
+        }
+        let Some(latest) = &self.latest else { return BTreeMap::new() };
+        self.stored
+            .signals
+            .iter()
+            .filter_map(|(signal, samples)| {
+                Some((signal.clone(), ratio(*latest.signals.get(signal)?, baseline(signal, samples)?)))
+            })
+            .collect()
     }
 
     /// Records the phase; a change is saved at once.
@@ -179,12 +169,8 @@ impl Baselines {
         self.save();
     }
 
-    /// Writes the state file atomically (a temporary file renamed over it).
     fn save(&self) {
-        let Some(path) = &self.path else { return };
-        if let Err(err) = write_atomically(path, &self.stored) {
-            tracing::warn!(path = %path.display(), "cannot save the baselines: {err:#}");
-        }
+        self.file.save(&self.stored);
     }
 }
 
@@ -223,65 +209,15 @@ fn ratio(current: f64, baseline: f64) -> f64 {
     }
 }
 
-fn trusted(bytes: &[u8], node: &str) -> Result<Stored, (&'static str, String)> {
-    let stored: Stored =
-        serde_json::from_slice(bytes).map_err(|err| ("corrupt", format!("not valid: {err}")))?;
-    if stored.format != FORMAT || stored.version != VERSION {
-        return Err((
-            "foreign",
-            format!(
-                "format {:?} version {}, expected {FORMAT:?} version {VERSION}",
-                stored.format, stored.version
-            ),
-        ));
-    }
-    if stored.node != node {
-        return Err(("foreign", format!("written on node {:?}, this is {node:?}", stored.node)));
-    }
-    let finite = stored
+/// Samples must be rates and ratios: finite, never negative.
+fn check(stored: &Stored) -> Result<(), String> {
+    let plausible = stored
         .signals
         .values()
         .chain(stored.drop_reasons.values())
         .flatten()
         .all(|v| v.is_finite() && *v >= 0.0);
-    if !finite {
-        return Err(("corrupt", "a sample is negative or not a number".into()));
-    }
-    Ok(stored)
-}
-
-/// Renames `path` to `<path>.rejected-<unix seconds>[-n]`; returns the new name.
-fn set_aside(path: &Path) -> PathBuf {
-    let seconds =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let mut aside = path.with_extension(format!("json.rejected-{seconds}"));
-    // Never over an earlier one: each may be needed to understand what went wrong.
-    for attempt in 1.. {
-        if !aside.exists() {
-            break;
-        }
-        aside = path.with_extension(format!("json.rejected-{seconds}-{attempt}"));
-    }
-    if let Err(err) = std::fs::rename(path, &aside) {
-        tracing::warn!(path = %path.display(), "cannot set the state file aside: {err}");
-    }
-    aside
-}
-
-fn write_atomically(path: &Path, stored: &Stored) -> Result<()> {
-    use std::io::Write as _;
-    let temporary = path.with_extension("json.tmp");
-    let mut file =
-        std::fs::File::create(&temporary).with_context(|| format!("creating {}", temporary.display()))?;
-    file.write_all(&serde_json::to_vec_pretty(stored)?)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
-        .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))?;
-    if let Some(dir) = path.parent() {
-        // The rename itself must survive a crash too.
-        std::fs::File::open(dir).and_then(|dir| dir.sync_all()).ok();
-    }
-    Ok(())
+    if plausible { Ok(()) } else { Err("a sample is negative or not a number".into()) }
 }
 
 /// A window's rates and ratios from the cumulative readings at its start and end.
@@ -299,7 +235,14 @@ fn window(before: &Totals, after: &Totals, seconds: f64) -> Option<Window> {
             delta(before.drops.get(reason).copied().unwrap_or(0.0), *count) / seconds,
         );
     }
-    signals.insert(DROPS_PER_SECOND.to_owned(), drop_reasons.values().sum());
+    // A socket's queues purged as it closes are not packets the network lost: their rate
+    // follows how often connections close, which a cutover changes for reasons of its own.
+    // (A fold from 0.0: summing no floats gives -0.0, which reads oddly on /metrics.)
+    let network_drops = drop_reasons
+        .iter()
+        .filter(|(reason, _)| *reason != "QUEUE_PURGE")
+        .fold(0.0, |sum, (_, rate)| sum + rate);
+    signals.insert(DROPS_PER_SECOND.to_owned(), network_drops);
     let segments = delta(before.segments_sent, after.segments_sent);
     if segments > 0.0 {
         signals.insert(
@@ -409,35 +352,36 @@ fn totals_from(families: &[MetricFamily], segments_sent: f64) -> Totals {
     totals
 }
 
-/// Samples every window until the daemon stops.
+/// Samples every window until the daemon stops, on a thread of its own: the work is all
+/// blocking (reading /proc in each namespace, gathering every collector).
+///
+/// # Errors
+/// If the thread cannot be started.
 pub fn start_sampling(
     baselines: SharedBaselines,
     registry: Registry,
     inventory: SharedInventory,
     window: std::time::Duration,
-) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(window);
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name("baselines".into()).spawn(move || {
+        let mut next = Instant::now();
         loop {
-            tick.tick().await;
-            let (baselines, registry, inventory) = (baselines.clone(), registry.clone(), inventory.clone());
-            let sampled = tokio::task::spawn_blocking(move || {
-                let segments = read_segments(&inventory);
-                // Gathered before taking the lock: gathering runs this module's collector,
-                // which takes it too.
-                let families = registry.gather();
+            let segments = read_segments(&inventory);
+            // Gathered before taking the lock: gathering runs this module's collector, which
+            // takes it too.
+            let families = registry.gather();
+            {
                 let mut baselines = baselines.lock().unwrap_or_else(PoisonError::into_inner);
                 let sent = baselines.count_segments(&segments);
                 #[allow(clippy::cast_precision_loss, reason = "far below 2^52")]
                 let totals = totals_from(&families, sent as f64);
                 baselines.close_window(Instant::now(), totals);
-            })
-            .await;
-            if let Err(err) = sampled {
-                tracing::warn!("baseline sampling failed: {err}");
             }
+            next += window;
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
         }
-    });
+    })?;
+    Ok(())
 }
 
 impl Baselines {
@@ -546,13 +490,14 @@ impl Collector for BaselineCollector {
         let stored = &baselines.stored;
         let latest = baselines.latest.clone().unwrap_or_default();
         let mut baseline = FamilyBuilder::gauge(&self.baseline, &["signal"]);
-        let mut ratio = FamilyBuilder::gauge(&self.ratio, &["signal"]);
         for (signal, samples) in &stored.signals {
-            let Some(value) = self::baseline(signal, samples) else { continue };
-            baseline.sample(&[signal], value);
-            if let (true, Some(current)) = (stored.frozen, latest.signals.get(signal)) {
-                ratio.sample(&[signal], self::ratio(*current, value));
+            if let Some(value) = self::baseline(signal, samples) {
+                baseline.sample(&[signal], value);
             }
+        }
+        let mut ratio = FamilyBuilder::gauge(&self.ratio, &["signal"]);
+        for (signal, value) in baselines.ratios() {
+            ratio.sample(&[&signal], value);
         }
         let mut current = FamilyBuilder::gauge(&self.current, &["signal"]);
         for (signal, value) in &latest.signals {
@@ -585,47 +530,9 @@ impl Collector for BaselineCollector {
     }
 }
 
-/// `cniguard_state_file_rejected_total{reason}`: state files set aside.
-///
-/// # Errors
-/// On a duplicate metric name.
-pub fn rejections(registry: &Registry) -> Result<IntCounterVec> {
-    let counter = IntCounterVec::new(
-        Opts::new(
-            "cniguard_state_file_rejected_total",
-            "Baseline state files set aside at start-up: corrupt, foreign (another node or format) or unreadable",
-        ),
-        &["reason"],
-    )?;
-    registry.register(Box::new(counter.clone()))?;
-    Ok(counter)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A directory of its own, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let path = std::env::temp_dir().join(format!("cniguard-baseline-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-
-        fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn encode(families: &[MetricFamily]) -> String {
         use prometheus::Encoder as _;
@@ -634,12 +541,13 @@ mod tests {
         String::from_utf8(text).unwrap()
     }
 
-    fn rejected() -> IntCounterVec {
-        IntCounterVec::new(Opts::new("r", "r"), &["reason"]).unwrap()
+    fn file(dir: &std::path::Path) -> StateFile {
+        let rejected = prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason"]).unwrap();
+        StateFile::new(Some(dir), FILE_NAME, FORMAT, "node-a", rejected)
     }
 
-    fn learnt(dir: &Path) -> Baselines {
-        let mut baselines = Baselines::load(Some(dir), "node-a", 3, &rejected());
+    fn learnt(dir: &std::path::Path) -> Baselines {
+        let mut baselines = Baselines::load(file(dir), 3);
         baselines.observe_phase(Phase::Flannel);
         let start = Instant::now();
         let mut totals = Totals { segments_sent: 1000.0, ..Totals::default() };
@@ -654,13 +562,13 @@ mod tests {
 
     #[test]
     fn baselines_learn_in_flannel_survive_a_restart_and_give_ratios_after() {
-        let dir = TempDir::new("restart");
+        let dir = crate::state_file::TempDir::new("baseline-restart");
         let baselines = learnt(dir.path());
         assert_eq!(baselines.stored.signals[DROPS_PER_SECOND], [2.0]);
         assert_eq!(baselines.stored.signals[RETRANSMITS_PER_SEGMENT], [0.01]);
         drop(baselines);
 
-        let mut restarted = Baselines::load(Some(dir.path()), "node-a", 3, &rejected());
+        let mut restarted = Baselines::load(file(dir.path()), 3);
         assert_eq!(restarted.stored.signals[DROPS_PER_SECOND], [2.0]);
         assert_eq!(restarted.phase().unwrap().phase, Phase::Flannel);
         restarted.observe_phase(Phase::Mixed);
@@ -679,25 +587,12 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_and_foreign_files_are_set_aside() {
-        let dir = TempDir::new("aside");
-        drop(learnt(dir.path()));
-        let counter = rejected();
-        let other = Baselines::load(Some(dir.path()), "node-b", 3, &counter);
-        assert!(other.stored.signals.is_empty(), "another node's baselines are not used");
-        assert_eq!(counter.with_label_values(&["foreign"]).get(), 1);
-        assert!(!dir.path().join(FILE_NAME).exists(), "set aside");
-
-        std::fs::write(
-            dir.path().join(FILE_NAME),
-            b"{\"format\": \"cniguard-baselines\", \"version\": 1, \"nod",
-        )
-        .unwrap();
-        let corrupt = Baselines::load(Some(dir.path()), "node-b", 3, &counter);
-        assert!(corrupt.stored.signals.is_empty());
-        assert_eq!(counter.with_label_values(&["corrupt"]).get(), 1);
-        let aside = std::fs::read_dir(dir.path()).unwrap().filter_map(Result::ok);
-        assert_eq!(aside.filter(|e| e.file_name().to_string_lossy().contains(".rejected-")).count(), 2);
+    fn implausible_samples_are_not_trusted() {
+        let dir = crate::state_file::TempDir::new("baseline-implausible");
+        let mut baselines = learnt(dir.path());
+        baselines.stored.signals.insert(DROPS_PER_SECOND.into(), VecDeque::from([-1.0]));
+        baselines.save();
+        assert!(Baselines::load(file(dir.path()), 3).stored.signals.is_empty());
     }
 
     #[test]

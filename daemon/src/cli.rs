@@ -1,4 +1,4 @@
-//! The command line: `cniguard run` and `cniguard check`.
+//! The command line: `cniguard run`, `check`, `status`, `rollback-hook` and `echo`.
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -27,6 +27,59 @@ enum Command {
     Run(RunArgs),
     /// Check the kernel and this process for what `run` needs; one line per requirement.
     Check,
+    /// Print a running daemon's rollback triggers (state, how long, the numbers behind
+    /// them), its active checks and its phase.
+    Status(StatusArgs),
+    /// Receive Alertmanager webhooks and run the rollback command once the rollback alert
+    /// has fired long enough. Dry-run (logs what it would run) until --arm.
+    RollbackHook(RollbackHookArgs),
+    /// Answer HTTP on an address: the target other nodes' pod-to-pod checks connect to.
+    Echo(EchoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// The daemon's listen address.
+    #[arg(long, value_name = "ADDR", default_value = crate::config::DEFAULT_LISTEN)]
+    address: std::net::SocketAddr,
+    /// Print the status as JSON (what GET /status answers) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct RollbackHookArgs {
+    /// Address for the webhook (POST /webhook), /metrics and /healthz.
+    #[arg(long, value_name = "ADDR", default_value = crate::rollback_hook::DEFAULT_LISTEN)]
+    listen: std::net::SocketAddr,
+    /// File holding the bearer token Alertmanager sends (http_config.authorization).
+    #[arg(long, value_name = "FILE")]
+    token_file: PathBuf,
+    /// The alert that calls for the rollback.
+    #[arg(long, value_name = "NAME", default_value = crate::rollback_hook::DEFAULT_ALERT)]
+    alert: String,
+    /// How long the alert must have been firing (since its startsAt) before the command runs.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    firing_for_seconds: u64,
+    /// Run the command. Without it, the hook only logs what it would run.
+    #[arg(long)]
+    arm: bool,
+    /// The command is killed after this long and counted as failed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    command_timeout_seconds: u64,
+    /// Where the hook records that the rollback ran (so it never runs twice).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/cniguard/rollback-hook")]
+    state_dir: PathBuf,
+    /// The rollback command and its arguments, after `--`; run as given, without a shell,
+    /// with nothing from the alert added.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct EchoArgs {
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9465")]
+    listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,6 +123,82 @@ pub fn main() -> ExitCode {
             if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PREFLIGHT) }
         }
         Command::Run(args) => run(args),
+        Command::Status(args) => status(&args),
+        Command::RollbackHook(args) => rollback_hook(args),
+        Command::Echo(args) => echo(&args),
+    }
+}
+
+fn status(args: &StatusArgs) -> ExitCode {
+    match crate::status::fetch(args.address) {
+        Ok(status) if args.json => match serde_json::to_string_pretty(&status) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("cniguard: error: {err}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(status) => {
+            print!("{}", crate::status::render(&status));
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("cniguard: error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn rollback_hook(args: RollbackHookArgs) -> ExitCode {
+    init_logging();
+    let token = match crate::rollback_hook::read_token(&args.token_file) {
+        Ok(token) => token,
+        Err(err) => {
+            eprintln!("cniguard: error: --token-file: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let settings = crate::rollback_hook::HookSettings {
+        listen: args.listen,
+        token,
+        alert: args.alert,
+        firing_for: std::time::Duration::from_secs(args.firing_for_seconds),
+        command: args.command,
+        armed: args.arm,
+        command_timeout: std::time::Duration::from_secs(args.command_timeout_seconds.max(1)),
+        state_dir: args.state_dir,
+    };
+    block_on(crate::rollback_hook::run(settings))
+}
+
+fn echo(args: &EchoArgs) -> ExitCode {
+    init_logging();
+    let listen = args.listen;
+    block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot listen on {listen}: {err} (set another with --listen)"))?;
+        tracing::info!(%listen, "echo: answering every HTTP request with 200");
+        let app = axum::Router::new().fallback(|| async { "cniguard echo\n" });
+        axum::serve(listener, app).await?;
+        Ok(())
+    })
+}
+
+/// Runs `task` on a new runtime; errors are printed, and exit 1.
+fn block_on(task: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    match tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(task))
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("cniguard: error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -99,20 +228,7 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("cniguard: error: refusing to start; `cniguard check` lists every requirement");
         return ExitCode::from(EXIT_PREFLIGHT);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("cniguard: error: starting the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(crate::daemon::run(settings)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("cniguard: error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    block_on(crate::daemon::run(settings))
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the default `info` (e.g. `RUST_LOG=cniguard=debug`).

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::interfaces::InterfaceSelector;
 pub use crate::namespaces::NetnsScope;
+use crate::triggers::{Rule, Severity, TriggerName};
 
 /// The default interface patterns: every CNI-managed device Flannel and Calico create.
 pub const DEFAULT_INTERFACES: &[&str] = &["veth*", "cali*", "cni0", "flannel.1", "vxlan.calico"];
@@ -19,7 +20,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cniguard";
 
 /// The configuration file's contents. `#[serde(default)]`: every field may be left out.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConfigFile {
     /// Address for `/metrics`, `/healthz` and `/readyz`.
@@ -65,6 +66,197 @@ pub struct ConfigFile {
     pub baseline: BaselineConfig,
     /// Cluster mode: the Kubernetes API (`crate::cluster::settings` documents each field).
     pub cluster: crate::cluster::ClusterConfig,
+    /// Active connectivity checks from a pod's network namespace.
+    pub checks: ChecksConfig,
+    /// The runbook's rollback triggers and success criteria.
+    pub triggers: TriggersConfig,
+}
+
+/// The `[checks]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChecksConfig {
+    pub enabled: bool,
+    /// The pods the checks run from, by `netns` label (globs): the first match, in name
+    /// order, is used each round.
+    pub from: Vec<String>,
+    pub interval_seconds: u64,
+    pub timeout_seconds: u64,
+    /// The cluster DNS (`host:port`, IPv4) for `dns` checks and target names.
+    pub resolver: Option<String>,
+    /// A TOML file of `[[targets]]`, re-read every round.
+    pub targets_file: Option<String>,
+    pub targets: Vec<crate::checks::TargetConfig>,
+}
+
+impl Default for ChecksConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            from: vec!["*".into()],
+            interval_seconds: 10,
+            timeout_seconds: 2,
+            resolver: None,
+            targets_file: None,
+            targets: Vec::new(),
+        }
+    }
+}
+
+/// The `[triggers]` table: every trigger's fields are optional and default to the runbook's
+/// values (`default_rules`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggersConfig {
+    pub enabled: bool,
+    /// How often the rules are evaluated.
+    pub evaluate_seconds: u64,
+    pub connectivity_lost: TriggerConfig,
+    pub pod_to_pod_not_restored: TriggerConfig,
+    pub critical_service_unavailable: TriggerConfig,
+    pub dns_failing: TriggerConfig,
+    pub localhost_latency_slo: TriggerConfig,
+    pub regression: TriggerConfig,
+}
+
+impl Default for TriggersConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            evaluate_seconds: 10,
+            connectivity_lost: TriggerConfig::default(),
+            pod_to_pod_not_restored: TriggerConfig::default(),
+            critical_service_unavailable: TriggerConfig::default(),
+            dns_failing: TriggerConfig::default(),
+            localhost_latency_slo: TriggerConfig::default(),
+            regression: TriggerConfig::default(),
+        }
+    }
+}
+
+impl TriggersConfig {
+    fn get(&self, name: TriggerName) -> &TriggerConfig {
+        match name {
+            TriggerName::ConnectivityLost => &self.connectivity_lost,
+            TriggerName::PodToPodNotRestored => &self.pod_to_pod_not_restored,
+            TriggerName::CriticalServiceUnavailable => &self.critical_service_unavailable,
+            TriggerName::DnsFailing => &self.dns_failing,
+            TriggerName::LocalhostLatencySlo => &self.localhost_latency_slo,
+            TriggerName::Regression => &self.regression,
+        }
+    }
+}
+
+/// One `[triggers.<name>]` table; what is left out keeps the default.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggerConfig {
+    pub enabled: Option<bool>,
+    pub severity: Option<Severity>,
+    /// The condition holds while the trigger's value is above this.
+    pub threshold: Option<f64>,
+    /// An active trigger clears once its value has stayed at or below this...
+    pub clear_threshold: Option<f64>,
+    /// ...for this long; and becomes active once its condition has held this long.
+    pub for_seconds: Option<u64>,
+    pub clear_seconds: Option<u64>,
+    /// `pod_to_pod_not_restored` only.
+    pub restore_deadline_seconds: Option<u64>,
+    pub window_seconds: Option<u64>,
+}
+
+/// The runbook's rules. Thresholds are in the trigger's own unit: peers or services
+/// failing (a count), failure ratios (0 to 1), seconds (latency), baseline ratios.
+#[must_use]
+pub fn default_rules() -> Vec<Rule> {
+    let rule = |name, severity, threshold, clear_threshold, for_seconds, clear_seconds| Rule {
+        name,
+        severity,
+        threshold,
+        clear_threshold,
+        for_seconds,
+        clear_seconds,
+        restore_deadline_seconds: 900.0,
+        window_seconds: 300.0,
+    };
+    vec![
+        // "Network connectivity failures lasting more than 30 minutes": a peer node whose
+        // every pod-to-pod check fails.
+        rule(TriggerName::ConnectivityLost, Severity::Rollback, 0.0, 0.0, 1800.0, 300.0),
+        // "Pod-to-pod communication cannot be restored": below 99% success once the
+        // restore deadline after a phase change has passed.
+        rule(TriggerName::PodToPodNotRestored, Severity::Rollback, 0.01, 0.01, 300.0, 300.0),
+        rule(TriggerName::CriticalServiceUnavailable, Severity::Rollback, 0.0, 0.0, 300.0, 120.0),
+        // "DNS resolution failures": over 5% of queries failing or timing out.
+        rule(TriggerName::DnsFailing, Severity::Rollback, 0.05, 0.01, 300.0, 120.0),
+        // Success criterion "intra-pod latency under 1 ms".
+        rule(TriggerName::LocalhostLatencySlo, Severity::Warning, 0.001, 0.0008, 300.0, 300.0),
+        // Success criterion "no degradation": drops or retransmits at twice their baseline.
+        rule(TriggerName::Regression, Severity::Warning, 2.0, 1.5, 600.0, 300.0),
+    ]
+}
+
+fn trigger_settings(config: &TriggersConfig) -> Result<Option<TriggerSettings>, (String, String)> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    if config.evaluate_seconds == 0 {
+        return Err(("triggers.evaluate_seconds".into(), "must be at least 1 (seconds)".into()));
+    }
+    Ok(Some(TriggerSettings {
+        evaluate_every: Duration::from_secs(config.evaluate_seconds),
+        rules: rules(config)?,
+    }))
+}
+
+/// The rules after the config's overrides, enabled ones only.
+fn rules(config: &TriggersConfig) -> Result<Vec<Rule>, (String, String)> {
+    let mut rules = Vec::new();
+    for mut rule in default_rules() {
+        let name = rule.name.label();
+        let table = config.get(rule.name);
+        let field = |field: &str| format!("triggers.{name}.{field}");
+        if rule.name != TriggerName::PodToPodNotRestored
+            && (table.restore_deadline_seconds.is_some() || table.window_seconds.is_some())
+        {
+            return Err((
+                field("restore_deadline_seconds"),
+                "only pod_to_pod_not_restored has a restore deadline and a window".into(),
+            ));
+        }
+        #[allow(clippy::cast_precision_loss, reason = "seconds, far below 2^52")]
+        let seconds = |value: Option<u64>, default: f64| value.map_or(default, |v| v as f64);
+        rule.severity = table.severity.unwrap_or(rule.severity);
+        rule.threshold = table.threshold.unwrap_or(rule.threshold);
+        rule.clear_threshold = table.clear_threshold.unwrap_or(rule.threshold.min(rule.clear_threshold));
+        rule.for_seconds = seconds(table.for_seconds, rule.for_seconds);
+        rule.clear_seconds = seconds(table.clear_seconds, rule.clear_seconds);
+        rule.restore_deadline_seconds =
+            seconds(table.restore_deadline_seconds, rule.restore_deadline_seconds);
+        rule.window_seconds = seconds(table.window_seconds, rule.window_seconds);
+        if !rule.threshold.is_finite() || rule.threshold < 0.0 {
+            return Err((field("threshold"), format!("{} must be a number of at least 0", rule.threshold)));
+        }
+        if !rule.clear_threshold.is_finite()
+            || rule.clear_threshold > rule.threshold
+            || rule.clear_threshold < 0.0
+        {
+            return Err((
+                field("clear_threshold"),
+                format!(
+                    "{} must be between 0 and the threshold ({}): a trigger clears below where it fires",
+                    rule.clear_threshold, rule.threshold
+                ),
+            ));
+        }
+        if rule.window_seconds < 1.0 {
+            return Err((field("window_seconds"), "must be at least 1 (seconds)".into()));
+        }
+        if table.enabled.unwrap_or(true) {
+            rules.push(rule);
+        }
+    }
+    Ok(rules)
 }
 
 /// The `[baseline]` table.
@@ -182,6 +374,8 @@ impl Default for ConfigFile {
             state_dir: DEFAULT_STATE_DIR.to_owned(),
             baseline: BaselineConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
+            checks: ChecksConfig::default(),
+            triggers: TriggersConfig::default(),
         }
     }
 }
@@ -298,6 +492,17 @@ pub struct Settings {
     pub baseline_window: Duration,
     pub baseline_windows: usize,
     pub cluster: crate::cluster::ClusterSettings,
+    /// `None` when `[checks] enabled = false`.
+    pub checks: Option<crate::checks::CheckSettings>,
+    /// `None` when `[triggers] enabled = false`.
+    pub triggers: Option<TriggerSettings>,
+}
+
+/// The validated `[triggers]` table.
+#[derive(Debug, Clone)]
+pub struct TriggerSettings {
+    pub evaluate_every: Duration,
+    pub rules: Vec<Rule>,
 }
 
 /// Where state is kept, and whether it was asked for explicitly (then failing to create it
@@ -418,14 +623,15 @@ impl Settings {
                 dir: PathBuf::from(&file.state_dir),
             },
         };
-        let cluster =
-            crate::cluster::ClusterSettings::validate(&file.cluster, overrides.kubeconfig.as_deref())
-                .map_err(|(field, message)| ConfigError {
-                    origin: if field.starts_with("--") { field } else { origin(&field) },
-                    message,
-                })?;
+        let cluster = cluster_settings(&file.cluster, overrides.kubeconfig.as_deref(), origin)?;
+        let checks = check_settings(&file.checks)
+            .map_err(|(field, message)| ConfigError { origin: origin(field), message })?;
+        let triggers = trigger_settings(&file.triggers)
+            .map_err(|(field, message)| ConfigError { origin: origin(&field), message })?;
         Ok(Self {
             cluster,
+            checks,
+            triggers,
             state,
             baseline_window: Duration::from_secs(file.baseline.window_seconds),
             baseline_windows: file.baseline.windows,
@@ -448,6 +654,18 @@ impl Settings {
             resync_interval: Duration::from_secs(file.resync_interval_seconds),
         })
     }
+}
+
+/// The `[cluster]` table with `--kubeconfig`; a mistake names the flag, or the field.
+fn cluster_settings(
+    table: &crate::cluster::ClusterConfig,
+    kubeconfig: Option<&Path>,
+    origin: impl Fn(&str) -> String,
+) -> Result<crate::cluster::ClusterSettings, ConfigError> {
+    crate::cluster::ClusterSettings::validate(table, kubeconfig).map_err(|(field, message)| ConfigError {
+        origin: if field.starts_with("--") { field } else { origin(&field) },
+        message,
+    })
 }
 
 fn localhost_settings(config: &LocalhostConfig) -> Result<LocalhostSettings, (&'static str, String)> {
@@ -503,6 +721,64 @@ fn localhost_settings(config: &LocalhostConfig) -> Result<LocalhostSettings, (&'
     })
 }
 
+fn check_settings(
+    config: &ChecksConfig,
+) -> Result<Option<crate::checks::CheckSettings>, (&'static str, String)> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    if config.interval_seconds == 0
+        || config.timeout_seconds == 0
+        || config.timeout_seconds > config.interval_seconds
+    {
+        return Err((
+            "checks.timeout_seconds",
+            "interval and timeout must be at least 1 second, the timeout at most the interval".into(),
+        ));
+    }
+    let mut from = globset::GlobSetBuilder::new();
+    for pattern in &config.from {
+        let glob = globset::Glob::new(pattern)
+            .map_err(|err| ("checks.from", format!("invalid pattern `{pattern}`: {}", err.kind())))?;
+        from.add(glob);
+    }
+    let from = from.build().map_err(|err| ("checks.from", err.to_string()))?;
+    let resolver = match config.resolver.as_deref() {
+        None => None,
+        Some(text) => Some(text.parse::<std::net::SocketAddrV4>().map_err(|_| {
+            ("checks.resolver", format!("`{text}` is not an IPv4 address and port like 10.43.0.10:53"))
+        })?),
+    };
+    let targets = config
+        .targets
+        .iter()
+        .map(|target| crate::checks::Target::parse(target, resolver.is_some()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| ("checks.targets", message))?;
+    let mut names = std::collections::BTreeSet::new();
+    if let Some(duplicate) = targets.iter().find(|target| !names.insert(target.name.as_str())) {
+        return Err((
+            "checks.targets",
+            format!("two targets are named `{}`: names label the metrics, make them unique", duplicate.name),
+        ));
+    }
+    if targets.is_empty() && config.targets_file.is_none() {
+        return Err((
+            "checks.targets",
+            "checks are enabled but there is nothing to check: add [[checks.targets]] or a targets_file"
+                .into(),
+        ));
+    }
+    Ok(Some(crate::checks::CheckSettings {
+        from,
+        interval: Duration::from_secs(config.interval_seconds),
+        timeout: Duration::from_secs(config.timeout_seconds),
+        resolver,
+        targets,
+        targets_file: config.targets_file.as_ref().map(PathBuf::from),
+    }))
+}
+
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     text.parse().map_err(|_| {
         format!("`{text}` is not an address and port to listen on (expected for example `127.0.0.1:9464` or `[::1]:9464`)")
@@ -534,6 +810,17 @@ fn parse_file(text: &str) -> Result<ConfigFile, (String, String)> {
         };
         (location, message)
     })
+}
+
+#[cfg(test)]
+impl Settings {
+    /// Loads settings from TOML text, as if from a file named `test.toml`.
+    fn load_text(text: &str) -> Result<Self, ConfigError> {
+        let dir = crate::state_file::TempDir::new("config");
+        let path = dir.path().join("test.toml");
+        std::fs::write(&path, text).unwrap();
+        Self::load(Some(&path), Overrides::default())
+    }
 }
 
 /// The example configuration shipped with the project, kept valid by a test.
@@ -578,6 +865,47 @@ mod tests {
     fn the_shipped_example_is_the_defaults() {
         let text = std::fs::read_to_string(example_path()).unwrap();
         assert_eq!(parse_file(&text).unwrap(), ConfigFile::default());
+    }
+
+    /// The example shows each trigger's defaults commented out: uncommented, they must be
+    /// exactly `default_rules()`, so the documentation cannot drift from the code.
+    #[test]
+    fn the_example_documents_the_trigger_defaults() {
+        let text = std::fs::read_to_string(example_path()).unwrap();
+        let (_, triggers) = text.split_once("[triggers]").unwrap();
+        let uncommented: String = triggers
+            .lines()
+            .map(|line| line.strip_prefix("# ").filter(|rest| rest.contains(" = ")).unwrap_or(line))
+            .flat_map(|line| [line, "\n"])
+            .collect();
+        let file = parse_file(&format!("[triggers]{uncommented}")).unwrap();
+        assert_eq!(rules(&file.triggers).unwrap(), default_rules());
+        assert_eq!(file.triggers.dns_failing.threshold, Some(0.05), "the defaults were really uncommented");
+    }
+
+    #[test]
+    fn triggers_and_checks_are_validated() {
+        let load = |text: &str| Settings::load_text(text).unwrap_err();
+        let err = load("[triggers.dns_failing]\nthreshold = 0.1\nclear_threshold = 0.2\n");
+        assert!(err.origin.ends_with("triggers.dns_failing.clear_threshold`"), "{}", err.origin);
+        assert!(err.message.contains("between 0 and the threshold (0.1)"), "{}", err.message);
+        let err = load("[triggers.regression]\nwindow_seconds = 60\n");
+        assert!(err.message.contains("only pod_to_pod_not_restored"), "{}", err.message);
+        let err = load("[checks]\nenabled = true\n");
+        assert!(err.message.contains("nothing to check"), "{}", err.message);
+        let err = load("[checks]\nenabled = true\nresolver = \"10.43.0.10\"\ntargets_file = \"t.toml\"\n");
+        assert!(err.message.contains("like 10.43.0.10:53"), "{}", err.message);
+        let two = "[[checks.targets]]\ncheck = \"service\"\nname = \"a\"\naddress = \"10.0.0.1:80\"\n";
+        let err = load(&format!("[checks]\nenabled = true\n{two}{two}"));
+        assert!(err.message.contains("two targets are named `a`"), "{}", err.message);
+        let settings = Settings::load_text(
+            "[triggers.regression]\nenabled = false\n[triggers.dns_failing]\nfor_seconds = 20\n",
+        )
+        .unwrap();
+        let rules = settings.triggers.unwrap().rules;
+        assert_eq!(rules.len(), 5);
+        let dns = rules.iter().find(|rule| rule.name == TriggerName::DnsFailing).unwrap();
+        assert_eq!((dns.for_seconds, dns.threshold), (20.0, 0.05), "only what is set changes");
     }
 
     #[test]

@@ -27,6 +27,8 @@ use crate::probes::sock_state::{LocalAddresses, SockState};
 use crate::probes::tcp_health::TcpHealth;
 use crate::probes::{self, AttachedInterfaces};
 use crate::server::{self, Endpoints};
+use crate::state_file::StateFile;
+use crate::triggers::{self, SharedTriggers, Triggers};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How often the node's interfaces and routes are read for its phase.
@@ -47,8 +49,13 @@ pub async fn run(settings: Settings) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (set another with --listen)", settings.listen))?;
     let rewriter = crate::server::Rewriter::default();
-    let endpoints =
-        Endpoints { registry: metrics.registry.clone(), ready: ready.clone(), rewriter: rewriter.clone() };
+    let status = crate::status::SharedSources::default();
+    let endpoints = Endpoints {
+        registry: metrics.registry.clone(),
+        ready: ready.clone(),
+        rewriter: rewriter.clone(),
+        status: status.clone(),
+    };
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(server::serve(listener, endpoints, async move {
         let _ = server_stop.wait_for(|stop| *stop).await;
@@ -56,7 +63,7 @@ pub async fn run(settings: Settings) -> Result<()> {
 
     let state_dir = state_dir(&settings)?;
     let registry = metrics.registry.clone();
-    let mut node = Node::start(&settings, &kernel, metrics, state_dir.as_deref()).await?;
+    let mut node = Node::start(&settings, &kernel, metrics, state_dir.as_deref(), &status).await?;
     // Cluster mode (a no-op in node-local mode): pod labels, the cluster's view of the
     // phase, check targets (`cluster.targets()`) and trigger Events (`cluster.events()`).
     let _cluster = crate::cluster::Cluster::start(
@@ -109,6 +116,26 @@ struct PhaseTracker {
 }
 
 impl PhaseTracker {
+    /// Loads the baselines, reads the phase once and starts the baseline sampler.
+    async fn start(
+        settings: &Settings,
+        registry: &prometheus::Registry,
+        inventory: &SharedInventory,
+        file: StateFile,
+        watcher: &LinkWatcher,
+    ) -> Result<Self> {
+        let baselines: SharedBaselines =
+            Arc::new(std::sync::Mutex::new(Baselines::load(file, settings.baseline_windows)));
+        let latest = SharedPhase::default();
+        registry.register(Box::new(PhaseCollector::new(latest.clone())))?;
+        registry.register(Box::new(BaselineCollector::new(baselines.clone())))?;
+        let phase = Self { baselines: baselines.clone(), latest };
+        phase.refresh(watcher).await;
+        baseline::start_sampling(baselines, registry.clone(), inventory.clone(), settings.baseline_window)
+            .context("starting the baseline thread")?;
+        Ok(phase)
+    }
+
     async fn refresh(&self, watcher: &LinkWatcher) {
         let signals = match watcher.list().await {
             Ok(interfaces) => Signals::read(watcher.handle(), &interfaces).await,
@@ -173,6 +200,7 @@ impl Node {
         kernel: &Kernel,
         metrics: DaemonMetrics,
         state_dir: Option<&std::path::Path>,
+        status: &crate::status::SharedSources,
     ) -> Result<Self> {
         // Where this kernel keeps the fields the tracepoint programs read, from its BTF.
         // Without it, those probes stay off and the others run.
@@ -248,18 +276,25 @@ impl Node {
             watcher.handle().clone(),
         )?;
         attachments.reconcile(watcher.list().await.context("listing interfaces")?).await;
-        let baselines: SharedBaselines = Arc::new(std::sync::Mutex::new(Baselines::load(
-            state_dir,
-            &node_name(),
-            settings.baseline_windows,
-            &baseline::rejections(&registry)?,
-        )));
-        let latest = SharedPhase::default();
-        registry.register(Box::new(PhaseCollector::new(latest.clone())))?;
-        registry.register(Box::new(BaselineCollector::new(baselines.clone())))?;
-        let phase = PhaseTracker { baselines: baselines.clone(), latest };
-        phase.refresh(&watcher).await;
-        baseline::start_sampling(baselines, registry, inventory.clone(), settings.baseline_window);
+        let rejected = crate::state_file::rejections(&registry)?;
+        let node = node_name();
+        let state_file = |name, format| StateFile::new(state_dir, name, format, &node, rejected.clone());
+        let phase = PhaseTracker::start(
+            settings,
+            &registry,
+            &inventory,
+            state_file(baseline::FILE_NAME, baseline::FORMAT),
+            &watcher,
+        )
+        .await?;
+        let (checks, triggers) = start_judgement(
+            settings,
+            &registry,
+            &inventory,
+            &phase,
+            state_file(triggers::FILE_NAME, triggers::FORMAT),
+        )?;
+        let _ = status.set(crate::status::Sources { node, phase: phase.latest.clone(), triggers, checks });
         let namespaces =
             Namespaces { handle: watcher.handle().clone(), mode: settings.netns_scope, inventory, scope };
         namespaces.refresh(&attachments).await;
@@ -304,6 +339,33 @@ impl Node {
             }
         }
     }
+}
+
+/// The active checks and the rollback triggers over them, the baselines and the phase.
+fn start_judgement(
+    settings: &Settings,
+    registry: &prometheus::Registry,
+    inventory: &SharedInventory,
+    phase: &PhaseTracker,
+    triggers_file: StateFile,
+) -> Result<(Option<crate::checks::SharedResults>, Option<SharedTriggers>)> {
+    let checks = match &settings.checks {
+        Some(checks) => Some(crate::checks::start(checks.clone(), inventory.clone(), registry)?),
+        None => None,
+    };
+    let Some(trigger_settings) = &settings.triggers else { return Ok((checks, None)) };
+    let triggers: SharedTriggers =
+        Arc::new(std::sync::Mutex::new(Triggers::load(trigger_settings.rules.clone(), triggers_file)));
+    let (results, baselines, phase) =
+        (checks.clone().unwrap_or_default(), phase.baselines.clone(), phase.latest.clone());
+    triggers::start(
+        triggers.clone(),
+        registry,
+        trigger_settings.evaluate_every,
+        move |rules| triggers::gather(rules, &results, &baselines, &phase),
+        |_| {},
+    )?;
+    Ok((checks, Some(triggers)))
 }
 
 /// A probe that started, or `None` with a warning (`<what> is off: why`) and an attach

@@ -48,6 +48,12 @@ impl Interface {
     }
 
     fn from_message(message: &LinkMessage) -> Option<Self> {
+        // PF_BRIDGE messages report a bridge port's state (cni0's veths move to forwarding
+        // seconds after they join): they carry no link info, and read as a link they would
+        // make every pod veth look like a physical NIC, detached until the next resync.
+        if message.header.interface_family == netlink_packet_route::AddressFamily::Bridge {
+            return None;
+        }
         let mut name = None;
         let mut kind = None;
         let mut vxlan = None;
@@ -294,6 +300,16 @@ mod tests {
         assert!(selector.selects(&interface("lo", None)));
         assert!(selector.selects(&interface("ens3", None)));
         assert!(!selector.selects(&interface("ens4", None)));
+    }
+
+    #[test]
+    fn bridge_port_notifications_are_not_links() {
+        let mut message = LinkMessage::default();
+        message.header.index = 5;
+        message.attributes.push(LinkAttribute::IfName("veth1a2b3c4d".into()));
+        assert!(Interface::from_message(&message).is_some());
+        message.header.interface_family = netlink_packet_route::AddressFamily::Bridge;
+        assert!(Interface::from_message(&message).is_none());
     }
 
     #[test]

@@ -106,6 +106,10 @@ pub struct PhaseRecord {
     pub phase: Phase,
     /// Unix time in seconds.
     pub since: f64,
+    /// How many times the phase changed while cniguard watched (kept across restarts):
+    /// `pod_to_pod_not_restored` counts its restore deadline from the latest change.
+    #[serde(default)]
+    pub changes: u32,
 }
 
 impl PhaseRecord {
@@ -114,7 +118,11 @@ impl PhaseRecord {
     pub fn observe(previous: Option<Self>, phase: Phase) -> Self {
         match previous {
             Some(record) if record.phase == phase => record,
-            _ => Self { phase, since: unix_now() },
+            _ => Self {
+                phase,
+                since: unix_now(),
+                changes: previous.map_or(0, |record| record.changes.saturating_add(1)),
+            },
         }
     }
 }
@@ -224,10 +232,12 @@ mod tests {
 
     #[test]
     fn a_phase_keeps_its_start_until_it_changes() {
-        let first = PhaseRecord { phase: Phase::Flannel, since: 1000.0 };
+        let first = PhaseRecord { phase: Phase::Flannel, since: 1000.0, changes: 0 };
         assert_eq!(PhaseRecord::observe(Some(first), Phase::Flannel), first);
         let next = PhaseRecord::observe(Some(first), Phase::Mixed);
         assert_eq!(next.phase, Phase::Mixed);
         assert!(next.since > first.since);
+        assert_eq!(next.changes, 1, "the restore deadline counts from a change");
+        assert_eq!(PhaseRecord::observe(None, Phase::Calico).changes, 0, "a first look is no change");
     }
 }

@@ -1,4 +1,5 @@
-//! The HTTP endpoints: `/metrics` (Prometheus text format), `/healthz`, `/readyz`.
+//! The HTTP endpoints: `/metrics` (Prometheus text format), `/healthz`, `/readyz`, and
+//! `/status` (JSON, read by `cniguard status`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -19,6 +20,7 @@ pub struct Endpoints {
     pub ready: Arc<AtomicBool>,
     /// Rewrites what is gathered before it is encoded (cluster mode adds pod labels there).
     pub rewriter: Rewriter,
+    pub status: crate::status::SharedSources,
 }
 
 /// A rewrite of the gathered families, set at most once, after the server has started.
@@ -37,6 +39,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/status", get(status))
         .with_state(endpoints);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
@@ -63,5 +66,16 @@ async fn readyz(State(endpoints): State<Endpoints>) -> (StatusCode, &'static str
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "loading eBPF programs\n")
+    }
+}
+
+async fn status(State(endpoints): State<Endpoints>) -> axum::response::Response {
+    match endpoints.status.get() {
+        Some(sources) => match serde_json::to_vec(&sources.snapshot()) {
+            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the status failed: {err}\n"))
+                .into_response(),
+        },
+        None => (StatusCode::SERVICE_UNAVAILABLE, "starting: the probes are loading\n").into_response(),
     }
 }

@@ -34,9 +34,14 @@ fn changed_at(scrape: &Scrape) -> f64 {
 }
 
 fn wait_for_phase(lab: &Lab, wanted: &str) -> Scrape {
+    wait(lab, &format!("phase {wanted}"), |s| phase(s).as_deref() == Some(wanted))
+}
+
+/// Waits on node-1's cniguard; a failure shows its log too.
+fn wait(lab: &Lab, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
     lab.cniguard(NODE)
-        .wait_for(&format!("phase {wanted}"), |s| phase(s).as_deref() == Some(wanted))
-        .unwrap_or_else(|err| panic!("{err:#}"))
+        .wait_for(what, done)
+        .unwrap_or_else(|err| panic!("{err:#}\ncniguard log:\n{}", lab.cniguard_log(NODE)))
 }
 
 #[test]
@@ -46,13 +51,10 @@ fn phase_and_baselines_across_cutover_restart_and_rollback() {
 
     // Flannel: every signal learns from the lab's traffic (pods talking across nodes, DNS,
     // the agent calling its MLServer); no ratio while the node has not left Flannel.
-    let flannel = lab
-        .cniguard(NODE)
-        .wait_for("a baseline of every signal", |s| {
-            phase(s).as_deref() == Some("flannel")
-                && SIGNALS.iter().all(|signal| baselines(s).contains_key(*signal))
-        })
-        .unwrap_or_else(|err| panic!("{err:#}"));
+    let flannel = wait(&lab, "a baseline of every signal", |s| {
+        phase(s).as_deref() == Some("flannel")
+            && SIGNALS.iter().all(|signal| baselines(s).contains_key(*signal))
+    });
     assert_eq!(flannel.series("cniguard_baseline_ratio", &[]).count(), 0, "{}", flannel.text);
     assert_eq!(flannel.value("cniguard_migration_signal", &[("signal", "flannel_vxlan")]), Some(1.0));
     assert_promtool_accepts(&flannel.text);
@@ -64,12 +66,9 @@ fn phase_and_baselines_across_cutover_restart_and_rollback() {
     assert!(changed_at(&mixed) > changed_at(&flannel));
     let frozen = baselines(&mixed);
     // A window later they have not moved.
-    let later = lab
-        .cniguard(NODE)
-        .wait_for("a ratio", |s| {
-            s.series("cniguard_baseline_ratio", &[("signal", "drops_per_second")]).count() == 1
-        })
-        .unwrap_or_else(|err| panic!("{err:#}"));
+    let later = wait(&lab, "a ratio", |s| {
+        s.series("cniguard_baseline_ratio", &[("signal", "drops_per_second")]).count() == 1
+    });
     assert_eq!(baselines(&later), frozen);
 
     // Killed mid-cutover, with no chance to save: the baselines and the phase's start come
@@ -79,12 +78,9 @@ fn phase_and_baselines_across_cutover_restart_and_rollback() {
     assert_eq!(baselines(&restarted), frozen, "{}", restarted.text);
     assert_eq!(changed_at(&restarted), changed_at(&mixed));
     assert_eq!(restarted.count_sum("cniguard_state_file_rejected_total", &[]), 0);
-    let ratio = lab
-        .cniguard(NODE)
-        .wait_for("a ratio after the restart", |s| {
-            s.series("cniguard_baseline_ratio", &[("signal", "drops_per_second")]).count() == 1
-        })
-        .unwrap_or_else(|err| panic!("{err:#}"));
+    let ratio = wait(&lab, "a ratio after the restart", |s| {
+        s.series("cniguard_baseline_ratio", &[("signal", "drops_per_second")]).count() == 1
+    });
     assert_promtool_accepts(&ratio.text);
 
     // The cutover finishes: calico; the rollback: flannel again, still against the same
@@ -95,10 +91,8 @@ fn phase_and_baselines_across_cutover_restart_and_rollback() {
     lab.rollback(Some("node-1")).unwrap();
     let back = wait_for_phase(&lab, "flannel");
     assert!(changed_at(&back) > changed_at(&calico));
-    let after = lab
-        .cniguard(NODE)
-        .wait_for("ratios after the rollback", |s| s.series("cniguard_baseline_ratio", &[]).count() > 0)
-        .unwrap_or_else(|err| panic!("{err:#}"));
+    let after =
+        wait(&lab, "ratios after the rollback", |s| s.series("cniguard_baseline_ratio", &[]).count() > 0);
     assert_eq!(baselines(&after), frozen, "the rollback does not make the baselines learn again");
     lab.down();
 }

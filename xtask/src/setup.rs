@@ -17,7 +17,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cmd;
+use crate::{checks, cmd};
 
 /// The rustup toolchain name that `daemon/build.rs` builds the eBPF programs with.
 pub const BPF_TOOLCHAIN: &str = "cniguard-bpf";
@@ -29,6 +29,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("bird2", "the BGP daemon Calico runs, for the lab's BGP sessions"),
     ("dnsmasq", "the lab's cluster DNS server"),
     ("nftables", "the lab's injected faults (dropping VXLAN, blocking a port)"),
+    (
+        "prometheus-alertmanager",
+        "delivers the rollback alert to `cniguard rollback-hook` in its tests and the lab",
+    ),
 ];
 
 /// Debian packages that hold a compiler able to build `core` for the BPF target.
@@ -59,6 +63,9 @@ pub fn run(args: &SetupArgs) -> Result<()> {
     }
     apt.install(&packages, "bpf-linker's LLVM, and the tests' real peers")?;
     install_bpf_linker(llvm_major)?;
+    if !args.build_only {
+        install_dashboard_validator(&mut apt)?;
+    }
     mount_kernel_filesystems()?;
     println!("setup: done (eBPF toolchain `{BPF_TOOLCHAIN}`, LLVM {llvm_major})");
     Ok(())
@@ -206,6 +213,36 @@ fn install_bpf_linker(major: u32) -> Result<()> {
             .arg(format!("llvm-{major}")),
     )?;
     std::fs::write(&marker, format!("{major}\n")).with_context(|| format!("writing {}", marker.display()))
+}
+
+/// Node.js (Debian's `nodejs` and `npm`, if `node` or `npm` is missing) and the npm packages
+/// `dashboards/validate/package-lock.json` pins (`@grafana/schema`, Grafana's published
+/// dashboard schema, and `typescript`, which checks the dashboards against it). `npm ci`
+/// runs only when the lockfile differs from the one last installed, recorded in
+/// `node_modules/.cniguard-installed-lock`.
+fn install_dashboard_validator(apt: &mut Apt) -> Result<()> {
+    if !cmd::on_path("node") || !cmd::on_path("npm") {
+        apt.install(&["nodejs".into(), "npm".into()], "Node.js for the dashboards' schema validator")?;
+    }
+    let dir = checks::workspace_root().join(checks::DASHBOARD_VALIDATOR);
+    let lock_path = dir.join("package-lock.json");
+    let lock = std::fs::read(&lock_path).with_context(|| format!("reading {}", lock_path.display()))?;
+    let marker = dir.join("node_modules").join(".cniguard-installed-lock");
+    if std::fs::read(&marker).is_ok_and(|installed| installed == lock) {
+        println!("setup: npm packages of {} present", checks::DASHBOARD_VALIDATOR);
+        return Ok(());
+    }
+    println!(
+        "setup: installing the npm packages {} pins (@grafana/schema, typescript): npm ci",
+        lock_path.display()
+    );
+    cmd::run(Command::new("npm").current_dir(&dir).args([
+        "ci",
+        "--ignore-scripts",
+        "--no-audit",
+        "--no-fund",
+    ]))?;
+    std::fs::write(&marker, lock).with_context(|| format!("writing {}", marker.display()))
 }
 
 /// bpffs (for pinned maps), mounted where the kernel expects it. (The tracepoint probes are

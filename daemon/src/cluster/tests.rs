@@ -101,7 +101,8 @@ impl Harness {
     }
 
     fn set_phase(&self, phase: Phase) {
-        *self.phase.write().unwrap() = Some((PhaseRecord { phase, since: 0.0 }, Signals::default()));
+        *self.phase.write().unwrap() =
+            Some((PhaseRecord { phase, since: 0.0, changes: 0 }, Signals::default()));
     }
 }
 

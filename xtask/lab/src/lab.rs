@@ -634,8 +634,13 @@ impl Lab {
     fn start_cniguard(&mut self, node: usize) -> Result<()> {
         let spec = &self.state.topology.nodes[node];
         let key = format!("cniguard/{}", spec.name);
-        let config = self.state.state_dir.join("cniguard.toml");
-        std::fs::write(&config, &self.state.cniguard_config)?;
+        // One file per node, written whole before it is renamed into place: a daemon
+        // starting while another node's file is rewritten must never read half of it (an
+        // empty file is a valid configuration: every default, silently).
+        let config = self.state.state_dir.join(format!("cniguard-{}.toml", spec.name));
+        let partial = config.with_extension("toml.tmp");
+        std::fs::write(&partial, &self.state.cniguard_config)?;
+        std::fs::rename(&partial, &config)?;
         let mut args = vec![
             "run".to_owned(),
             "--listen".into(),
@@ -705,6 +710,12 @@ impl Lab {
 
     fn log_file(&self, name: &str) -> PathBuf {
         self.state.state_dir.join(format!("{name}.log"))
+    }
+
+    /// The last lines of node `node`'s cniguard log, for a test's failure message.
+    #[must_use]
+    pub fn cniguard_log(&self, node: usize) -> String {
+        self.log_tail(&format!("cniguard/{}", self.state.topology.nodes[node].name))
     }
 
     fn log_tail(&self, key: &str) -> String {

@@ -1,0 +1,574 @@
+//! Active connectivity checks: the rollback triggers need ground truth even when no traffic
+//! flows. Every `[checks] interval_seconds` the daemon enters the network namespace of a
+//! pod on this node (the first whose `netns` label matches `[checks] from`) and, from
+//! there, connects to each target: other nodes' pods (`pod_to_pod`), critical services
+//! (`service`), and names through the cluster resolver (`dns`). The packets leave through
+//! the pod's own veth and cross the CNI exactly as that pod's traffic does (Flannel's
+//! bridge and VXLAN, or Calico's routes, BGP and VXLAN), so a check fails when pod traffic
+//! would.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use serde::Deserialize;
+
+use crate::namespaces::{self, SharedInventory};
+
+/// How long a check's results are remembered (the longest window a trigger looks at).
+const HISTORY: Duration = Duration::from_hours(1);
+const CHECK_LABELS: &[&str] = &["check", "target"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    PodToPod,
+    Service,
+    Dns,
+}
+
+impl CheckKind {
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::PodToPod => "pod_to_pod",
+            Self::Service => "service",
+            Self::Dns => "dns",
+        }
+    }
+}
+
+/// One target, as configured (`[[checks.targets]]` or a targets file).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub check: CheckKind,
+    /// The `target` label.
+    pub name: String,
+    /// For `pod_to_pod`: the node the target pod runs on (`connectivity_lost` is judged per
+    /// peer node); defaults to `name`.
+    #[serde(default)]
+    pub peer: Option<String>,
+    /// `host:port` for `pod_to_pod` and `service`; a host name is resolved through the
+    /// resolver, from the pod.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Make it an HTTP GET of this path (a 2xx answer is success) instead of a TCP connect.
+    #[serde(default)]
+    pub http_path: Option<String>,
+    /// For `dns`: the name to resolve (an A record must come back).
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+/// A validated target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub check: CheckKind,
+    pub name: String,
+    pub peer: String,
+    pub host: String,
+    pub port: u16,
+    pub http_path: Option<String>,
+    pub query: Option<String>,
+}
+
+impl Target {
+    /// # Errors
+    /// A message naming what is wrong with the target and how to fix it.
+    pub fn parse(config: &TargetConfig, has_resolver: bool) -> Result<Self, String> {
+        let name = &config.name;
+        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("target name `{name}` must be 1 to 64 characters without spaces"));
+        }
+        let (host, port) = match (config.check, &config.address, &config.query) {
+            (CheckKind::Dns, _, Some(query)) if !query.is_empty() => {
+                if !has_resolver {
+                    return Err(format!(
+                        "dns check `{name}` needs `[checks] resolver` (the cluster DNS, e.g. 10.43.0.10:53)"
+                    ));
+                }
+                (query.clone(), 53)
+            }
+            (CheckKind::Dns, _, _) => {
+                return Err(format!("dns check `{name}` needs `query`, the name to resolve"));
+            }
+            (_, Some(address), _) => {
+                let (host, port) = address
+                    .rsplit_once(':')
+                    .and_then(|(host, port)| Some((host, port.parse::<u16>().ok().filter(|p| *p != 0)?)))
+                    .ok_or_else(|| format!("target `{name}`: address `{address}` is not host:port"))?;
+                if host.parse::<Ipv4Addr>().is_err() && !has_resolver {
+                    return Err(format!(
+                        "target `{name}`: `{host}` is a name; set `[checks] resolver` to resolve it"
+                    ));
+                }
+                (host.to_owned(), port)
+            }
+            (_, None, _) => return Err(format!("target `{name}` needs `address` (host:port)")),
+        };
+        if let Some(path) = &config.http_path
+            && !path.starts_with('/')
+        {
+            return Err(format!("target `{name}`: http_path `{path}` must start with /"));
+        }
+        Ok(Self {
+            check: config.check,
+            name: name.clone(),
+            peer: config.peer.clone().unwrap_or_else(|| name.clone()),
+            host,
+            port,
+            http_path: config.http_path.clone(),
+            query: config.query.clone(),
+        })
+    }
+}
+
+/// A targets file: `[[targets]]` entries, re-read every round (the lab, or an operator's
+/// automation, keeps it current as pods move).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetsFile {
+    #[serde(default)]
+    targets: Vec<TargetConfig>,
+}
+
+/// The validated `[checks]` table.
+#[derive(Debug, Clone)]
+pub struct CheckSettings {
+    pub from: globset::GlobSet,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub resolver: Option<SocketAddrV4>,
+    pub targets: Vec<Target>,
+    pub targets_file: Option<PathBuf>,
+}
+
+/// Why a check failed: the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Timeout,
+    Refused,
+    Unreachable,
+    Reset,
+    HttpStatus,
+    Resolve,
+    DnsRcode,
+    DnsEmpty,
+    Other,
+}
+
+impl Failure {
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Refused => "refused",
+            Self::Unreachable => "unreachable",
+            Self::Reset => "reset",
+            Self::HttpStatus => "http_status",
+            Self::Resolve => "resolve",
+            Self::DnsRcode => "dns_rcode",
+            Self::DnsEmpty => "dns_empty",
+            Self::Other => "other",
+        }
+    }
+
+    fn of(err: &std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        match err.kind() {
+            ErrorKind::TimedOut | ErrorKind::WouldBlock => Self::Timeout,
+            ErrorKind::ConnectionRefused => Self::Refused,
+            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => Self::Unreachable,
+            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::UnexpectedEof => {
+                Self::Reset
+            }
+            _ => Self::Other,
+        }
+    }
+}
+
+/// One target's latest result and recent history, for the triggers.
+#[derive(Debug, Clone)]
+pub struct TargetState {
+    pub check: CheckKind,
+    pub peer: String,
+    /// (when, succeeded), oldest first, over the last hour.
+    pub history: VecDeque<(Instant, bool)>,
+    pub last_failure: Option<Failure>,
+}
+
+impl TargetState {
+    #[must_use]
+    pub fn latest(&self) -> Option<bool> {
+        self.history.back().map(|(_, ok)| *ok)
+    }
+
+    /// Successes over results since `since`; `None` without results.
+    #[must_use]
+    pub fn success_ratio(&self, since: Instant) -> Option<f64> {
+        let recent: Vec<bool> =
+            self.history.iter().filter(|(at, _)| *at >= since).map(|(_, ok)| *ok).collect();
+        #[allow(clippy::cast_precision_loss, reason = "a few thousand results at most")]
+        (!recent.is_empty()).then(|| recent.iter().filter(|ok| **ok).count() as f64 / recent.len() as f64)
+    }
+}
+
+/// The checks' results by target name, shared with the triggers and `/status`.
+pub type SharedResults = Arc<Mutex<BTreeMap<String, TargetState>>>;
+
+struct CheckMetrics {
+    success: GaugeVec,
+    seconds: HistogramVec,
+    failures: IntCounterVec,
+}
+
+impl CheckMetrics {
+    fn register(registry: &Registry) -> Result<Self> {
+        let success = GaugeVec::new(
+            Opts::new(
+                "cniguard_check_success",
+                "1 if the latest active check of the target succeeded, 0 if it failed",
+            ),
+            CHECK_LABELS,
+        )?;
+        let seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "cniguard_check_seconds",
+                "How long active checks took, from the pod's namespace",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            CHECK_LABELS,
+        )?;
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "cniguard_check_failures_total",
+                "Failed active checks by reason: timeout, refused, unreachable, reset, http_status, resolve, dns_rcode, dns_empty, other",
+            ),
+            &["check", "target", "reason"],
+        )?;
+        registry.register(Box::new(success.clone()))?;
+        registry.register(Box::new(seconds.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
+        Ok(Self { success, seconds, failures })
+    }
+}
+
+/// Starts the checks; their results land in the returned map.
+///
+/// # Errors
+/// If a metric cannot be registered (a duplicate name: a programming error).
+pub fn start(
+    settings: CheckSettings,
+    inventory: SharedInventory,
+    registry: &Registry,
+) -> Result<SharedResults> {
+    let metrics = CheckMetrics::register(registry)?;
+    let results = SharedResults::default();
+    let shared = results.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned = String::new();
+        loop {
+            tick.tick().await;
+            let (settings, inventory, shared) = (settings.clone(), inventory.clone(), shared.clone());
+            let round = tokio::task::spawn_blocking(move || run_round(&settings, &inventory)).await;
+            match round {
+                Ok(Ok(outcomes)) => record(&metrics, &shared, outcomes),
+                Ok(Err(why)) => {
+                    if why != warned {
+                        tracing::warn!("active checks not run: {why}");
+                        warned = why;
+                    }
+                }
+                Err(err) => tracing::warn!("active checks failed: {err}"),
+            }
+        }
+    });
+    Ok(results)
+}
+
+/// A check's outcome: the target, how long it took, and the failure if any.
+type Outcome = (Target, Duration, Option<Failure>);
+
+/// Every target once, in parallel, from the first pod namespace matching `from`.
+fn run_round(settings: &CheckSettings, inventory: &SharedInventory) -> Result<Vec<Outcome>, String> {
+    let mut targets = settings.targets.clone();
+    if let Some(path) = &settings.targets_file {
+        targets.extend(read_targets_file(path, settings.resolver.is_some())?);
+    }
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let origin = {
+        let inventory = namespaces::read(inventory);
+        let mut pods: Vec<(String, PathBuf)> = inventory
+            .by_cookie
+            .values()
+            .filter(|ns| !ns.own && settings.from.is_match(ns.label()))
+            .map(|ns| (ns.label(), ns.path.clone()))
+            .collect();
+        pods.sort();
+        pods.into_iter().next()
+    };
+    let Some((_, path)) = origin else {
+        return Err("no pod namespace on this node matches `[checks] from`".into());
+    };
+    let outcomes = std::thread::scope(|scope| {
+        let handles: Vec<_> = targets
+            .into_iter()
+            .map(|target| {
+                let path = &path;
+                scope.spawn(move || {
+                    let started = Instant::now();
+                    let failure = namespaces::in_namespace(path, || check(&target, settings))
+                        .unwrap_or(Some(Failure::Other));
+                    (target, started.elapsed(), failure)
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|handle| handle.join().ok()).collect()
+    });
+    Ok(outcomes)
+}
+
+fn read_targets_file(path: &Path, has_resolver: bool) -> Result<Vec<Target>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    let file: TargetsFile =
+        toml::from_str(&text).map_err(|err| format!("{}: {}", path.display(), err.message()))?;
+    file.targets
+        .iter()
+        .map(|target| Target::parse(target, has_resolver).map_err(|err| format!("{}: {err}", path.display())))
+        .collect()
+}
+
+fn record(metrics: &CheckMetrics, shared: &SharedResults, outcomes: Vec<Outcome>) {
+    let now = Instant::now();
+    let mut results = shared.lock().unwrap_or_else(PoisonError::into_inner);
+    let current: BTreeSet<String> = outcomes.iter().map(|(target, _, _)| target.name.clone()).collect();
+    // Targets no longer configured leave /metrics and the triggers.
+    let gone: Vec<(String, CheckKind)> = results
+        .iter()
+        .filter(|(name, _)| !current.contains(*name))
+        .map(|(name, state)| (name.clone(), state.check))
+        .collect();
+    for (name, check) in gone {
+        let _ = metrics.success.remove_label_values(&[check.label(), &name]);
+        let _ = metrics.seconds.remove_label_values(&[check.label(), &name]);
+        results.remove(&name);
+    }
+    for (target, took, failure) in outcomes {
+        let labels = [target.check.label(), target.name.as_str()];
+        metrics.success.with_label_values(&labels).set(f64::from(u8::from(failure.is_none())));
+        metrics.seconds.with_label_values(&labels).observe(took.as_secs_f64());
+        if let Some(failure) = failure {
+            metrics.failures.with_label_values(&[labels[0], labels[1], failure.label()]).inc();
+        }
+        let state = results.entry(target.name.clone()).or_insert_with(|| TargetState {
+            check: target.check,
+            peer: target.peer.clone(),
+            history: VecDeque::new(),
+            last_failure: None,
+        });
+        state.check = target.check;
+        state.peer.clone_from(&target.peer);
+        state.history.push_back((now, failure.is_none()));
+        while state.history.front().is_some_and(|(at, _)| now.duration_since(*at) > HISTORY) {
+            state.history.pop_front();
+        }
+        state.last_failure = failure;
+    }
+}
+
+/// Runs one check from the current thread's namespace: `None` on success.
+fn check(target: &Target, settings: &CheckSettings) -> Option<Failure> {
+    let deadline = Instant::now() + settings.timeout;
+    if target.check == CheckKind::Dns {
+        let resolver = settings.resolver?;
+        return match resolve(resolver, &target.host, deadline) {
+            Ok(addresses) if addresses.is_empty() => Some(Failure::DnsEmpty),
+            Ok(_) => None,
+            Err(failure) => Some(failure),
+        };
+    }
+    let address = match target.host.parse::<Ipv4Addr>() {
+        Ok(address) => address,
+        Err(_) => match settings.resolver.map(|resolver| resolve(resolver, &target.host, deadline)) {
+            Some(Ok(addresses)) => *addresses.first()?,
+            _ => return Some(Failure::Resolve),
+        },
+    };
+    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let mut stream = match TcpStream::connect_timeout(&SocketAddr::from((address, target.port)), remaining) {
+        Ok(stream) => stream,
+        Err(err) => return Some(Failure::of(&err)),
+    };
+    let Some(path) = &target.http_path else { return None };
+    http_get(&mut stream, &target.host, path, deadline).err()
+}
+
+/// `GET path` on an open connection: success on a 2xx status line.
+fn http_get(stream: &mut TcpStream, host: &str, path: &str, deadline: Instant) -> Result<(), Failure> {
+    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    stream.set_read_timeout(Some(remaining)).map_err(|err| Failure::of(&err))?;
+    stream.set_write_timeout(Some(remaining)).map_err(|err| Failure::of(&err))?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: cniguard-check\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(|err| Failure::of(&err))?;
+    let mut head = [0_u8; 64];
+    let mut read = 0;
+    while read < 12 {
+        match stream.read(&mut head[read..]) {
+            Ok(0) => return Err(Failure::Reset),
+            Ok(n) => read += n,
+            Err(err) => return Err(Failure::of(&err)),
+        }
+    }
+    // "HTTP/1.x 2.."
+    if head.starts_with(b"HTTP/1.") && head[9] == b'2' { Ok(()) } else { Err(Failure::HttpStatus) }
+}
+
+/// The A records of `name`, asked of `resolver` over UDP.
+fn resolve(resolver: SocketAddrV4, name: &str, deadline: Instant) -> Result<Vec<Ipv4Addr>, Failure> {
+    let socket = UdpSocket::bind("0.0.0.0:0").map_err(|err| Failure::of(&err))?;
+    socket.connect(resolver).map_err(|err| Failure::of(&err))?;
+    let id = u16::try_from(std::process::id() & 0xffff).unwrap_or(1) ^ 0x5a5a;
+    let query = dns_query(id, name).ok_or(Failure::Resolve)?;
+    socket.send(&query).map_err(|err| Failure::of(&err))?;
+    let mut answer = [0_u8; 1500];
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(Failure::Timeout);
+        }
+        socket.set_read_timeout(Some(remaining)).map_err(|err| Failure::of(&err))?;
+        let len = socket.recv(&mut answer).map_err(|err| Failure::of(&err))?;
+        // Not the answer to this query: keep waiting for it.
+        if len < 12 || answer[..2] != id.to_be_bytes() || answer[2] & 0x80 == 0 {
+            continue;
+        }
+        if answer[3] & 0x0f != 0 {
+            return Err(Failure::DnsRcode);
+        }
+        return Ok(a_records(&answer[..len]));
+    }
+}
+
+/// A standard query for the A record of `name`, recursion desired.
+fn dns_query(id: u16, name: &str) -> Option<Vec<u8>> {
+    let mut query = Vec::with_capacity(18 + name.len());
+    query.extend_from_slice(&id.to_be_bytes());
+    query.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        query.push(u8::try_from(label.len()).ok().filter(|len| (1..=63).contains(len))?);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    Some(query)
+}
+
+/// The IPv4 addresses in an answer's answer section (names compressed or not).
+fn a_records(message: &[u8]) -> Vec<Ipv4Addr> {
+    let count =
+        |at: usize| message.get(at..at + 2).map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+    let (questions, answers) = (count(4), count(6));
+    let mut at = 12;
+    let skip_name = |mut at: usize| -> Option<usize> {
+        loop {
+            let len = *message.get(at)?;
+            if len & 0xc0 == 0xc0 {
+                return Some(at + 2);
+            }
+            if len == 0 {
+                return Some(at + 1);
+            }
+            at += 1 + usize::from(len);
+        }
+    };
+    for _ in 0..questions {
+        let Some(end) = skip_name(at) else { return Vec::new() };
+        at = end + 4;
+    }
+    let mut addresses = Vec::new();
+    for _ in 0..answers {
+        let Some(end) = skip_name(at) else { break };
+        let (Some(kind), Some(len)) = (message.get(end..end + 2), message.get(end + 8..end + 10)) else {
+            break;
+        };
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        let data = end + 10;
+        if kind == [0, 1]
+            && len == 4
+            && let Some(bytes) = message.get(data..data + 4)
+        {
+            addresses.push(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]));
+        }
+        at = data + len;
+    }
+    addresses
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(toml_text: &str) -> Result<Target, String> {
+        let config: TargetConfig = toml::from_str(toml_text).map_err(|err| err.to_string())?;
+        Target::parse(&config, false)
+    }
+
+    #[test]
+    fn targets_are_validated_with_a_reason() {
+        let pod =
+            target("check = \"pod_to_pod\"\nname = \"node-2\"\naddress = \"10.244.2.10:9465\"").unwrap();
+        assert_eq!((pod.port, pod.peer.as_str()), (9465, "node-2"));
+        assert!(target("check = \"pod_to_pod\"\nname = \"x\"").unwrap_err().contains("needs `address`"));
+        assert!(
+            target("check = \"service\"\nname = \"x\"\naddress = \"10.0.0.1\"")
+                .unwrap_err()
+                .contains("not host:port")
+        );
+        let name =
+            target("check = \"service\"\nname = \"x\"\naddress = \"scheduler.seldon:9004\"").unwrap_err();
+        assert!(name.contains("set `[checks] resolver`"), "{name}");
+        assert!(target("check = \"dns\"\nname = \"x\"").unwrap_err().contains("needs `query`"));
+        let path =
+            target("check = \"service\"\nname = \"x\"\naddress = \"10.0.0.1:80\"\nhttp_path = \"ready\"");
+        assert!(path.unwrap_err().contains("must start with /"));
+    }
+
+    #[test]
+    fn answers_are_read_for_their_a_records() {
+        let mut answer = dns_query(7, "sink-2.default.svc.cluster.local").unwrap();
+        answer[2] = 0x81;
+        answer[3] = 0x80;
+        answer[7] = 1; // one answer
+        // The name as a pointer to the question, type A, class IN, TTL, 4 bytes of data.
+        answer.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 244, 2, 11]);
+        assert_eq!(a_records(&answer), vec![Ipv4Addr::new(10, 244, 2, 11)]);
+        assert!(dns_query(1, "bad..name").is_none());
+    }
+
+    #[test]
+    fn success_ratio_counts_only_the_window() {
+        let start = Instant::now();
+        let later = start + Duration::from_secs(10);
+        let state = TargetState {
+            check: CheckKind::PodToPod,
+            peer: "node-2".into(),
+            history: VecDeque::from([(start, false), (later, true), (later, true), (later, false)]),
+            last_failure: None,
+        };
+        assert_eq!(state.success_ratio(later), Some(2.0 / 3.0));
+        assert_eq!(state.success_ratio(later + Duration::from_secs(1)), None);
+        assert_eq!(state.latest(), Some(false));
+    }
+}

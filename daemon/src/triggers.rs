@@ -1,0 +1,725 @@
+//! The runbook's rollback triggers and success criteria, evaluated on this node.
+//!
+//! Each trigger has a condition over cniguard's own measurements (the active checks, the
+//! latest baseline window, the ratios to the pre-cutover baselines), a value and two
+//! thresholds: it starts *holding* when the value exceeds `threshold`, becomes *active*
+//! once it has held for `for_seconds`, and clears only after the value has stayed at or
+//! below `clear_threshold` for `clear_seconds` (hysteresis: a flapping check neither fires
+//! nor clears on one result). Since when each trigger holds, and whether it is active, is
+//! kept in `<state dir>/triggers.json`: a restart never forgets a failure that has lasted
+//! 29 minutes.
+//!
+//! | trigger | runbook | value |
+//! |---|---|---|
+//! | `connectivity_lost` | network connectivity failures lasting more than 30 minutes | peer nodes whose every pod-to-pod check fails |
+//! | `pod_to_pod_not_restored` | pod-to-pod communication cannot be restored | pod-to-pod failure ratio over the window, once the restore deadline after a phase change has passed |
+//! | `critical_service_unavailable` | critical service unavailability | service checks failing |
+//! | `dns_failing` | DNS resolution failures | DNS failure + timeout ratio of the pods' queries, or the share of DNS checks failing |
+//! | `localhost_latency_slo` | intra-pod latency under 1 ms | localhost response p99 over the window |
+//! | `regression` | no degradation | highest ratio of drops or retransmits to their pre-cutover baseline |
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use prometheus::Registry;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use serde::{Deserialize, Serialize};
+
+use crate::baseline::{self, SharedBaselines};
+use crate::checks::{CheckKind, SharedResults};
+use crate::metrics::{FamilyBuilder, describe};
+use crate::phase::{Phase, SharedPhase, unix_now};
+use crate::state_file::StateFile;
+
+pub const FILE_NAME: &str = "triggers";
+pub const FORMAT: &str = "cniguard-triggers";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerName {
+    ConnectivityLost,
+    PodToPodNotRestored,
+    CriticalServiceUnavailable,
+    DnsFailing,
+    LocalhostLatencySlo,
+    Regression,
+}
+
+impl TriggerName {
+    pub const ALL: [Self; 6] = [
+        Self::ConnectivityLost,
+        Self::PodToPodNotRestored,
+        Self::CriticalServiceUnavailable,
+        Self::DnsFailing,
+        Self::LocalhostLatencySlo,
+        Self::Regression,
+    ];
+
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::ConnectivityLost => "connectivity_lost",
+            Self::PodToPodNotRestored => "pod_to_pod_not_restored",
+            Self::CriticalServiceUnavailable => "critical_service_unavailable",
+            Self::DnsFailing => "dns_failing",
+            Self::LocalhostLatencySlo => "localhost_latency_slo",
+            Self::Regression => "regression",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Calls for the runbook's rollback: counts in `cniguard_rollback_recommended`.
+    Rollback,
+    /// A success criterion missed: worth a look, not a rollback by itself.
+    Warning,
+}
+
+impl Severity {
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Rollback => "rollback",
+            Self::Warning => "warning",
+        }
+    }
+}
+
+/// One trigger's rule, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub name: TriggerName,
+    pub severity: Severity,
+    pub threshold: f64,
+    pub clear_threshold: f64,
+    pub for_seconds: f64,
+    pub clear_seconds: f64,
+    /// `pod_to_pod_not_restored`: how long after a phase change pod-to-pod may fail.
+    pub restore_deadline_seconds: f64,
+    /// `pod_to_pod_not_restored`: the window its failure ratio is computed over.
+    pub window_seconds: f64,
+}
+
+/// What a trigger's condition looks like now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub value: f64,
+    /// The numbers behind it, for `cniguard status` and the logs.
+    pub detail: String,
+}
+
+/// What is measured, gathered once per evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// Per pod-to-pod peer: (latest results all failed, targets).
+    pub peers: BTreeMap<String, bool>,
+    /// Pod-to-pod failure ratio over each rule's window: (failures, results).
+    pub pod_to_pod_window: Option<(f64, f64)>,
+    /// Service targets whose latest check failed, of all service targets.
+    pub services_failing: Vec<String>,
+    pub services: usize,
+    /// DNS checks failing, of all.
+    pub dns_checks_failing: usize,
+    pub dns_checks: usize,
+    /// The latest baseline window's signals and, once frozen, the ratios to the baselines.
+    pub window: BTreeMap<String, f64>,
+    pub ratios: BTreeMap<String, f64>,
+    pub phase: Option<Phase>,
+    /// Seconds since the phase last changed, if it ever did while cniguard watched.
+    pub since_phase_change: Option<f64>,
+}
+
+impl Rule {
+    /// The rule's value now, or `None` when there is nothing to judge it on (no checks
+    /// configured, no DNS queries in the window...): then it does not hold.
+    #[must_use]
+    pub fn read(&self, inputs: &Inputs) -> Option<Reading> {
+        match self.name {
+            TriggerName::ConnectivityLost => {
+                if inputs.peers.is_empty() {
+                    return None;
+                }
+                let lost: Vec<&str> =
+                    inputs.peers.iter().filter(|(_, lost)| **lost).map(|(peer, _)| peer.as_str()).collect();
+                Some(Reading {
+                    value: count(lost.len()),
+                    detail: if lost.is_empty() {
+                        format!("all {} peers reachable", inputs.peers.len())
+                    } else {
+                        format!("every pod-to-pod check failing to {}", lost.join(", "))
+                    },
+                })
+            }
+            TriggerName::PodToPodNotRestored => {
+                let since = inputs.since_phase_change?;
+                if since < self.restore_deadline_seconds {
+                    return None;
+                }
+                let (failures, results) = inputs.pod_to_pod_window?;
+                Some(Reading {
+                    value: failures / results,
+                    detail: format!(
+                        "{failures} of {results} pod-to-pod checks failed in the last {}s, {since:.0}s after the phase changed",
+                        self.window_seconds
+                    ),
+                })
+            }
+            TriggerName::CriticalServiceUnavailable => (inputs.services > 0).then(|| Reading {
+                value: count(inputs.services_failing.len()),
+                detail: if inputs.services_failing.is_empty() {
+                    format!("all {} services answer", inputs.services)
+                } else {
+                    format!("failing: {}", inputs.services_failing.join(", "))
+                },
+            }),
+            TriggerName::DnsFailing => {
+                let queries = match (
+                    inputs.window.get(baseline::DNS_FAILURE_RATIO),
+                    inputs.window.get(baseline::DNS_TIMEOUT_RATIO),
+                ) {
+                    (Some(failures), Some(timeouts)) => Some(failures + timeouts),
+                    _ => None,
+                };
+                let checks = (inputs.dns_checks > 0)
+                    .then(|| count(inputs.dns_checks_failing) / count(inputs.dns_checks));
+                let value = match (queries, checks) {
+                    (None, None) => return None,
+                    (a, b) => a.unwrap_or(0.0).max(b.unwrap_or(0.0)),
+                };
+                Some(Reading {
+                    value,
+                    detail: format!(
+                        "pods' queries failing or timing out: {}; DNS checks failing: {} of {}",
+                        queries.map_or_else(|| "none asked".to_owned(), |r| format!("{:.1}%", r * 100.0)),
+                        inputs.dns_checks_failing,
+                        inputs.dns_checks
+                    ),
+                })
+            }
+            TriggerName::LocalhostLatencySlo => {
+                inputs.window.get(baseline::LOCALHOST_P99).map(|p99| Reading {
+                    value: *p99,
+                    detail: format!("localhost p99 {:.3} ms (SLO {:.3} ms)", p99 * 1e3, self.threshold * 1e3),
+                })
+            }
+            TriggerName::Regression => {
+                let worst = [baseline::DROPS_PER_SECOND, baseline::RETRANSMITS_PER_SEGMENT]
+                    .into_iter()
+                    .filter_map(|signal| inputs.ratios.get(signal).map(|ratio| (signal, *ratio)))
+                    .max_by(|a, b| a.1.total_cmp(&b.1))?;
+                Some(Reading {
+                    value: worst.1,
+                    detail: format!("{} at {:.2}x its pre-cutover baseline", worst.0, worst.1),
+                })
+            }
+        }
+    }
+}
+
+#[allow(clippy::cast_precision_loss, reason = "counts of peers and checks are small")]
+fn count(n: usize) -> f64 {
+    n as f64
+}
+
+/// A trigger's state, as kept across restarts. Times are Unix seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TriggerState {
+    /// Since when the condition holds (value above the threshold).
+    pub holding_since: Option<f64>,
+    pub active: bool,
+    pub active_since: Option<f64>,
+    /// Since when an active trigger's value is back at or below the clear threshold.
+    pub clearing_since: Option<f64>,
+}
+
+/// A change worth telling (logs, Kubernetes Events).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub trigger: TriggerName,
+    pub active: bool,
+    pub detail: String,
+}
+
+impl TriggerState {
+    /// Advances the state to `now` given the rule's reading; returns whether it became
+    /// active (`Some(true)`) or cleared (`Some(false)`).
+    pub fn step(&mut self, rule: &Rule, reading: Option<&Reading>, now: f64) -> Option<bool> {
+        let value = reading.map(|r| r.value);
+        let holds = value.is_some_and(|v| v > rule.threshold);
+        // No data clears like a value at zero would: nothing left to judge it on.
+        let clears = value.is_none_or(|v| v <= rule.clear_threshold);
+        if holds {
+            let since = *self.holding_since.get_or_insert(now);
+            self.clearing_since = None;
+            if !self.active && now - since >= rule.for_seconds {
+                self.active = true;
+                self.active_since = Some(now);
+                return Some(true);
+            }
+        } else {
+            self.holding_since = None;
+        }
+        if self.active {
+            if clears {
+                let since = *self.clearing_since.get_or_insert(now);
+                if now - since >= rule.clear_seconds {
+                    *self = Self::default();
+                    return Some(false);
+                }
+            } else if !holds {
+                // Between the two thresholds: neither holding nor clearing.
+                self.clearing_since = None;
+            }
+        }
+        None
+    }
+
+    /// How long the condition has held at `now`.
+    #[must_use]
+    pub fn pending_seconds(&self, now: f64) -> f64 {
+        self.holding_since.map_or(0.0, |since| (now - since).max(0.0))
+    }
+}
+
+/// Everything `cniguard status` shows about one trigger.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TriggerReport {
+    pub trigger: String,
+    pub severity: String,
+    pub state: String,
+    pub pending_seconds: f64,
+    pub active_seconds: f64,
+    pub value: Option<f64>,
+    pub threshold: f64,
+    pub clear_threshold: f64,
+    pub for_seconds: f64,
+    pub detail: String,
+}
+
+pub struct Triggers {
+    rules: Vec<Rule>,
+    states: BTreeMap<TriggerName, TriggerState>,
+    readings: BTreeMap<TriggerName, Option<Reading>>,
+    file: StateFile,
+    evaluated_at: f64,
+}
+
+/// Shared by the evaluator, the collector and `/status`.
+pub type SharedTriggers = std::sync::Arc<std::sync::Mutex<Triggers>>;
+
+impl Triggers {
+    /// Loads the states kept from before a restart (see `state_file`).
+    #[must_use]
+    pub fn load(rules: Vec<Rule>, file: StateFile) -> Self {
+        let states: BTreeMap<TriggerName, TriggerState> =
+            file.load(|_: &BTreeMap<TriggerName, TriggerState>| Ok(())).unwrap_or_default();
+        for (trigger, state) in &states {
+            if state.holding_since.is_some() || state.active {
+                tracing::info!(
+                    trigger = trigger.label(),
+                    active = state.active,
+                    "trigger state carried over the restart"
+                );
+            }
+        }
+        Self { rules, states, readings: BTreeMap::new(), file, evaluated_at: 0.0 }
+    }
+
+    /// Evaluates every rule at `now`; returns what became active or cleared.
+    pub fn evaluate(&mut self, inputs: &Inputs, now: f64) -> Vec<Transition> {
+        let mut transitions = Vec::new();
+        let before = self.states.clone();
+        for rule in &self.rules {
+            let reading = rule.read(inputs);
+            let state = self.states.entry(rule.name).or_default();
+            if let Some(active) = state.step(rule, reading.as_ref(), now) {
+                let detail = reading.as_ref().map_or_else(|| "no data".to_owned(), |r| r.detail.clone());
+                transitions.push(Transition { trigger: rule.name, active, detail });
+            }
+            self.readings.insert(rule.name, reading);
+        }
+        self.evaluated_at = now;
+        // Saved when something started or stopped holding, not on every evaluation.
+        if self.states != before {
+            self.file.save(&self.states);
+        }
+        transitions
+    }
+
+    #[must_use]
+    pub fn rollback_recommended(&self) -> bool {
+        self.rules.iter().any(|rule| {
+            rule.severity == Severity::Rollback && self.states.get(&rule.name).is_some_and(|s| s.active)
+        })
+    }
+
+    #[must_use]
+    pub fn report(&self) -> Vec<TriggerReport> {
+        let now = self.evaluated_at;
+        self.rules
+            .iter()
+            .map(|rule| {
+                let state = self.states.get(&rule.name).copied().unwrap_or_default();
+                let reading = self.readings.get(&rule.name).cloned().flatten();
+                let label = match (state.active, state.holding_since, state.clearing_since) {
+                    (true, _, Some(_)) => "clearing",
+                    (true, _, None) => "active",
+                    (false, Some(_), _) => "pending",
+                    (false, None, _) => "ok",
+                };
+                TriggerReport {
+                    trigger: rule.name.label().to_owned(),
+                    severity: rule.severity.label().to_owned(),
+                    state: label.to_owned(),
+                    pending_seconds: state.pending_seconds(now),
+                    active_seconds: state.active_since.map_or(0.0, |since| (now - since).max(0.0)),
+                    value: reading.as_ref().map(|r| r.value),
+                    threshold: rule.threshold,
+                    clear_threshold: rule.clear_threshold,
+                    for_seconds: rule.for_seconds,
+                    detail: reading.map_or_else(|| "no data".to_owned(), |r| r.detail),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Gathers the inputs from the checks, the baselines and the phase.
+#[must_use]
+pub fn gather(
+    rules: &[Rule],
+    checks: &SharedResults,
+    baselines: &SharedBaselines,
+    phase: &SharedPhase,
+) -> Inputs {
+    let mut inputs = Inputs::default();
+    let window = rules
+        .iter()
+        .find(|rule| rule.name == TriggerName::PodToPodNotRestored)
+        .map_or(300.0, |rule| rule.window_seconds);
+    let window_start =
+        Instant::now().checked_sub(std::time::Duration::from_secs_f64(window)).unwrap_or_else(Instant::now);
+    {
+        let results = checks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (mut failures, mut total) = (0.0, 0.0);
+        for (name, state) in results.iter() {
+            let failed = state.latest() == Some(false);
+            match state.check {
+                CheckKind::PodToPod => {
+                    let lost = inputs.peers.entry(state.peer.clone()).or_insert(true);
+                    *lost &= failed;
+                    for (at, ok) in &state.history {
+                        if *at >= window_start {
+                            total += 1.0;
+                            failures += f64::from(u8::from(!ok));
+                        }
+                    }
+                }
+                CheckKind::Service => {
+                    inputs.services += 1;
+                    if failed {
+                        inputs.services_failing.push(name.clone());
+                    }
+                }
+                CheckKind::Dns => {
+                    inputs.dns_checks += 1;
+                    inputs.dns_checks_failing += usize::from(failed);
+                }
+            }
+        }
+        inputs.pod_to_pod_window = (total > 0.0).then_some((failures, total));
+    }
+    {
+        let baselines = baselines.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        inputs.window = baselines.latest_window();
+        inputs.ratios = baselines.ratios();
+    }
+    if let Some((record, _)) = *phase.read().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        inputs.phase = Some(record.phase);
+        inputs.since_phase_change = (record.changes > 0).then(|| (unix_now() - record.since).max(0.0));
+    }
+    inputs
+}
+
+/// Exports the triggers' states.
+pub struct TriggerCollector {
+    triggers: SharedTriggers,
+    active: Desc,
+    pending: Desc,
+    value: Desc,
+    recommended: Desc,
+}
+
+impl TriggerCollector {
+    #[must_use]
+    pub fn new(triggers: SharedTriggers) -> Self {
+        Self {
+            triggers,
+            active: describe(
+                "cniguard_rollback_trigger_active",
+                "1 while the rollback trigger or success criterion is active on this node",
+                &["trigger", "severity"],
+            ),
+            pending: describe(
+                "cniguard_rollback_trigger_pending_seconds",
+                "How long the trigger's condition has held (0 when it does not)",
+                &["trigger", "severity"],
+            ),
+            value: describe(
+                "cniguard_rollback_trigger_value",
+                "The number the trigger's condition compares with its threshold (absent without data)",
+                &["trigger", "severity"],
+            ),
+            recommended: describe(
+                "cniguard_rollback_recommended",
+                "1 while a rollback-severity trigger is active on this node: the runbook says roll back",
+                &[],
+            ),
+        }
+    }
+}
+
+impl Collector for TriggerCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.active, &self.pending, &self.value, &self.recommended]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let triggers = self.triggers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let labels = &["trigger", "severity"];
+        let (mut active, mut pending, mut value) = (
+            FamilyBuilder::gauge(&self.active, labels),
+            FamilyBuilder::gauge(&self.pending, labels),
+            FamilyBuilder::gauge(&self.value, labels),
+        );
+        for report in triggers.report() {
+            let series = [report.trigger.as_str(), report.severity.as_str()];
+            active
+                .sample(&series, f64::from(u8::from(matches!(report.state.as_str(), "active" | "clearing"))));
+            pending.sample(&series, report.pending_seconds);
+            if let Some(reading) = report.value {
+                value.sample(&series, reading);
+            }
+        }
+        let mut recommended = FamilyBuilder::gauge(&self.recommended, &[]);
+        recommended.sample(&[], f64::from(u8::from(triggers.rollback_recommended())));
+        [active.build(), pending.build(), value.build(), recommended.build()].into_iter().flatten().collect()
+    }
+}
+
+/// Registers the collector and evaluates every `every` until the daemon stops; each
+/// transition is logged and handed to `notify` (Kubernetes Events in a cluster).
+///
+/// # Errors
+/// On a duplicate metric name.
+pub fn start(
+    triggers: SharedTriggers,
+    registry: &Registry,
+    every: std::time::Duration,
+    inputs: impl Fn(&[Rule]) -> Inputs + Send + 'static,
+    notify: impl Fn(&Transition) + Send + 'static,
+) -> anyhow::Result<()> {
+    registry.register(Box::new(TriggerCollector::new(triggers.clone())))?;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let rules = triggers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).rules.clone();
+            let gathered = inputs(&rules);
+            let transitions = triggers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .evaluate(&gathered, unix_now());
+            for transition in transitions {
+                if transition.active {
+                    tracing::warn!(
+                        trigger = transition.trigger.label(),
+                        "rollback trigger ACTIVE: {}",
+                        transition.detail
+                    );
+                } else {
+                    tracing::info!(
+                        trigger = transition.trigger.label(),
+                        "rollback trigger cleared: {}",
+                        transition.detail
+                    );
+                }
+                notify(&transition);
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::float_cmp, reason = "the times compared are exact")]
+mod tests {
+    use super::*;
+
+    fn rule(name: TriggerName, for_seconds: f64) -> Rule {
+        Rule {
+            name,
+            severity: Severity::Rollback,
+            threshold: 0.0,
+            clear_threshold: 0.0,
+            for_seconds,
+            clear_seconds: 30.0,
+            restore_deadline_seconds: 600.0,
+            window_seconds: 300.0,
+        }
+    }
+
+    fn peers(lost: bool) -> Inputs {
+        Inputs {
+            peers: BTreeMap::from([("node-2".into(), lost), ("node-3".into(), false)]),
+            ..Inputs::default()
+        }
+    }
+
+    fn file(dir: &std::path::Path) -> StateFile {
+        let rejected = prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason"]).unwrap();
+        StateFile::new(Some(dir), FILE_NAME, FORMAT, "node-1", rejected)
+    }
+
+    #[test]
+    fn fires_after_exactly_its_for_and_clears_after_its_clear_time() {
+        let dir = crate::state_file::TempDir::new("triggers-for");
+        let mut triggers =
+            Triggers::load(vec![rule(TriggerName::ConnectivityLost, 1800.0)], file(dir.path()));
+        assert!(triggers.evaluate(&peers(true), 1000.0).is_empty());
+        assert!(triggers.evaluate(&peers(true), 2799.0).is_empty(), "1799 s: still pending");
+        assert_eq!(triggers.report()[0].pending_seconds, 1799.0);
+        let fired = triggers.evaluate(&peers(true), 2800.0);
+        assert_eq!(fired.len(), 1);
+        assert!(fired[0].active && fired[0].detail.contains("node-2"), "{fired:?}");
+        assert!(triggers.rollback_recommended());
+        // Restored: clears only after clear_seconds of good results.
+        assert!(triggers.evaluate(&peers(false), 2810.0).is_empty());
+        assert_eq!(triggers.report()[0].state, "clearing");
+        assert!(triggers.evaluate(&peers(true), 2820.0).is_empty(), "a relapse resets the clearing");
+        assert!(triggers.evaluate(&peers(false), 2830.0).is_empty());
+        assert!(triggers.evaluate(&peers(false), 2859.0).is_empty());
+        let cleared = triggers.evaluate(&peers(false), 2860.0);
+        assert_eq!(cleared.len(), 1);
+        assert!(!cleared[0].active);
+        assert!(!triggers.rollback_recommended());
+    }
+
+    #[test]
+    fn a_restart_keeps_the_pending_time() {
+        let dir = crate::state_file::TempDir::new("triggers-restart");
+        let mut triggers =
+            Triggers::load(vec![rule(TriggerName::ConnectivityLost, 1800.0)], file(dir.path()));
+        triggers.evaluate(&peers(true), 1000.0);
+        triggers.evaluate(&peers(true), 2740.0);
+        drop(triggers);
+        // 29 minutes in, the daemon restarts: one minute later the trigger fires.
+        let mut restarted =
+            Triggers::load(vec![rule(TriggerName::ConnectivityLost, 1800.0)], file(dir.path()));
+        assert!(restarted.evaluate(&peers(true), 2741.0).is_empty());
+        assert_eq!(restarted.report()[0].pending_seconds, 1741.0);
+        assert_eq!(restarted.evaluate(&peers(true), 2800.0).len(), 1);
+    }
+
+    /// Every default rule, on synthetic inputs: fires after exactly its `for` and clears.
+    #[test]
+    fn every_default_rule_fires_and_clears() {
+        let window = |signal: &str, value: f64| BTreeMap::from([(signal.to_owned(), value)]);
+        let cases: Vec<(TriggerName, Inputs, Inputs)> = vec![
+            (TriggerName::ConnectivityLost, peers(true), peers(false)),
+            (
+                TriggerName::PodToPodNotRestored,
+                Inputs {
+                    since_phase_change: Some(1000.0),
+                    pod_to_pod_window: Some((5.0, 100.0)),
+                    ..Inputs::default()
+                },
+                Inputs {
+                    since_phase_change: Some(1000.0),
+                    pod_to_pod_window: Some((0.0, 100.0)),
+                    ..Inputs::default()
+                },
+            ),
+            (
+                TriggerName::CriticalServiceUnavailable,
+                Inputs {
+                    services: 2,
+                    services_failing: vec!["seldon-scheduler".into()],
+                    ..Inputs::default()
+                },
+                Inputs { services: 2, ..Inputs::default() },
+            ),
+            (
+                TriggerName::DnsFailing,
+                Inputs {
+                    window: BTreeMap::from([
+                        (baseline::DNS_FAILURE_RATIO.into(), 0.1),
+                        (baseline::DNS_TIMEOUT_RATIO.into(), 0.3),
+                    ]),
+                    ..Inputs::default()
+                },
+                Inputs {
+                    window: BTreeMap::from([
+                        (baseline::DNS_FAILURE_RATIO.into(), 0.0),
+                        (baseline::DNS_TIMEOUT_RATIO.into(), 0.01),
+                    ]),
+                    ..Inputs::default()
+                },
+            ),
+            (
+                TriggerName::LocalhostLatencySlo,
+                Inputs { window: window(baseline::LOCALHOST_P99, 0.004), ..Inputs::default() },
+                Inputs { window: window(baseline::LOCALHOST_P99, 0.0004), ..Inputs::default() },
+            ),
+            (
+                TriggerName::Regression,
+                Inputs { ratios: window(baseline::DROPS_PER_SECOND, 5.0), ..Inputs::default() },
+                Inputs { ratios: window(baseline::DROPS_PER_SECOND, 1.0), ..Inputs::default() },
+            ),
+        ];
+        let dir = crate::state_file::TempDir::new("triggers-defaults");
+        for (name, bad, good) in cases {
+            let rule = crate::config::default_rules().into_iter().find(|rule| rule.name == name).unwrap();
+            let mut triggers = Triggers::load(vec![rule.clone()], file(dir.path()));
+            let start = 10_000.0;
+            assert!(triggers.evaluate(&bad, start).is_empty(), "{name:?}");
+            if rule.for_seconds > 0.0 {
+                assert!(
+                    triggers.evaluate(&bad, start + rule.for_seconds - 1.0).is_empty(),
+                    "{name:?} before its for"
+                );
+            }
+            let fired = triggers.evaluate(&bad, start + rule.for_seconds);
+            assert_eq!(fired.len(), 1, "{name:?} fires after exactly {}s", rule.for_seconds);
+            let end = start + rule.for_seconds;
+            assert!(triggers.evaluate(&good, end + 1.0).is_empty(), "{name:?}");
+            assert!(
+                triggers.evaluate(&good, end + rule.clear_seconds).is_empty(),
+                "{name:?} before its clear time"
+            );
+            let cleared = triggers.evaluate(&good, end + 1.0 + rule.clear_seconds);
+            assert_eq!(cleared.len(), 1, "{name:?} clears");
+        }
+    }
+
+    #[test]
+    fn no_data_never_fires() {
+        for rule in crate::config::default_rules() {
+            assert_eq!(rule.read(&Inputs::default()), None, "{:?}", rule.name);
+        }
+        // Within the restore deadline, pod-to-pod failures are expected.
+        let early = Inputs {
+            since_phase_change: Some(60.0),
+            pod_to_pod_window: Some((50.0, 100.0)),
+            ..Inputs::default()
+        };
+        let rule = crate::config::default_rules()
+            .into_iter()
+            .find(|r| r.name == TriggerName::PodToPodNotRestored)
+            .unwrap();
+        assert_eq!(rule.read(&early), None);
+    }
+}
