@@ -18,6 +18,8 @@ use anyhow::Result;
 use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use serde::Deserialize;
 
+use tokio::sync::watch;
+
 use crate::namespaces::{self, SharedInventory};
 
 /// How long a check's results are remembered (the longest window a trigger looks at).
@@ -279,6 +281,7 @@ impl CheckMetrics {
 pub fn start(
     settings: CheckSettings,
     inventory: SharedInventory,
+    discovered: watch::Receiver<Vec<Target>>,
     registry: &Registry,
 ) -> Result<SharedResults> {
     let metrics = CheckMetrics::register(registry)?;
@@ -290,8 +293,10 @@ pub fn start(
         let mut warned = String::new();
         loop {
             tick.tick().await;
-            let (settings, inventory, shared) = (settings.clone(), inventory.clone(), shared.clone());
-            let round = tokio::task::spawn_blocking(move || run_round(&settings, &inventory)).await;
+            let (settings, inventory) = (settings.clone(), inventory.clone());
+            let discovered = discovered.borrow().clone();
+            let round =
+                tokio::task::spawn_blocking(move || run_round(&settings, discovered, &inventory)).await;
             match round {
                 Ok(Ok(outcomes)) => record(&metrics, &shared, outcomes),
                 Ok(Err(why)) => {
@@ -311,13 +316,23 @@ pub fn start(
 type Outcome = (Target, Duration, Option<Failure>);
 
 /// Every target once, in parallel, from the first pod namespace matching `from`.
-fn run_round(settings: &CheckSettings, inventory: &SharedInventory) -> Result<Vec<Outcome>, String> {
+fn run_round(
+    settings: &CheckSettings,
+    discovered: Vec<Target>,
+    inventory: &SharedInventory,
+) -> Result<Vec<Outcome>, String> {
     let mut targets = settings.targets.clone();
     if let Some(path) = &settings.targets_file {
         targets.extend(read_targets_file(path, settings.resolver.is_some())?);
     }
+    // Configured targets win over discovered ones of the same name.
+    for target in discovered {
+        if !targets.iter().any(|t| t.name == target.name) {
+            targets.push(target);
+        }
+    }
     if targets.is_empty() {
-        return Ok(Vec::new());
+        return Err("nothing to check yet: add [[checks.targets]] or a targets_file, or run in cluster mode with the cniguard-echo DaemonSet (deploy/echo.yaml)".into());
     }
     let origin = {
         let inventory = namespaces::read(inventory);

@@ -111,6 +111,10 @@ struct RunArgs {
     /// [default: /var/lib/cniguard].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Kubernetes API credentials for cluster mode outside a pod (in a pod, the service
+    /// account is used without it).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[must_use]
@@ -214,6 +218,7 @@ fn run(args: RunArgs) -> ExitCode {
         ebpf_log_level: args.ebpf_log_level,
         netns_scope: args.netns_scope,
         state_dir: args.state_dir,
+        kubeconfig: args.kubeconfig,
     };
     let settings = match Settings::load(args.config.as_deref(), overrides) {
         Ok(settings) => settings,

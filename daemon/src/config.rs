@@ -64,6 +64,8 @@ pub struct ConfigFile {
     pub state_dir: String,
     /// The pre-cutover baselines.
     pub baseline: BaselineConfig,
+    /// Cluster mode: the Kubernetes API (`crate::cluster::settings` documents each field).
+    pub cluster: crate::cluster::ClusterConfig,
     /// Active connectivity checks from a pod's network namespace.
     pub checks: ChecksConfig,
     /// The runbook's rollback triggers and success criteria.
@@ -371,6 +373,7 @@ impl Default for ConfigFile {
             dns: DnsConfig::default(),
             state_dir: DEFAULT_STATE_DIR.to_owned(),
             baseline: BaselineConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
             checks: ChecksConfig::default(),
             triggers: TriggersConfig::default(),
         }
@@ -465,6 +468,7 @@ pub struct Overrides {
     pub ebpf_log_level: Option<EbpfLogLevel>,
     pub netns_scope: Option<NetnsScope>,
     pub state_dir: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// The validated settings the daemon runs with.
@@ -487,6 +491,7 @@ pub struct Settings {
     pub state: StateSettings,
     pub baseline_window: Duration,
     pub baseline_windows: usize,
+    pub cluster: crate::cluster::ClusterSettings,
     /// `None` when `[checks] enabled = false`.
     pub checks: Option<crate::checks::CheckSettings>,
     /// `None` when `[triggers] enabled = false`.
@@ -618,11 +623,13 @@ impl Settings {
                 dir: PathBuf::from(&file.state_dir),
             },
         };
+        let cluster = cluster_settings(&file.cluster, overrides.kubeconfig.as_deref(), origin)?;
         let checks = check_settings(&file.checks)
             .map_err(|(field, message)| ConfigError { origin: origin(field), message })?;
         let triggers = trigger_settings(&file.triggers)
             .map_err(|(field, message)| ConfigError { origin: origin(&field), message })?;
         Ok(Self {
+            cluster,
             checks,
             triggers,
             state,
@@ -647,6 +654,18 @@ impl Settings {
             resync_interval: Duration::from_secs(file.resync_interval_seconds),
         })
     }
+}
+
+/// The `[cluster]` table with `--kubeconfig`; a mistake names the flag, or the field.
+fn cluster_settings(
+    table: &crate::cluster::ClusterConfig,
+    kubeconfig: Option<&Path>,
+    origin: impl Fn(&str) -> String,
+) -> Result<crate::cluster::ClusterSettings, ConfigError> {
+    crate::cluster::ClusterSettings::validate(table, kubeconfig).map_err(|(field, message)| ConfigError {
+        origin: if field.starts_with("--") { field } else { origin(&field) },
+        message,
+    })
 }
 
 fn localhost_settings(config: &LocalhostConfig) -> Result<LocalhostSettings, (&'static str, String)> {
@@ -741,13 +760,6 @@ fn check_settings(
         return Err((
             "checks.targets",
             format!("two targets are named `{}`: names label the metrics, make them unique", duplicate.name),
-        ));
-    }
-    if targets.is_empty() && config.targets_file.is_none() {
-        return Err((
-            "checks.targets",
-            "checks are enabled but there is nothing to check: add [[checks.targets]] or a targets_file"
-                .into(),
         ));
     }
     Ok(Some(crate::checks::CheckSettings {
@@ -872,8 +884,6 @@ mod tests {
         assert!(err.message.contains("between 0 and the threshold (0.1)"), "{}", err.message);
         let err = load("[triggers.regression]\nwindow_seconds = 60\n");
         assert!(err.message.contains("only pod_to_pod_not_restored"), "{}", err.message);
-        let err = load("[checks]\nenabled = true\n");
-        assert!(err.message.contains("nothing to check"), "{}", err.message);
         let err = load("[checks]\nenabled = true\nresolver = \"10.43.0.10\"\ntargets_file = \"t.toml\"\n");
         assert!(err.message.contains("like 10.43.0.10:53"), "{}", err.message);
         let two = "[[checks.targets]]\ncheck = \"service\"\nname = \"a\"\naddress = \"10.0.0.1:80\"\n";

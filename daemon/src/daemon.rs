@@ -48,16 +48,39 @@ pub async fn run(settings: Settings) -> Result<()> {
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {} (set another with --listen)", settings.listen))?;
+    let rewriter = crate::server::Rewriter::default();
     let status = crate::status::SharedSources::default();
-    let endpoints =
-        Endpoints { registry: metrics.registry.clone(), ready: ready.clone(), status: status.clone() };
+    let endpoints = Endpoints {
+        registry: metrics.registry.clone(),
+        ready: ready.clone(),
+        rewriter: rewriter.clone(),
+        status: status.clone(),
+    };
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(server::serve(listener, endpoints, async move {
         let _ = server_stop.wait_for(|stop| *stop).await;
     }));
 
     let state_dir = state_dir(&settings)?;
-    let mut node = Node::start(&settings, &kernel, metrics, state_dir.as_deref(), &status).await?;
+    let registry = metrics.registry.clone();
+    let (discovered_tx, discovered) = watch::channel(Vec::new());
+    let links = Links { status, discovered, events: Arc::default() };
+    let mut node = Node::start(&settings, &kernel, metrics, state_dir.as_deref(), &links).await?;
+    // Cluster mode (a no-op in node-local mode): pod labels, the cluster's view of the
+    // phase, check targets (`cluster.targets()`) and trigger Events (`cluster.events()`).
+    let cluster = crate::cluster::Cluster::start(
+        &settings.cluster,
+        crate::cluster::ClusterContext {
+            node: node_name(),
+            registry,
+            phase: node.phase.latest.clone(),
+            inventory: node.namespaces.inventory.clone(),
+            rewriter,
+        },
+    )
+    .await?;
+    let _ = links.events.set(cluster.events());
+    forward_targets(cluster.targets(), discovered_tx);
     ready.store(true, Ordering::Release);
     tracing::info!(
         listen = %settings.listen,
@@ -77,6 +100,65 @@ pub async fn run(settings: Settings) -> Result<()> {
     let _ = stop_tx.send(true);
     server.await.context("metrics server task")?.context("metrics server")?;
     Ok(())
+}
+
+/// What ties the node's judgement to the parts that start later or elsewhere: `/status`,
+/// the check targets cluster mode discovers, and the Events trigger changes become.
+struct Links {
+    status: crate::status::SharedSources,
+    discovered: watch::Receiver<Vec<crate::checks::Target>>,
+    events: Arc<std::sync::OnceLock<crate::cluster::EventRecorder>>,
+}
+
+/// Turns the cluster's targets into checks as they change: each peer node's echo pod as a
+/// `pod_to_pod` target named after the node (the Prometheus rules read `target` as the
+/// other end of the pair), each critical Service by its ClusterIP.
+fn forward_targets(
+    mut cluster: watch::Receiver<crate::cluster::ClusterTargets>,
+    checks: watch::Sender<Vec<crate::checks::Target>>,
+) {
+    use crate::checks::{CheckKind, Target};
+    tokio::spawn(async move {
+        loop {
+            let targets = {
+                let current = cluster.borrow_and_update();
+                let mut targets: Vec<Target> = Vec::new();
+                for peer in &current.peers {
+                    // One echo pod per node (a DaemonSet); a second one of a node is a rollout.
+                    if targets.iter().any(|t| t.name == peer.node) {
+                        continue;
+                    }
+                    targets.push(Target {
+                        check: CheckKind::PodToPod,
+                        name: peer.node.clone(),
+                        peer: peer.node.clone(),
+                        host: peer.address.to_string(),
+                        port: peer.port,
+                        http_path: None,
+                        query: None,
+                        resolver: None,
+                    });
+                }
+                for service in &current.services {
+                    let name = format!("{}/{}", service.namespace, service.name);
+                    targets.push(Target {
+                        check: CheckKind::Service,
+                        peer: name.clone(),
+                        name,
+                        host: service.address.to_string(),
+                        port: service.port,
+                        http_path: None,
+                        query: None,
+                        resolver: None,
+                    });
+                }
+                targets
+            };
+            if checks.send(targets).is_err() || cluster.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Every probe of this node, loaded and attached, and what keeps them current.
@@ -181,7 +263,7 @@ impl Node {
         kernel: &Kernel,
         metrics: DaemonMetrics,
         state_dir: Option<&std::path::Path>,
-        status: &crate::status::SharedSources,
+        links: &Links,
     ) -> Result<Self> {
         // Where this kernel keeps the fields the tracepoint programs read, from its BTF.
         // Without it, those probes stay off and the others run.
@@ -274,8 +356,10 @@ impl Node {
             &inventory,
             &phase,
             state_file(triggers::FILE_NAME, triggers::FORMAT),
+            links,
         )?;
-        let _ = status.set(crate::status::Sources { node, phase: phase.latest.clone(), triggers, checks });
+        let _ =
+            links.status.set(crate::status::Sources { node, phase: phase.latest.clone(), triggers, checks });
         let namespaces =
             Namespaces { handle: watcher.handle().clone(), mode: settings.netns_scope, inventory, scope };
         namespaces.refresh(&attachments).await;
@@ -329,9 +413,12 @@ fn start_judgement(
     inventory: &SharedInventory,
     phase: &PhaseTracker,
     triggers_file: StateFile,
+    links: &Links,
 ) -> Result<(Option<crate::checks::SharedResults>, Option<SharedTriggers>)> {
     let checks = match &settings.checks {
-        Some(checks) => Some(crate::checks::start(checks.clone(), inventory.clone(), registry)?),
+        Some(checks) => {
+            Some(crate::checks::start(checks.clone(), inventory.clone(), links.discovered.clone(), registry)?)
+        }
         None => None,
     };
     let Some(trigger_settings) = &settings.triggers else { return Ok((checks, None)) };
@@ -339,12 +426,18 @@ fn start_judgement(
         Arc::new(std::sync::Mutex::new(Triggers::load(trigger_settings.rules.clone(), triggers_file)));
     let (results, baselines, phase) =
         (checks.clone().unwrap_or_default(), phase.baselines.clone(), phase.latest.clone());
+    let events = links.events.clone();
     triggers::start(
         triggers.clone(),
         registry,
         trigger_settings.evaluate_every,
         move |rules| triggers::gather(rules, &results, &baselines, &phase),
-        |_| {},
+        // In cluster mode, each change is also an Event on the Node.
+        move |transition| {
+            if let Some(events) = events.get() {
+                events.record_trigger(transition.trigger.label(), transition.active, &transition.detail);
+            }
+        },
     )?;
     Ok((checks, Some(triggers)))
 }

@@ -158,6 +158,19 @@ impl InterfaceSelector {
     }
 }
 
+/// Every interface of the namespace `handle` talks to, now.
+///
+/// # Errors
+/// If the kernel refuses the dump.
+pub async fn list(handle: &Handle) -> Result<Vec<Interface>, rtnetlink::Error> {
+    let mut links = handle.link().get().execute();
+    let mut interfaces = Vec::new();
+    while let Some(message) = links.try_next().await? {
+        interfaces.extend(Interface::from_message(&message));
+    }
+    Ok(interfaces)
+}
+
 /// What a link notification means for the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkChange {
@@ -207,12 +220,7 @@ impl LinkWatcher {
     /// # Errors
     /// If the kernel refuses the dump.
     pub async fn list(&self) -> Result<Vec<Interface>, rtnetlink::Error> {
-        let mut links = self.handle.link().get().execute();
-        let mut interfaces = Vec::new();
-        while let Some(message) = links.try_next().await? {
-            interfaces.extend(Interface::from_message(&message));
-        }
-        Ok(interfaces)
+        list(&self.handle).await
     }
 
     /// The IPv4 addresses of the namespace: the node's own, to tell its sockets from those of

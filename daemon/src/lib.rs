@@ -10,6 +10,7 @@ pub mod bgp_codes;
 pub mod btf;
 pub mod checks;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod ebpf;

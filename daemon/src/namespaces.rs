@@ -169,7 +169,7 @@ fn cookie_of(path: &Path) -> std::io::Result<u64> {
 
 /// The id this namespace gives the namespace at `path`, if it gave it one (it does for the
 /// far end of its veths).
-async fn nsid(handle: &Handle, path: &Path) -> Option<i32> {
+pub async fn nsid(handle: &Handle, path: &Path) -> Option<i32> {
     let file = File::open(path).ok()?;
     let mut message = NsidMessage::default();
     message.attributes.push(NsidAttribute::Fd(u32::try_from(file.as_raw_fd()).ok()?));

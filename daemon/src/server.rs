@@ -1,14 +1,15 @@
 //! The HTTP endpoints: `/metrics` (Prometheus text format), `/healthz`, `/readyz`, and
 //! `/status` (JSON, read by `cniguard status`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus::proto::MetricFamily;
 use prometheus::{Encoder as _, Registry, TextEncoder};
 use tokio::net::TcpListener;
 
@@ -17,8 +18,13 @@ pub struct Endpoints {
     pub registry: Registry,
     /// Set once the eBPF programs are loaded and the first attach pass is done.
     pub ready: Arc<AtomicBool>,
+    /// Rewrites what is gathered before it is encoded (cluster mode adds pod labels there).
+    pub rewriter: Rewriter,
     pub status: crate::status::SharedSources,
 }
+
+/// A rewrite of the gathered families, set at most once, after the server has started.
+pub type Rewriter = Arc<OnceLock<Box<dyn Fn(&mut [MetricFamily]) + Send + Sync>>>;
 
 /// Serves until `shutdown` completes.
 ///
@@ -41,7 +47,11 @@ pub async fn serve(
 async fn metrics(State(endpoints): State<Endpoints>) -> impl IntoResponse {
     let encoder = TextEncoder::new();
     let mut body = Vec::new();
-    match encoder.encode(&endpoints.registry.gather(), &mut body) {
+    let mut families = endpoints.registry.gather();
+    if let Some(rewrite) = endpoints.rewriter.get() {
+        rewrite(&mut families);
+    }
+    match encoder.encode(&families, &mut body) {
         Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, encoder.format_type().to_owned())], body),
         Err(err) => (
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cniguard_lab::lab::{Fault, Lab};
+use cniguard_lab::lab::{Fault, LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG, Lab};
 use cniguard_lab::netns::NetNs;
 use cniguard_lab::require_root;
 use cniguard_lab::services::{PromSample, Prometheus};
@@ -21,25 +21,6 @@ use cniguard_tests::lab_support::options;
 use serde_json::Value;
 
 const DASHBOARDS: &[&str] = &["cniguard-overview.json", "cniguard-node.json"];
-
-/// Metrics arriving with the triggers work: those of issue 7's active checks and
-/// `cniguard rollback-hook`, which the dashboards show but the lab does not produce yet (its
-/// cniguard configuration has no check targets, and its Prometheus does not scrape a
-/// rollback hook). Queries that read one of them must return nothing for now, and every
-/// other query must return data; the test fails as soon as one of these metrics reaches the
-/// lab's Prometheus, to say that it belongs here no more.
-///
-/// Empty this list when the lab's end-to-end rollback test wires the checks and the hook
-/// into the lab; then their panels must show data like every other.
-const METRICS_ARRIVING_WITH_THE_TRIGGERS_WORK: &[&str] = &[
-    // The active checks (issue 7, part 1): no `[[checks.targets]]` in the lab's config.
-    "cniguard_check_success",
-    "cniguard_check_seconds",
-    "cniguard_check_failures_total",
-    // The rollback hook (part 4): not among the lab Prometheus' targets.
-    "cniguard_rollback_executions_total",
-    "cniguard_rollback_hook_armed",
-];
 
 /// The node the `$node` variable selects: the one with the MLServer pod and a DNS client.
 const NODE: &str = "node-1";
@@ -56,8 +37,6 @@ struct Query {
     promql: String,
     /// A table's instant query (`"instant": true`), not a time series' range query.
     instant: bool,
-    /// The metrics of [`METRICS_ARRIVING_WITH_THE_TRIGGERS_WORK`] it reads.
-    awaiting: Vec<&'static str>,
     /// The labels its legend shows (`{{label}}` in `legendFormat`): some series must have
     /// each, or the legend is blank where a name belongs (a typo in a `by (...)` clause).
     legend_labels: Vec<String>,
@@ -100,22 +79,6 @@ fn label_values_promql(query: &str) -> (String, String) {
     (format!("group by ({}) ({})", label.trim(), metric.trim()), label.trim().to_owned())
 }
 
-/// The metrics of [`METRICS_ARRIVING_WITH_THE_TRIGGERS_WORK`] that `promql` reads (a
-/// histogram's too, by its `_bucket`, `_sum` and `_count` series).
-fn awaiting_metrics(promql: &str) -> Vec<&'static str> {
-    let words: BTreeSet<&str> =
-        promql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).collect();
-    METRICS_ARRIVING_WITH_THE_TRIGGERS_WORK
-        .iter()
-        .copied()
-        .filter(|metric| {
-            ["", "_bucket", "_sum", "_count"]
-                .iter()
-                .any(|suffix| words.contains(format!("{metric}{suffix}").as_str()))
-        })
-        .collect()
-}
-
 /// The `{{label}}`s of a `legendFormat`.
 fn legend_labels(format: &str) -> Vec<String> {
     format
@@ -135,17 +98,8 @@ fn queries(variables: &BTreeMap<&str, String>) -> (Vec<(Query, String)>, Vec<Que
             if variable["type"] == "query" {
                 let query = variable["query"]["query"].as_str().expect("a variable query");
                 let (promql, label) = label_values_promql(&substitute(query, variables));
-                let awaiting = awaiting_metrics(&promql);
-                assert!(awaiting.is_empty(), "{file}: variable {} reads {awaiting:?}", variable["name"]);
                 let what = format!("variable {}", variable["name"]);
-                let query = Query {
-                    dashboard: file,
-                    what,
-                    promql,
-                    instant: true,
-                    awaiting,
-                    legend_labels: Vec::new(),
-                };
+                let query = Query { dashboard: file, what, promql, instant: true, legend_labels: Vec::new() };
                 variable_queries.push((query, label));
             }
         }
@@ -156,7 +110,6 @@ fn queries(variables: &BTreeMap<&str, String>) -> (Vec<(Query, String)>, Vec<Que
                 panel_queries.push(Query {
                     dashboard: file,
                     what: format!("panel {title:?} {}", target["refId"].as_str().expect("a refId")),
-                    awaiting: awaiting_metrics(&promql),
                     instant: target["instant"] == true,
                     legend_labels: legend_labels(target["legendFormat"].as_str().unwrap_or_default()),
                     promql,
@@ -205,14 +158,7 @@ fn wrong(prometheus: &Prometheus, queries: &[Query], range_seconds: u64) -> Vec<
                     q.promql
                 ));
             }
-            match (q.awaiting.is_empty(), samples.len()) {
-                (true, 0) => Some(format!("{} {}: no data from {}", q.dashboard, q.what, q.promql)),
-                (false, n) if n > 0 => Some(format!(
-                    "{} {}: {n} series from {}, which reads {:?} (METRICS_ARRIVING_WITH_THE_TRIGGERS_WORK)",
-                    q.dashboard, q.what, q.promql, q.awaiting
-                )),
-                _ => None,
-            }
+            samples.is_empty().then(|| format!("{} {}: no data from {}", q.dashboard, q.what, q.promql))
         })
         .collect()
 }
@@ -267,18 +213,13 @@ fn variables(netns: &str) -> BTreeMap<&'static str, String> {
 
 #[test]
 fn every_dashboard_query_returns_data_from_the_lab() {
-    // Before the lab: a dashboard this test cannot read, or a stale entry in the list of
-    // metrics to come, fails here in a second.
-    let (_, panel_queries) = queries(&variables("placeholder"));
-    for metric in METRICS_ARRIVING_WITH_THE_TRIGGERS_WORK {
-        assert!(
-            panel_queries.iter().any(|q| q.awaiting.contains(metric)),
-            "no panel reads {metric}: remove it from METRICS_ARRIVING_WITH_THE_TRIGGERS_WORK"
-        );
-    }
+    // Before the lab: a dashboard this test cannot read fails here in a second.
+    let _ = queries(&variables("placeholder"));
 
     require_root!();
-    let mut lab = Lab::up(options("dashboards")).unwrap();
+    let mut options = options("dashboards");
+    options.cniguard_config = format!("{LAB_CNIGUARD_CONFIG}{LAB_JUDGEMENT_CONFIG}");
+    let mut lab = Lab::up(options).unwrap();
     let started = Instant::now();
     let prometheus = lab.prometheus();
     // Baselines learnt under Flannel, so that ratios to them exist after the cutover.
@@ -313,20 +254,6 @@ fn every_dashboard_query_returns_data_from_the_lab() {
             query.promql
         );
     }
-
-    // The metrics yet to arrive are nowhere in Prometheus.
-    let arrived: Vec<&str> = METRICS_ARRIVING_WITH_THE_TRIGGERS_WORK
-        .iter()
-        .copied()
-        .filter(|metric| {
-            let promql = format!("group by (__name__) ({{__name__=~\"{metric}(_bucket|_sum|_count)?\"}})");
-            !prometheus.query(&promql, None).unwrap().is_empty()
-        })
-        .collect();
-    assert!(
-        arrived.is_empty(),
-        "arrived: {arrived:?}: remove them from METRICS_ARRIVING_WITH_THE_TRIGGERS_WORK"
-    );
 
     // Every panel: the range covers the lab's whole run, and a minute more for the rates.
     let start = Instant::now();

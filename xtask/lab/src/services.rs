@@ -109,6 +109,12 @@ pub fn prometheus_config(topology: &Topology, rules: &str, alertmanager: SocketA
             node.address, node.name
         );
     }
+    // The rollback hook, next to Prometheus in the monitoring namespace: no node of its own.
+    let _ = write!(
+        config,
+        "  - job_name: cniguard-rollback-hook\n    static_configs:\n      - targets: ['{}']\n",
+        crate::lab::HOOK_ADDRESS
+    );
     config
 }
 
