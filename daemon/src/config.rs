@@ -683,28 +683,16 @@ fn localhost_settings(config: &LocalhostConfig) -> Result<LocalhostSettings, (&'
     }
     let check = &config.check;
     let check = if check.enabled {
-        if check.interval_seconds == 0
-            || check.timeout_seconds == 0
-            || check.timeout_seconds > check.interval_seconds
-        {
-            return Err((
-                "localhost.check.timeout_seconds",
-                "interval and timeout must be at least 1 second, the timeout at most the interval".into(),
-            ));
-        }
+        interval_and_timeout(
+            "localhost.check.timeout_seconds",
+            check.interval_seconds,
+            check.timeout_seconds,
+        )?;
         if !check.path.starts_with('/') {
             return Err(("localhost.check.path", format!("`{}` must start with /", check.path)));
         }
-        let mut namespaces = globset::GlobSetBuilder::new();
-        for pattern in &check.namespaces {
-            let glob = globset::Glob::new(pattern).map_err(|err| {
-                ("localhost.check.namespaces", format!("invalid pattern `{pattern}`: {}", err.kind()))
-            })?;
-            namespaces.add(glob);
-        }
-        let namespaces = namespaces.build().map_err(|err| ("localhost.check.namespaces", err.to_string()))?;
         Some(CheckSettings {
-            namespaces,
+            namespaces: glob_set("localhost.check.namespaces", &check.namespaces)?,
             port: check.port,
             path: check.path.clone(),
             interval: Duration::from_secs(check.interval_seconds),
@@ -727,22 +715,8 @@ fn check_settings(
     if !config.enabled {
         return Ok(None);
     }
-    if config.interval_seconds == 0
-        || config.timeout_seconds == 0
-        || config.timeout_seconds > config.interval_seconds
-    {
-        return Err((
-            "checks.timeout_seconds",
-            "interval and timeout must be at least 1 second, the timeout at most the interval".into(),
-        ));
-    }
-    let mut from = globset::GlobSetBuilder::new();
-    for pattern in &config.from {
-        let glob = globset::Glob::new(pattern)
-            .map_err(|err| ("checks.from", format!("invalid pattern `{pattern}`: {}", err.kind())))?;
-        from.add(glob);
-    }
-    let from = from.build().map_err(|err| ("checks.from", err.to_string()))?;
+    interval_and_timeout("checks.timeout_seconds", config.interval_seconds, config.timeout_seconds)?;
+    let from = glob_set("checks.from", &config.from)?;
     let resolver = match config.resolver.as_deref() {
         None => None,
         Some(text) => Some(text.parse::<std::net::SocketAddrV4>().map_err(|_| {
@@ -770,6 +744,33 @@ fn check_settings(
         targets,
         targets_file: config.targets_file.as_ref().map(PathBuf::from),
     }))
+}
+
+/// A periodic check's interval and timeout: both at least a second, the timeout at most the
+/// interval (a check must end before the next one starts).
+fn interval_and_timeout(
+    field: &'static str,
+    interval: u64,
+    timeout: u64,
+) -> Result<(), (&'static str, String)> {
+    if interval == 0 || timeout == 0 || timeout > interval {
+        return Err((
+            field,
+            "interval and timeout must be at least 1 second, the timeout at most the interval".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Namespace label patterns (globs), each checked on its own so the bad one is named.
+fn glob_set(field: &'static str, patterns: &[String]) -> Result<globset::GlobSet, (&'static str, String)> {
+    let mut set = globset::GlobSetBuilder::new();
+    for pattern in patterns {
+        let glob = globset::Glob::new(pattern)
+            .map_err(|err| (field, format!("invalid pattern `{pattern}`: {}", err.kind())))?;
+        set.add(glob);
+    }
+    set.build().map_err(|err| (field, err.to_string()))
 }
 
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {
