@@ -58,6 +58,19 @@ fn session_up(lab: &Lab, node: usize, peer: &str) -> Option<f64> {
     lab.cniguard(node).scrape().unwrap().value("cniguard_bgp_session_up", &[("peer", peer)])
 }
 
+/// Whether BIRD on `node` has its session with the node at `peer` in BGP's Established:
+/// both OPENs (and a KEEPALIVE) are through. `cniguard_bgp_session_up` follows the TCP
+/// socket, which is established before either side sends its OPEN.
+fn bgp_established(lab: &Lab, node: usize, peer: &str) -> bool {
+    let Some(name) = lab.topology().nodes.iter().find(|n| n.address.to_string() == peer).map(|n| &n.name)
+    else {
+        return false;
+    };
+    let protocol = format!("mesh_{} ", name.replace('-', "_"));
+    lab.bird_protocols(node)
+        .is_ok_and(|table| table.lines().any(|l| l.starts_with(&protocol) && l.contains("Established")))
+}
+
 #[test]
 fn overlays_and_bgp_sessions_are_seen_per_node() {
     require_root!();
@@ -109,7 +122,9 @@ fn flannel_carries_the_burst(lab: &mut Lab) {
 /// Calico: BIRD meshes every node, one OPEN each way per session, seen by each node alone.
 fn calico_sessions_open_once(lab: &Lab) {
     for (node, peer) in [(0, NODE_2), (0, NODE_3), (1, NODE_1), (1, NODE_3), (2, NODE_1), (2, NODE_2)] {
-        wait(&format!("node-{} session to {peer}", node + 1), || session_up(lab, node, peer) == Some(1.0));
+        wait(&format!("node-{} session to {peer}", node + 1), || {
+            session_up(lab, node, peer) == Some(1.0) && bgp_established(lab, node, peer)
+        });
     }
     for (node, peer) in [(0, NODE_2), (0, NODE_3), (1, NODE_1), (2, NODE_2)] {
         let scrape = lab.cniguard(node).scrape().unwrap();
