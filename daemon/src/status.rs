@@ -77,7 +77,12 @@ impl Sources {
                 .map(|(target, state)| CheckStatus {
                     check: state.check.label().to_owned(),
                     target: target.clone(),
-                    peer: state.peer.clone(),
+                    // Only pod-to-pod checks have a peer node; the others name a service.
+                    peer: if state.check == crate::checks::CheckKind::PodToPod {
+                        state.peer.clone()
+                    } else {
+                        String::new()
+                    },
                     latest: state.latest(),
                     success_ratio_5m: state.success_ratio(since),
                     last_failure: state.last_failure.map(|failure| failure.label().to_owned()),
@@ -175,12 +180,12 @@ pub fn render(status: &Status) -> String {
             };
             let ratio =
                 check.success_ratio_5m.map_or_else(|| "-".to_owned(), |r| format!("{:.1}%", r * 100.0));
+            let peer = if check.peer.is_empty() { "-" } else { check.peer.as_str() };
             let _ = writeln!(
                 out,
-                "{:<11} {:<29} {:<9} {latest:>8} {ratio:>9}  {}",
+                "{:<11} {:<29} {peer:<9} {latest:>8} {ratio:>9}  {}",
                 check.check,
                 check.target,
-                check.peer,
                 check.last_failure.as_deref().unwrap_or("-")
             );
         }

@@ -151,12 +151,17 @@ fn each_fault_raises_its_trigger_and_the_rollback_runs_once() {
         })
     });
     assert!(status_row(&lab, 2, "connectivity_lost").contains("node-1, node-2"), "{}", status(&lab, 2));
+    // Long after the cutover (the lab's restore deadline is 30 s), pod-to-pod from node-3
+    // fails outright: "pod-to-pod communication cannot be restored".
+    wait(&lab, "pod_to_pod_not_restored on node-3", || active(&lab, 2, "pod_to_pod_not_restored"));
     wait(&lab, "the hook declining a second run", || lab.rollback_hook().2.contains("already ran"));
     lab.repair(&vxlan).unwrap();
     wait(&lab, "connectivity restored everywhere", || {
-        NODES
-            .iter()
-            .all(|&node| !active(&lab, node, "connectivity_lost") && recommended(&lab, node) == Some(0.0))
+        NODES.iter().all(|&node| {
+            !active(&lab, node, "connectivity_lost")
+                && !active(&lab, node, "pod_to_pod_not_restored")
+                && recommended(&lab, node) == Some(0.0)
+        })
     });
 
     // The MLServer answering 20 ms late: the success criterion on intra-pod latency fails
