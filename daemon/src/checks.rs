@@ -75,10 +75,10 @@ pub struct Target {
     pub check: CheckKind,
     pub name: String,
     pub peer: String,
+    /// The address or name to connect to; for `dns`, the name to resolve.
     pub host: String,
     pub port: u16,
     pub http_path: Option<String>,
-    pub query: Option<String>,
     /// For `dns`: the server this target asks, if not `[checks] resolver`.
     pub resolver: Option<SocketAddrV4>,
 }
@@ -136,7 +136,6 @@ impl Target {
             host,
             port,
             http_path: config.http_path.clone(),
-            query: config.query.clone(),
             resolver,
         })
     }

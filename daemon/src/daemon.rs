@@ -135,7 +135,6 @@ fn forward_targets(
                         host: peer.address.to_string(),
                         port: peer.port,
                         http_path: None,
-                        query: None,
                         resolver: None,
                     });
                 }
@@ -148,7 +147,6 @@ fn forward_targets(
                         host: service.address.to_string(),
                         port: service.port,
                         http_path: None,
-                        query: None,
                         resolver: None,
                     });
                 }

@@ -21,7 +21,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use prometheus::{Encoder as _, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
 use crate::phase::unix_now;
@@ -165,7 +165,6 @@ struct HookState {
     firing_since: Option<f64>,
     dry_run_for: Option<f64>,
     persisted: Persisted,
-    running: bool,
 }
 
 /// Runs until SIGTERM or SIGINT.
@@ -330,11 +329,11 @@ fn act(hook: &Arc<Hook>, notified: bool) -> Decision {
             state.dry_run_for = state.firing_since;
             hook.metrics.executions.with_label_values(&["dry_run"]).inc();
         }
-        Decision::Run if !state.running => {
+        // Once the run is recorded, the decision is AlreadyRan: never a second one.
+        Decision::Run => {
             let firing_since = state.firing_since.unwrap_or_default();
             // Recorded before it starts: a crash mid-run must not lead to a second run.
             state.persisted.ran = Some(Ran { at: unix_now(), firing_since, result: "started".into() });
-            state.running = true;
             hook.file.save(&state.persisted);
             tracing::warn!(alert = settings.alert, command = ?settings.command, "running the rollback");
             let hook = hook.clone();
@@ -345,7 +344,6 @@ fn act(hook: &Arc<Hook>, notified: bool) -> Decision {
                 if let Some(ran) = &mut state.persisted.ran {
                     result.clone_into(&mut ran.result);
                 }
-                state.running = false;
                 hook.file.save(&state.persisted);
             });
         }
@@ -390,13 +388,7 @@ async fn execute(command: &[String], timeout: Duration) -> &'static str {
 }
 
 async fn metrics_page(State(hook): State<Arc<Hook>>) -> impl IntoResponse {
-    let encoder = TextEncoder::new();
-    let mut body = Vec::new();
-    let status = match encoder.encode(&hook.metrics.registry.gather(), &mut body) {
-        Ok(()) => StatusCode::OK,
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    (status, [(header::CONTENT_TYPE, encoder.format_type().to_owned())], body)
+    crate::server::exposition(&hook.metrics.registry.gather())
 }
 
 /// Compares without stopping at the first difference, so timing does not reveal the token.

@@ -45,13 +45,22 @@ pub async fn serve(
 }
 
 async fn metrics(State(endpoints): State<Endpoints>) -> impl IntoResponse {
-    let encoder = TextEncoder::new();
-    let mut body = Vec::new();
     let mut families = endpoints.registry.gather();
     if let Some(rewrite) = endpoints.rewriter.get() {
         rewrite(&mut families);
     }
-    match encoder.encode(&families, &mut body) {
+    exposition(&families)
+}
+
+/// The families in Prometheus' text format, as a `/metrics` answer (also the rollback
+/// hook's).
+#[must_use]
+pub fn exposition(
+    families: &[prometheus::proto::MetricFamily],
+) -> (StatusCode, [(header::HeaderName, String); 1], Vec<u8>) {
+    let encoder = TextEncoder::new();
+    let mut body = Vec::new();
+    match encoder.encode(families, &mut body) {
         Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, encoder.format_type().to_owned())], body),
         Err(err) => (
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::baseline::{self, SharedBaselines};
 use crate::checks::{CheckKind, SharedResults};
 use crate::metrics::{FamilyBuilder, describe};
-use crate::phase::{Phase, SharedPhase, unix_now};
+use crate::phase::{SharedPhase, unix_now};
 use crate::state_file::StateFile;
 
 pub const FILE_NAME: &str = "triggers";
@@ -127,7 +127,6 @@ pub struct Inputs {
     /// The latest baseline window's signals and, once frozen, the ratios to the baselines.
     pub window: BTreeMap<String, f64>,
     pub ratios: BTreeMap<String, f64>,
-    pub phase: Option<Phase>,
     /// Seconds since the phase last changed, if it ever did while cniguard watched.
     pub since_phase_change: Option<f64>,
 }
@@ -229,7 +228,7 @@ fn count(n: usize) -> f64 {
 pub struct TriggerState {
     /// Since when the condition holds (value above the threshold).
     pub holding_since: Option<f64>,
-    pub active: bool,
+    /// Since when the trigger is active; `None` while it is not.
     pub active_since: Option<f64>,
     /// Since when an active trigger's value is back at or below the clear threshold.
     pub clearing_since: Option<f64>,
@@ -244,6 +243,11 @@ pub struct Transition {
 }
 
 impl TriggerState {
+    #[must_use]
+    pub fn is_active(&self) -> bool {
+        self.active_since.is_some()
+    }
+
     /// Advances the state to `now` given the rule's reading; returns whether it became
     /// active (`Some(true)`) or cleared (`Some(false)`).
     pub fn step(&mut self, rule: &Rule, reading: Option<&Reading>, now: f64) -> Option<bool> {
@@ -254,15 +258,14 @@ impl TriggerState {
         if holds {
             let since = *self.holding_since.get_or_insert(now);
             self.clearing_since = None;
-            if !self.active && now - since >= rule.for_seconds {
-                self.active = true;
+            if !self.is_active() && now - since >= rule.for_seconds {
                 self.active_since = Some(now);
                 return Some(true);
             }
         } else {
             self.holding_since = None;
         }
-        if self.active {
+        if self.is_active() {
             if clears {
                 let since = *self.clearing_since.get_or_insert(now);
                 if now - since >= rule.clear_seconds {
@@ -317,10 +320,10 @@ impl Triggers {
         let states: BTreeMap<TriggerName, TriggerState> =
             file.load(|_: &BTreeMap<TriggerName, TriggerState>| Ok(())).unwrap_or_default();
         for (trigger, state) in &states {
-            if state.holding_since.is_some() || state.active {
+            if state.holding_since.is_some() || state.is_active() {
                 tracing::info!(
                     trigger = trigger.label(),
-                    active = state.active,
+                    active = state.is_active(),
                     "trigger state carried over the restart"
                 );
             }
@@ -352,7 +355,8 @@ impl Triggers {
     #[must_use]
     pub fn rollback_recommended(&self) -> bool {
         self.rules.iter().any(|rule| {
-            rule.severity == Severity::Rollback && self.states.get(&rule.name).is_some_and(|s| s.active)
+            rule.severity == Severity::Rollback
+                && self.states.get(&rule.name).is_some_and(TriggerState::is_active)
         })
     }
 
@@ -364,7 +368,7 @@ impl Triggers {
             .map(|rule| {
                 let state = self.states.get(&rule.name).copied().unwrap_or_default();
                 let reading = self.readings.get(&rule.name).cloned().flatten();
-                let label = match (state.active, state.holding_since, state.clearing_since) {
+                let label = match (state.is_active(), state.holding_since, state.clearing_since) {
                     (true, _, Some(_)) => "clearing",
                     (true, _, None) => "active",
                     (false, Some(_), _) => "pending",
@@ -438,7 +442,6 @@ pub fn gather(
         inputs.ratios = baselines.ratios();
     }
     if let Some((record, _)) = *phase.read().unwrap_or_else(std::sync::PoisonError::into_inner) {
-        inputs.phase = Some(record.phase);
         inputs.since_phase_change = (record.changes > 0).then(|| (unix_now() - record.since).max(0.0));
     }
     inputs

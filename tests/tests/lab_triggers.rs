@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use cniguard_lab::binaries::Binaries;
 use cniguard_lab::exposition::Scrape;
-use cniguard_lab::lab::{Fault, LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG, Lab};
+use cniguard_lab::lab::{Fault, HOOK_ADDRESS, LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG, Lab};
 use cniguard_lab::require_root;
 use cniguard_tests::lab_support::options;
 
@@ -49,7 +49,7 @@ fn wait(lab: &Lab, what: &str, condition: impl Fn() -> bool) {
             }
             panic!(
                 "timed out waiting for {what}\n{report}\n--- rollback hook ---\n{}",
-                lab.rollback_hook().2
+                lab.rollback_hook_log()
             );
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -120,21 +120,13 @@ fn each_fault_raises_its_trigger_and_the_rollback_runs_once() {
         })
     });
     wait(&lab, "the alert resolving", || firing_rollback_alerts(&lab) == 0);
-    wait(&lab, "the hook hearing it resolved", || lab.rollback_hook().2.contains("resolved"));
+    wait(&lab, "the hook hearing it resolved", || lab.rollback_hook_log().contains("resolved"));
     assert_eq!(lab.rollback_runs(), 1, "the rollback ran once");
 
     // Without the token: refused, nothing runs.
-    let (monitor, hook, _) = lab.rollback_hook();
-    let refused = monitor.run(|| {
-        use std::io::{Read as _, Write as _};
-        let mut stream = std::net::TcpStream::connect(hook).unwrap();
-        let body = r#"{"alerts":[{"status":"firing","labels":{"alertname":"CniguardRollbackRecommended"},"startsAt":"2020-01-01T00:00:00Z"}]}"#;
-        write!(stream, "POST /webhook HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        answer
-    });
-    assert!(refused.starts_with("HTTP/1.0 401"), "{refused}");
+    let body = r#"{"alerts":[{"status":"firing","labels":{"alertname":"CniguardRollbackRecommended"},"startsAt":"2020-01-01T00:00:00Z"}]}"#;
+    let (code, answer) = lab.rollback_hook_netns().http(HOOK_ADDRESS, "POST", "/webhook", &[], body).unwrap();
+    assert_eq!(code, 401, "{answer}");
 
     // VXLAN blocked on node-3, the node across the router: its pods reach neither peer,
     // and the others lose it. The alert fires again; the hook does not run again.
@@ -154,7 +146,7 @@ fn each_fault_raises_its_trigger_and_the_rollback_runs_once() {
     // Long after the cutover (the lab's restore deadline is 30 s), pod-to-pod from node-3
     // fails outright: "pod-to-pod communication cannot be restored".
     wait(&lab, "pod_to_pod_not_restored on node-3", || active(&lab, 2, "pod_to_pod_not_restored"));
-    wait(&lab, "the hook declining a second run", || lab.rollback_hook().2.contains("already ran"));
+    wait(&lab, "the hook declining a second run", || lab.rollback_hook_log().contains("already ran"));
     lab.repair(&vxlan).unwrap();
     wait(&lab, "connectivity restored everywhere", || {
         NODES.iter().all(|&node| {

@@ -4,8 +4,6 @@
 //! once, however often the alert is repeated, resolved, fires again, or the hook restarts.
 //! Requests without the token are refused and run nothing; unarmed, nothing runs at all.
 
-use std::io::{Read as _, Write as _};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -119,16 +117,14 @@ impl Setup {
     }
 
     fn get(&self, address: &str, path: &str) -> Option<(u16, String)> {
-        request(&self.ns, address, &format!("GET {path} HTTP/1.0\r\n\r\n"))
+        self.ns.http_get(address.parse().unwrap(), path).ok()
     }
 
     fn post(&self, address: &str, path: &str, token: Option<&str>, body: &str) -> Option<(u16, String)> {
-        let auth = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
-        let head = format!(
-            "POST {path} HTTP/1.0\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        request(&self.ns, address, &head)
+        let auth = token.map(|token| format!("Authorization: Bearer {token}"));
+        let mut headers = vec!["Content-Type: application/json"];
+        headers.extend(auth.as_deref());
+        self.ns.http(address.parse().unwrap(), "POST", path, &headers, body).ok()
     }
 
     /// Posts the rollback alert to Alertmanager, as Prometheus would: firing since
@@ -172,22 +168,6 @@ impl Setup {
     fn hook_log(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("hook.log")).unwrap_or_default()
     }
-}
-
-/// One HTTP/1.0 exchange from inside `ns`: the status and the body.
-fn request(ns: &NetNs, address: &str, raw: &str) -> Option<(u16, String)> {
-    let address: SocketAddr = address.parse().unwrap();
-    let answer = ns.run(|| -> std::io::Result<String> {
-        let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
-        stream.set_read_timeout(Some(Duration::from_secs(15)))?;
-        stream.write_all(raw.as_bytes())?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text)?;
-        Ok(text)
-    });
-    let answer = answer.ok()?;
-    let (head, body) = answer.split_once("\r\n\r\n")?;
-    Some((head.split_whitespace().nth(1)?.parse().ok()?, body.to_owned()))
 }
 
 fn payload(starts_at: SystemTime) -> String {

@@ -138,7 +138,7 @@ clear_seconds = 4
 /// The bearer token the lab's Alertmanager sends to its rollback hook.
 const HOOK_TOKEN: &str = "cniguard-lab-token";
 /// Where the rollback hook listens, inside the monitoring namespace.
-pub const HOOK_ADDRESS: &str = "127.0.0.1:9466";
+pub const HOOK_ADDRESS: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9466));
 const ALERTMANAGER_PORT: u16 = 9093;
 /// How long the lab's rollback alert must fire before the hook runs the rollback.
 pub const LAB_HOOK_FIRING_FOR_SECONDS: u64 = 30;
@@ -840,7 +840,7 @@ impl Lab {
         let args = vec![
             "rollback-hook".into(),
             "--listen".into(),
-            HOOK_ADDRESS.into(),
+            HOOK_ADDRESS.to_string(),
             "--token-file".into(),
             token.display().to_string(),
             // Longer than the lab's node-by-node cutover disrupts cross-node traffic (the
@@ -872,11 +872,16 @@ impl Lab {
         std::fs::read_to_string(self.rollback_runs_file()).map_or(0, |text| text.lines().count())
     }
 
-    /// The rollback hook's namespace and address, and its log.
+    /// The namespace the rollback hook listens in, at [`HOOK_ADDRESS`].
     #[must_use]
-    pub fn rollback_hook(&self) -> (NetNs, SocketAddr, String) {
-        let address = HOOK_ADDRESS.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9466)));
-        (NetNs::existing(&self.state.topology.monitor_netns()), address, self.log_tail("rollback-hook"))
+    pub fn rollback_hook_netns(&self) -> NetNs {
+        NetNs::existing(&self.state.topology.monitor_netns())
+    }
+
+    /// The last lines of the rollback hook's log (it logs every decision).
+    #[must_use]
+    pub fn rollback_hook_log(&self) -> String {
+        self.log_tail("rollback-hook")
     }
 
     /// Waits until every cniguard is ready and Prometheus scrapes all of them.
@@ -947,7 +952,9 @@ impl Lab {
                 let netns = self.state.topology.node_netns(self.selected_nodes(Some(node))?[0]);
                 nft(
                     &netns,
-                    "table inet cniguard_lab_fault {\n chain output { type filter hook output priority 0; udp dport { 8472, 4789 } drop; }\n chain input { type filter hook input priority 0; udp dport { 8472, 4789 } drop; }\n}\n",
+                    &format!(
+                        "table inet {FAULT_TABLE} {{\n chain output {{ type filter hook output priority 0; udp dport {{ 8472, 4789 }} drop; }}\n chain input {{ type filter hook input priority 0; udp dport {{ 8472, 4789 }} drop; }}\n}}\n"
+                    ),
                 )?;
             }
             Fault::StopBird { node } => {
@@ -959,7 +966,7 @@ impl Lab {
                 nft(
                     &netns,
                     &format!(
-                        "table inet cniguard_lab_fault {{\n chain input {{ type filter hook input priority 0; iif \"lo\" tcp dport {MLSERVER_PORT} drop; }}\n}}\n"
+                        "table inet {FAULT_TABLE} {{\n chain input {{ type filter hook input priority 0; iif \"lo\" tcp dport {MLSERVER_PORT} drop; }}\n}}\n"
                     ),
                 )?;
             }
@@ -998,45 +1005,18 @@ impl Lab {
         match fault {
             Fault::BlockVxlan { node } => {
                 let netns = self.state.topology.node_netns(self.selected_nodes(Some(node))?[0]);
-                let _ = run(std::process::Command::new("ip").args([
-                    "netns",
-                    "exec",
-                    &netns,
-                    "nft",
-                    "delete",
-                    "table",
-                    "inet",
-                    "cniguard_lab_fault",
-                ]));
+                delete_nft_table(&netns, "inet", FAULT_TABLE);
             }
             Fault::StopBird { .. } => self.sync_calico()?,
             Fault::BlockMlserver => {
                 let netns = self.pod_netns_name("mlserver-0")?;
-                let _ = run(std::process::Command::new("ip").args([
-                    "netns",
-                    "exec",
-                    &netns,
-                    "nft",
-                    "delete",
-                    "table",
-                    "inet",
-                    "cniguard_lab_fault",
-                ]));
+                delete_nft_table(&netns, "inet", FAULT_TABLE);
             }
             // The DNS server starts again; the MLServer restarts without the delay.
             Fault::StopDns | Fault::SlowMlserver { .. } => self.reconcile_workloads()?,
             Fault::VethLoss { pod, .. } => {
                 let (node_ns, _) = self.host_side(pod)?;
-                let _ = run(std::process::Command::new("ip").args([
-                    "netns",
-                    "exec",
-                    node_ns.name(),
-                    "nft",
-                    "delete",
-                    "table",
-                    loss_family(self.pod_cni(pod)),
-                    "cniguard_lab_loss",
-                ]));
+                delete_nft_table(node_ns.name(), loss_family(self.pod_cni(pod)), LOSS_TABLE);
             }
         }
         self.record(&format!("repair: {fault}"));
@@ -1222,7 +1202,7 @@ fn loss_ruleset(cni: Option<Cni>, veth: &str, percent: u32) -> String {
     let hooks: &[&str] = if family == "bridge" { &["forward", "output"] } else { &["forward"] };
     // nftables compares `numgen random mod 100` with 0-99 only: all means no draw at all.
     let draw = if percent >= 100 { String::new() } else { format!("numgen random mod 100 < {percent} ") };
-    let mut ruleset = format!("table {family} cniguard_lab_loss {{\n");
+    let mut ruleset = format!("table {family} {LOSS_TABLE} {{\n");
     for hook in hooks {
         let _ = writeln!(
             ruleset,
@@ -1234,6 +1214,16 @@ fn loss_ruleset(cni: Option<Cni>, veth: &str, percent: u32) -> String {
 }
 
 /// Loads an nftables ruleset inside `netns`.
+/// The nftables tables the lab's faults add: one per namespace, removed whole on repair.
+const FAULT_TABLE: &str = "cniguard_lab_fault";
+const LOSS_TABLE: &str = "cniguard_lab_loss";
+
+/// Removes a fault's table; one already gone (a repeated repair) is fine.
+fn delete_nft_table(netns: &str, family: &str, table: &str) {
+    let _ = run(std::process::Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "delete", "table", family, table]));
+}
+
 fn nft(netns: &str, ruleset: &str) -> Result<()> {
     use std::io::Write as _;
     let mut child = std::process::Command::new("ip")

@@ -297,13 +297,36 @@ impl NetNs {
     /// # Errors
     /// If the connection fails or the answer is not HTTP.
     pub fn http_get(&self, address: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+        self.http(address, "GET", path, &[], "")
+    }
+
+    /// An HTTP/1.0 request with `headers` (`Name: value`) and `body`, from inside this
+    /// namespace: the status and the body.
+    ///
+    /// # Errors
+    /// If the connection fails or the answer is not HTTP.
+    pub fn http(
+        &self,
+        address: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[&str],
+        body: &str,
+    ) -> Result<(u16, String)> {
         use std::io::{Read as _, Write as _};
+        let length = format!("Content-Length: {}", body.len());
+        let mut lines = vec![format!("{method} {path} HTTP/1.0"), format!("Host: {address}")];
+        lines.extend(headers.iter().map(|h| (*h).to_owned()));
+        if !body.is_empty() {
+            lines.push(length);
+        }
+        let request = format!("{}\r\n\r\n{body}", lines.join("\r\n"));
         let raw = self.run(|| -> Result<String> {
             let mut stream =
                 std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(5))?;
             stream.set_read_timeout(Some(std::time::Duration::from_secs(15)))?;
             // HTTP/1.0: the server closes after one response and never chunks it.
-            write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+            stream.write_all(request.as_bytes())?;
             let mut raw = String::new();
             stream.read_to_string(&mut raw)?;
             Ok(raw)

@@ -122,7 +122,7 @@ pub fn prometheus_config(topology: &Topology, rules: &str, alertmanager: SocketA
 /// once and again every few seconds while it fires (the hook decides, not the repeats);
 /// every other alert goes nowhere.
 #[must_use]
-pub fn alertmanager_config(hook: &str, token_file: &str) -> String {
+pub fn alertmanager_config(hook: SocketAddr, token_file: &str) -> String {
     format!(
         "# Written by the cniguard lab.\nroute:\n  receiver: discard\n  group_by: [alertname]\n\
          \x20 group_wait: 1s\n  group_interval: 2s\n  repeat_interval: 4s\n  routes:\n\
