@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{EbpfLogLevel, NetnsScope, Overrides, Settings, TcAttachMode};
-use crate::preflight;
+use crate::node::preflight;
 
 /// Exit code for a configuration mistake (as clap uses for bad flags).
 const EXIT_CONFIG: u8 = 2;
@@ -133,7 +133,7 @@ pub fn main() -> ExitCode {
 }
 
 fn status(args: &StatusArgs) -> ExitCode {
-    match crate::status::fetch(args.address) {
+    match crate::judgement::status::fetch(args.address) {
         Ok(status) if args.json => match serde_json::to_string_pretty(&status) {
             Ok(text) => {
                 println!("{text}");
@@ -145,7 +145,7 @@ fn status(args: &StatusArgs) -> ExitCode {
             }
         },
         Ok(status) => {
-            print!("{}", crate::status::render(&status));
+            print!("{}", crate::judgement::status::render(&status));
             ExitCode::SUCCESS
         }
         Err(err) => {

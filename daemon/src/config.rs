@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::interfaces::InterfaceSelector;
-pub use crate::namespaces::NetnsScope;
-use crate::triggers::{Rule, Severity, TriggerName};
+use crate::judgement::triggers::{Rule, Severity, TriggerName};
+use crate::node::interfaces::InterfaceSelector;
+pub use crate::node::namespaces::NetnsScope;
 
 /// The default interface patterns: every CNI-managed device Flannel and Calico create.
 pub const DEFAULT_INTERFACES: &[&str] = &["veth*", "cali*", "cni0", "flannel.1", "vxlan.calico"];
@@ -86,7 +86,7 @@ pub struct ChecksConfig {
     pub resolver: Option<String>,
     /// A TOML file of `[[targets]]`, re-read every round.
     pub targets_file: Option<String>,
-    pub targets: Vec<crate::checks::TargetConfig>,
+    pub targets: Vec<crate::judgement::checks::TargetConfig>,
 }
 
 impl Default for ChecksConfig {
@@ -493,7 +493,7 @@ pub struct Settings {
     pub baseline_windows: usize,
     pub cluster: crate::cluster::ClusterSettings,
     /// `None` when `[checks] enabled = false`.
-    pub checks: Option<crate::checks::CheckSettings>,
+    pub checks: Option<crate::judgement::checks::CheckSettings>,
     /// `None` when `[triggers] enabled = false`.
     pub triggers: Option<TriggerSettings>,
 }
@@ -711,7 +711,7 @@ fn localhost_settings(config: &LocalhostConfig) -> Result<LocalhostSettings, (&'
 
 fn check_settings(
     config: &ChecksConfig,
-) -> Result<Option<crate::checks::CheckSettings>, (&'static str, String)> {
+) -> Result<Option<crate::judgement::checks::CheckSettings>, (&'static str, String)> {
     if !config.enabled {
         return Ok(None);
     }
@@ -726,7 +726,7 @@ fn check_settings(
     let targets = config
         .targets
         .iter()
-        .map(|target| crate::checks::Target::parse(target, resolver.is_some()))
+        .map(|target| crate::judgement::checks::Target::parse(target, resolver.is_some()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|message| ("checks.targets", message))?;
     let mut names = std::collections::BTreeSet::new();
@@ -736,7 +736,7 @@ fn check_settings(
             format!("two targets are named `{}`: names label the metrics, make them unique", duplicate.name),
         ));
     }
-    Ok(Some(crate::checks::CheckSettings {
+    Ok(Some(crate::judgement::checks::CheckSettings {
         from,
         interval: Duration::from_secs(config.interval_seconds),
         timeout: Duration::from_secs(config.timeout_seconds),

@@ -9,17 +9,18 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::attach::Attachments;
-use crate::baseline::{self, BaselineCollector, Baselines, SharedBaselines};
-use crate::btf::Btf;
 use crate::config::Settings;
-use crate::ebpf::Globals;
-use crate::interfaces::LinkWatcher;
-use crate::labels::PeerLabels;
+use crate::judgement::baseline::{self, BaselineCollector, Baselines, SharedBaselines};
+use crate::judgement::phase::{PhaseCollector, SharedPhase, Signals};
+use crate::judgement::triggers::{self, SharedTriggers, Triggers};
+use crate::metrics::labels::PeerLabels;
 use crate::metrics::{AttachFailure, DaemonMetrics};
-use crate::namespaces::{self, InterfaceResolver, NetnsScope, SharedInventory};
-use crate::phase::{PhaseCollector, SharedPhase, Signals};
-use crate::preflight::Kernel;
+use crate::node::btf::Btf;
+use crate::node::ebpf::Globals;
+use crate::node::interfaces::LinkWatcher;
+use crate::node::namespaces::{self, InterfaceResolver, NetnsScope, SharedInventory};
+use crate::node::preflight::Kernel;
+use crate::probes::attach::Attachments;
 use crate::probes::drops::Drops;
 use crate::probes::localhost::Localhost;
 use crate::probes::shared::{CidrClasses, Scope};
@@ -28,7 +29,6 @@ use crate::probes::tcp_health::TcpHealth;
 use crate::probes::{self, AttachedInterfaces};
 use crate::server::{self, Endpoints};
 use crate::state_file::StateFile;
-use crate::triggers::{self, SharedTriggers, Triggers};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How often the node's interfaces and routes are read for its phase.
@@ -49,7 +49,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (set another with --listen)", settings.listen))?;
     let rewriter = crate::server::Rewriter::default();
-    let status = crate::status::SharedSources::default();
+    let status = crate::judgement::status::SharedSources::default();
     let endpoints = Endpoints {
         registry: metrics.registry.clone(),
         ready: ready.clone(),
@@ -105,8 +105,8 @@ pub async fn run(settings: Settings) -> Result<()> {
 /// What ties the node's judgement to the parts that start later or elsewhere: `/status`,
 /// the check targets cluster mode discovers, and the Events trigger changes become.
 struct Links {
-    status: crate::status::SharedSources,
-    discovered: watch::Receiver<Vec<crate::checks::Target>>,
+    status: crate::judgement::status::SharedSources,
+    discovered: watch::Receiver<Vec<crate::judgement::checks::Target>>,
     events: Arc<std::sync::OnceLock<crate::cluster::EventRecorder>>,
 }
 
@@ -115,9 +115,9 @@ struct Links {
 /// other end of the pair), each critical Service by its ClusterIP.
 fn forward_targets(
     mut cluster: watch::Receiver<crate::cluster::ClusterTargets>,
-    checks: watch::Sender<Vec<crate::checks::Target>>,
+    checks: watch::Sender<Vec<crate::judgement::checks::Target>>,
 ) {
-    use crate::checks::{CheckKind, Target};
+    use crate::judgement::checks::{CheckKind, Target};
     tokio::spawn(async move {
         loop {
             let targets = {
@@ -270,14 +270,14 @@ impl Node {
             probes::tcp_health::find_arguments(&btf, &mut offsets)?;
             Ok((btf, offsets))
         });
-        let mut ebpf = crate::ebpf::load(&Globals {
+        let mut ebpf = crate::node::ebpf::load(&Globals {
             log_level: settings.ebpf_log_level,
             scope: settings.netns_scope,
             kernel: btf.as_ref().map(|(_, offsets)| *offsets).unwrap_or_default(),
         })?;
         let btf = btf.map(|(btf, _)| btf).map_err(|err| format!("{err:#}"));
         let with_btf = || btf.as_ref().map_err(|err| anyhow::anyhow!("{err}"));
-        crate::ebpf::forward_logs(&mut ebpf)?;
+        crate::node::ebpf::forward_logs(&mut ebpf)?;
         let names = AttachedInterfaces::default();
         let all_names = AttachedInterfaces::default();
         let peers = Arc::new(PeerLabels::new(settings.max_peers, &metrics.registry));
@@ -356,8 +356,12 @@ impl Node {
             state_file(triggers::FILE_NAME, triggers::FORMAT),
             links,
         )?;
-        let _ =
-            links.status.set(crate::status::Sources { node, phase: phase.latest.clone(), triggers, checks });
+        let _ = links.status.set(crate::judgement::status::Sources {
+            node,
+            phase: phase.latest.clone(),
+            triggers,
+            checks,
+        });
         let namespaces =
             Namespaces { handle: watcher.handle().clone(), mode: settings.netns_scope, inventory, scope };
         namespaces.refresh(&attachments).await;
@@ -412,11 +416,14 @@ fn start_judgement(
     phase: &PhaseTracker,
     triggers_file: StateFile,
     links: &Links,
-) -> Result<(Option<crate::checks::SharedResults>, Option<SharedTriggers>)> {
+) -> Result<(Option<crate::judgement::checks::SharedResults>, Option<SharedTriggers>)> {
     let checks = match &settings.checks {
-        Some(checks) => {
-            Some(crate::checks::start(checks.clone(), inventory.clone(), links.discovered.clone(), registry)?)
-        }
+        Some(checks) => Some(crate::judgement::checks::start(
+            checks.clone(),
+            inventory.clone(),
+            links.discovered.clone(),
+            registry,
+        )?),
         None => None,
     };
     let Some(trigger_settings) = &settings.triggers else { return Ok((checks, None)) };

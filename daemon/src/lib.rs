@@ -1,28 +1,26 @@
 //! cniguard: eBPF network diagnostics for a Flannel to Calico CNI cutover.
 //!
-//! `probe-ebpf` holds the kernel side; this crate loads it (`ebpf`), wires each probe's maps
-//! to metrics (`probes`), follows interfaces (`interfaces`, `attach`) and serves the result
-//! (`server`). `daemon` ties them together for `cniguard run`; `preflight` is `cniguard check`.
+//! The crate is laid out by concern, each in a room of its own:
+//!
+//! - `node`: this machine as the daemon finds it (interfaces, namespaces, the kernel's BTF,
+//!   the eBPF object, `cniguard check`'s preflight);
+//! - `probes`: the probe table (`probes::registry`), attaching classifiers, and one module
+//!   per probe that turns its maps into metrics and typed signals;
+//! - `judgement`: what the measurements mean for the cutover (phase, baselines, signals,
+//!   active checks, rollback triggers, `/status`);
+//! - `cluster`: cluster mode, with kube;
+//! - `metrics`: the metric catalogue and the helpers collectors build families with;
+//! - `config`: the TOML root, which composes every room's own section;
+//! - `daemon`: the composition root of `cniguard run`; `cli`: the commands.
 
-pub mod attach;
-pub mod baseline;
-pub mod bgp_codes;
-pub mod btf;
-pub mod checks;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
-pub mod ebpf;
-pub mod interfaces;
-pub mod labels;
+pub mod judgement;
 pub mod metrics;
-pub mod namespaces;
-pub mod phase;
-pub mod preflight;
+pub mod node;
 pub mod probes;
 pub mod rollback_hook;
 pub mod server;
 pub mod state_file;
-pub mod status;
-pub mod triggers;

@@ -24,7 +24,7 @@ use axum::routing::{get, post};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
-use crate::phase::unix_now;
+use crate::judgement::phase::unix_now;
 use crate::state_file::StateFile;
 
 pub const FILE_NAME: &str = "rollback-hook";

@@ -20,7 +20,7 @@ pub struct Endpoints {
     pub ready: Arc<AtomicBool>,
     /// Rewrites what is gathered before it is encoded (cluster mode adds pod labels there).
     pub rewriter: Rewriter,
-    pub status: crate::status::SharedSources,
+    pub status: crate::judgement::status::SharedSources,
 }
 
 /// A rewrite of the gathered families, set at most once, after the server has started.

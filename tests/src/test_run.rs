@@ -30,8 +30,9 @@ impl Classifiers {
     /// If the object or a program does not load.
     pub fn load(programs: &[&str]) -> Result<Self> {
         let silent = 0_u8;
-        let mut ebpf =
-            EbpfLoader::new().override_global("AYA_LOG_LEVEL", &silent, true).load(cniguard::ebpf::OBJECT)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("AYA_LOG_LEVEL", &silent, true)
+            .load(cniguard::node::ebpf::OBJECT)?;
         for name in programs {
             classifier(&mut ebpf, name)?.load().with_context(|| format!("loading {name}"))?;
         }

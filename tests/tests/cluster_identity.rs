@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use cniguard::cluster::identity::{self, NodeFacts, PodIndex, PodSummary};
-use cniguard::namespaces::{self, NetnsScope};
+use cniguard::node::namespaces::{self, NetnsScope};
 use cniguard_lab::netns::{NetNs, veth_pair};
 use cniguard_lab::require_root;
 
@@ -20,7 +20,7 @@ fn gather(node: &NetNs) -> NodeFacts {
         runtime.block_on(async {
             let (connection, handle, _) = rtnetlink::new_connection().unwrap();
             tokio::spawn(connection);
-            let interfaces = cniguard::interfaces::list(&handle).await.unwrap();
+            let interfaces = cniguard::node::interfaces::list(&handle).await.unwrap();
             let peers: BTreeSet<i32> = interfaces.iter().filter_map(|i| i.peer_netnsid).collect();
             let inventory = namespaces::scan(&handle, NetnsScope::Node, &peers).await.unwrap();
             identity::gather(&handle, &inventory).await.unwrap()

@@ -20,7 +20,7 @@ use prometheus::proto::{LabelPair, MetricFamily};
 use prometheus::{IntGaugeVec, Opts, Registry};
 use tokio::sync::Notify;
 
-use crate::namespaces::{self, Inventory, SharedInventory};
+use crate::node::namespaces::{self, Inventory, SharedInventory};
 
 /// Label names added to series of pod-facing interfaces and pod namespaces.
 pub const POD_LABEL: &str = "pod";
@@ -218,7 +218,7 @@ pub async fn gather(handle: &rtnetlink::Handle, inventory: &Inventory) -> Result
         let nsid = namespaces::nsid(handle, &namespace.path).await;
         namespaces.push(NetnsFacts { label: namespace.label(), nsid, addresses });
     }
-    let veths = crate::interfaces::list(handle)
+    let veths = crate::node::interfaces::list(handle)
         .await
         .context("listing the node's interfaces")?
         .into_iter()

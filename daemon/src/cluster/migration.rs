@@ -24,8 +24,8 @@ use prometheus::proto::MetricFamily;
 use tokio::sync::Notify;
 
 use super::api::{ApiMetrics, Presence, Watched};
+use crate::judgement::phase::{Phase, SharedPhase};
 use crate::metrics::{FamilyBuilder, describe};
-use crate::phase::{Phase, SharedPhase};
 
 pub const MIGRATION_LABEL: &str = "projectcalico.org/node-network-during-migration";
 /// How often the node's own phase is compared (it is re-read this often too).

@@ -38,8 +38,8 @@ pub use events::EventRecorder;
 pub use settings::{ApiSource, ClusterConfig, ClusterSettings};
 pub use targets::{ClusterTargets, PeerTarget, ServiceTarget};
 
-use crate::namespaces::SharedInventory;
-use crate::phase::SharedPhase;
+use crate::judgement::phase::SharedPhase;
+use crate::node::namespaces::SharedInventory;
 use crate::server::Rewriter;
 
 /// What cluster mode takes from the rest of the daemon.

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::fake_api::{self, ApiCall, EVENTS, FakeApi, NODES, PODS, SERVICES, collection};
 use super::identity::{FactsSource, HostVeth, NetnsFacts, NodeFacts};
 use super::{Cluster, ClusterContext, ClusterSettings, ClusterTargets, PeerTarget, ServiceTarget};
-use crate::phase::{Phase, PhaseRecord, SharedPhase, Signals};
+use crate::judgement::phase::{Phase, PhaseRecord, SharedPhase, Signals};
 use crate::server::Rewriter;
 
 const NODE: &str = "node-1";
@@ -84,7 +84,7 @@ impl Harness {
             node: NODE.into(),
             registry: registry.clone(),
             phase: phase.clone(),
-            inventory: crate::namespaces::SharedInventory::default(),
+            inventory: crate::node::namespaces::SharedInventory::default(),
             rewriter: rewriter.clone(),
         };
         let cluster = Cluster::with_client(client, &settings(), context, facts.clone()).unwrap();

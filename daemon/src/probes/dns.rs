@@ -24,9 +24,9 @@ use prometheus::{IntCounterVec, Opts};
 use super::shared::{LatencyTotals, summed};
 use super::underlay::monotonic_ns;
 use super::{AttachedInterfaces, InterfaceProbe, TcProgram};
-use crate::interfaces::{Interface, InterfaceSelector, InterfaceTable};
-use crate::labels::PeerLabels;
+use crate::metrics::labels::PeerLabels;
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::node::interfaces::{Interface, InterfaceSelector, InterfaceTable};
 
 pub const NAME: &str = "dns";
 

@@ -18,9 +18,9 @@ use prometheus::proto::MetricFamily;
 use tokio::io::unix::AsyncFd;
 
 use super::shared::{attach_raw_tracepoint, summed};
-use crate::btf::Btf;
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
-use crate::namespaces::{self, InterfaceResolver, SharedInventory};
+use crate::node::btf::Btf;
+use crate::node::namespaces::{self, InterfaceResolver, SharedInventory};
 
 pub const NAME: &str = "drops";
 const LABELS: &[&str] = &["reason", "interface", "netns", "protocol"];

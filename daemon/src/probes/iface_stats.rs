@@ -15,8 +15,8 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
 use super::{AttachedInterfaces, InterfaceProbe, TcProgram};
-use crate::interfaces::{Interface, InterfaceSelector, InterfaceTable};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::node::interfaces::{Interface, InterfaceSelector, InterfaceTable};
 
 pub const NAME: &str = "iface_stats";
 

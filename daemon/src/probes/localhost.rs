@@ -31,7 +31,7 @@ use prometheus::{GaugeVec, Opts};
 
 use crate::config::{CheckSettings, LocalhostSettings};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
-use crate::namespaces::{self, SharedInventory};
+use crate::node::namespaces::{self, SharedInventory};
 use crate::probes::shared::{LatencyTotals, summed};
 use crate::probes::underlay::monotonic_ns;
 

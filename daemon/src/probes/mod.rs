@@ -5,6 +5,8 @@
 //! `probe-common/src/<probe>.rs`, a module here that takes its maps and registers its
 //! collector, and one line in [`interface_probes`].
 
+pub mod attach;
+pub mod bgp_codes;
 pub mod dns;
 pub mod drops;
 pub mod iface_stats;
@@ -24,9 +26,9 @@ use aya::Ebpf;
 use probe_common::Direction;
 
 use crate::config::Settings;
-use crate::interfaces::{Interface, InterfaceTable};
-use crate::labels::PeerLabels;
 use crate::metrics::DaemonMetrics;
+use crate::metrics::labels::PeerLabels;
+use crate::node::interfaces::{Interface, InterfaceTable};
 
 /// A classifier of an interface probe and the tc hook it runs at.
 #[derive(Debug, Clone, Copy)]

@@ -15,8 +15,8 @@ use prometheus::proto::MetricFamily;
 
 use super::shared::CidrClasses;
 use super::{AttachedInterfaces, InterfaceProbe, TcProgram};
-use crate::interfaces::{Interface, InterfaceTable};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::node::interfaces::{Interface, InterfaceTable};
 
 pub const NAME: &str = "overlay";
 

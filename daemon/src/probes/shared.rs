@@ -17,10 +17,10 @@ use probe_common::overlay::OTHER_CIDR;
 use prometheus::core::Desc;
 use prometheus::proto::MetricFamily;
 
-use crate::btf::Btf;
 use crate::config::Cidr;
-use crate::labels;
 use crate::metrics::FamilyBuilder;
+use crate::metrics::labels;
+use crate::node::btf::Btf;
 
 /// The configured CIDRs, loaded into `CIDR_CLASSES`, and their label values by index.
 pub struct CidrClasses {

@@ -23,9 +23,9 @@ use prometheus::{IntCounterVec, Opts};
 use tokio::io::unix::AsyncFd;
 
 use super::shared::attach_raw_tracepoint;
-use crate::btf::Btf;
-use crate::labels::PeerLabels;
+use crate::metrics::labels::PeerLabels;
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::node::btf::Btf;
 
 pub const NAME: &str = "sock_state";
 const TCP_ESTABLISHED: u8 = 1;

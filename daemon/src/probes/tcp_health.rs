@@ -16,8 +16,8 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
 use super::shared::{CidrClasses, LatencyTotals, attach_raw_tracepoint, summed};
-use crate::btf::Btf;
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::node::btf::Btf;
 
 pub const NAME: &str = "tcp_health";
 

@@ -18,10 +18,10 @@ use prometheus::{IntCounterVec, Opts};
 use tokio::io::unix::AsyncFd;
 
 use super::{AttachedInterfaces, InterfaceProbe, TcProgram};
-use crate::bgp_codes;
-use crate::interfaces::{Interface, InterfaceSelector, InterfaceTable};
-use crate::labels::PeerLabels;
+use crate::metrics::labels::PeerLabels;
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::node::interfaces::{Interface, InterfaceSelector, InterfaceTable};
+use crate::probes::bgp_codes;
 
 pub const NAME: &str = "underlay";
 

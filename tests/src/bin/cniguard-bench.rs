@@ -106,13 +106,13 @@ fn drop_storm() -> Result<()> {
         &link.b,
         "table inet cgbench {\n chain input { type filter hook input priority 0; udp dport 7777 drop; }\n}\n",
     )?;
-    let offsets = cniguard::btf::Btf::kernel()?.kernel_offsets()?;
+    let offsets = cniguard::node::btf::Btf::kernel()?.kernel_offsets()?;
     let (silent, every_namespace) = (0_u8, 1_u8);
     let mut ebpf = aya::EbpfLoader::new()
         .override_global("AYA_LOG_LEVEL", &silent, true)
         .override_global("COUNT_EVERY_NAMESPACE", &every_namespace, true)
         .override_global("KERNEL_OFFSETS", &offsets, true)
-        .load(cniguard::ebpf::OBJECT)?;
+        .load(cniguard::node::ebpf::OBJECT)?;
     let program: &mut aya::programs::RawTracePoint =
         ebpf.program_mut("drops").context("no drops program")?.try_into()?;
     program.load()?;
@@ -279,7 +279,7 @@ impl LocalhostHooks {
         let silent = 0_u8;
         let mut ebpf = aya::EbpfLoader::new()
             .override_global("AYA_LOG_LEVEL", &silent, true)
-            .load(cniguard::ebpf::OBJECT)?;
+            .load(cniguard::node::ebpf::OBJECT)?;
         let mut ports: aya::maps::HashMap<_, u16, u8> =
             aya::maps::HashMap::try_from(ebpf.map_mut("LOCALHOST_PORTS").context("no map")?)?;
         ports.insert(9500, 1, 0)?;

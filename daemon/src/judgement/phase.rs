@@ -12,8 +12,8 @@ use prometheus::proto::MetricFamily;
 use rtnetlink::{Handle, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::interfaces::Interface;
 use crate::metrics::{FamilyBuilder, describe};
+use crate::node::interfaces::Interface;
 
 const FLANNEL_VXLAN: &str = "flannel.1";
 const FLANNEL_BRIDGE: &str = "cni0";

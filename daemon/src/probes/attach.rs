@@ -20,9 +20,9 @@ use probe_common::Direction;
 use rtnetlink::Handle;
 
 use crate::config::TcAttachMode;
-use crate::interfaces::{Interface, InterfaceTable, LinkChange};
 use crate::metrics::{AttachFailure, DaemonMetrics};
-use crate::preflight::{Kernel, TCX_KERNEL};
+use crate::node::interfaces::{Interface, InterfaceTable, LinkChange};
+use crate::node::preflight::{Kernel, TCX_KERNEL};
 use crate::probes::{AttachedInterfaces, InterfaceProbe};
 
 /// The tc filter priority cniguard asks for in netlink mode: the first to run.

@@ -1,6 +1,8 @@
 //! The daemon's Prometheus registry: its own health metrics, and helpers for the probes'
 //! collectors, which read eBPF maps at scrape time and emit families built here.
 
+pub mod labels;
+
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};

@@ -20,9 +20,9 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
 use serde::{Deserialize, Serialize};
 
+use crate::judgement::phase::{Phase, PhaseRecord};
 use crate::metrics::{FamilyBuilder, describe};
-use crate::namespaces::{self, SharedInventory};
-use crate::phase::{Phase, PhaseRecord};
+use crate::node::namespaces::{self, SharedInventory};
 use crate::state_file::StateFile;
 
 /// The state file's name and format.

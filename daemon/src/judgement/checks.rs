@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use tokio::sync::watch;
 
-use crate::namespaces::{self, SharedInventory};
+use crate::node::namespaces::{self, SharedInventory};
 
 /// How long a check's results are remembered (the longest window a trigger looks at).
 const HISTORY: Duration = Duration::from_hours(1);

@@ -26,10 +26,10 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use serde::{Deserialize, Serialize};
 
-use crate::baseline::{self, SharedBaselines};
-use crate::checks::{CheckKind, SharedResults};
+use crate::judgement::baseline::{self, SharedBaselines};
+use crate::judgement::checks::{CheckKind, SharedResults};
+use crate::judgement::phase::{SharedPhase, unix_now};
 use crate::metrics::{FamilyBuilder, describe};
-use crate::phase::{SharedPhase, unix_now};
 use crate::state_file::StateFile;
 
 pub const FILE_NAME: &str = "triggers";

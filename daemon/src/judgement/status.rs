@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::checks::SharedResults;
-use crate::phase::{SharedPhase, unix_now};
-use crate::triggers::{SharedTriggers, TriggerReport};
+use crate::judgement::checks::SharedResults;
+use crate::judgement::phase::{SharedPhase, unix_now};
+use crate::judgement::triggers::{SharedTriggers, TriggerReport};
 
 /// How far back a check's success ratio in the status looks.
 const CHECK_WINDOW: Duration = Duration::from_mins(5);
@@ -78,7 +78,7 @@ impl Sources {
                     check: state.check.label().to_owned(),
                     target: target.clone(),
                     // Only pod-to-pod checks have a peer node; the others name a service.
-                    peer: if state.check == crate::checks::CheckKind::PodToPod {
+                    peer: if state.check == crate::judgement::checks::CheckKind::PodToPod {
                         state.peer.clone()
                     } else {
                         String::new()
