@@ -6,8 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{EbpfLogLevel, NetnsScope, Overrides, Settings, TcAttachMode};
+use crate::config::{Overrides, Settings};
+use crate::node::ebpf::EbpfLogLevel;
+use crate::node::namespaces::NetnsScope;
 use crate::node::preflight;
+use crate::probes::attach::TcAttachMode;
 
 /// Exit code for a configuration mistake (as clap uses for bad flags).
 const EXIT_CONFIG: u8 = 2;

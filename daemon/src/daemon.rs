@@ -9,28 +9,26 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::VERSION;
 use crate::config::Settings;
-use crate::judgement::baseline::{self, BaselineCollector, Baselines, SharedBaselines};
-use crate::judgement::phase::{PhaseCollector, SharedPhase, Signals};
+use crate::judgement::baseline::{self, BaselineCollector, BaselineSettings, Baselines, SharedBaselines};
+use crate::judgement::phase::{self, PhaseCollector, SharedPhase};
+use crate::judgement::signals::Signals;
 use crate::judgement::triggers::{self, SharedTriggers, Triggers};
+use crate::metrics::DaemonMetrics;
 use crate::metrics::labels::PeerLabels;
-use crate::metrics::{AttachFailure, DaemonMetrics};
 use crate::node::btf::Btf;
 use crate::node::ebpf::Globals;
-use crate::node::interfaces::LinkWatcher;
-use crate::node::namespaces::{self, InterfaceResolver, NetnsScope, SharedInventory};
+use crate::node::interfaces::{AttachedInterfaces, LinkWatcher};
+use crate::node::namespaces::{self, NetnsScope, SharedInventory};
 use crate::node::preflight::Kernel;
 use crate::probes::attach::Attachments;
-use crate::probes::drops::Drops;
-use crate::probes::localhost::Localhost;
+use crate::probes::registry::{self, ProbeContext, ProbeSettings, Probes};
 use crate::probes::shared::{CidrClasses, Scope};
-use crate::probes::sock_state::{LocalAddresses, SockState};
-use crate::probes::tcp_health::TcpHealth;
-use crate::probes::{self, AttachedInterfaces};
+use crate::probes::sock_state::LocalAddresses;
 use crate::server::{self, Endpoints};
 use crate::state_file::StateFile;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How often the node's interfaces and routes are read for its phase.
 const PHASE_EVERY: Duration = Duration::from_secs(2);
 
@@ -87,7 +85,8 @@ pub async fn run(settings: Settings) -> Result<()> {
         mode = node.attachments.mode(),
         patterns = ?settings.interfaces.patterns().collect::<Vec<_>>(),
         attached = node.attachments.attached_count(),
-        bgp_peers = node.sock_state.as_ref().map(SockState::known_peers),
+        probes = node.probes.running(),
+        probes_off = ?node.probes.off.iter().map(|(probe, _)| probe).collect::<Vec<_>>(),
         "cniguard ready"
     );
     tokio::select! {
@@ -106,7 +105,7 @@ pub async fn run(settings: Settings) -> Result<()> {
 /// the check targets cluster mode discovers, and the Events trigger changes become.
 struct Links {
     status: crate::judgement::status::SharedSources,
-    discovered: watch::Receiver<Vec<crate::judgement::checks::Target>>,
+    discovered: watch::Receiver<Vec<crate::checks::Target>>,
     events: Arc<std::sync::OnceLock<crate::cluster::EventRecorder>>,
 }
 
@@ -115,9 +114,9 @@ struct Links {
 /// other end of the pair), each critical Service by its ClusterIP.
 fn forward_targets(
     mut cluster: watch::Receiver<crate::cluster::ClusterTargets>,
-    checks: watch::Sender<Vec<crate::judgement::checks::Target>>,
+    checks: watch::Sender<Vec<crate::checks::Target>>,
 ) {
-    use crate::judgement::checks::{CheckKind, Target};
+    use crate::checks::{CheckKind, Target};
     tokio::spawn(async move {
         loop {
             let targets = {
@@ -165,7 +164,8 @@ struct Node {
     watcher: LinkWatcher,
     addresses: LocalAddresses,
     namespaces: Namespaces,
-    sock_state: Option<SockState>,
+    /// Kept for as long as the node runs: dropping it detaches the probes' programs.
+    probes: Probes,
     phase: PhaseTracker,
 }
 
@@ -179,27 +179,28 @@ struct PhaseTracker {
 impl PhaseTracker {
     /// Loads the baselines, reads the phase once and starts the baseline sampler.
     async fn start(
-        settings: &Settings,
+        settings: BaselineSettings,
         registry: &prometheus::Registry,
         inventory: &SharedInventory,
+        signals: Signals,
         file: StateFile,
         watcher: &LinkWatcher,
     ) -> Result<Self> {
         let baselines: SharedBaselines =
-            Arc::new(std::sync::Mutex::new(Baselines::load(file, settings.baseline_windows)));
+            Arc::new(std::sync::Mutex::new(Baselines::load(file, settings.windows)));
         let latest = SharedPhase::default();
         registry.register(Box::new(PhaseCollector::new(latest.clone())))?;
         registry.register(Box::new(BaselineCollector::new(baselines.clone())))?;
         let phase = Self { baselines: baselines.clone(), latest };
         phase.refresh(watcher).await;
-        baseline::start_sampling(baselines, registry.clone(), inventory.clone(), settings.baseline_window)
+        baseline::start_sampling(baselines, signals, inventory.clone(), settings.window)
             .context("starting the baseline thread")?;
         Ok(phase)
     }
 
     async fn refresh(&self, watcher: &LinkWatcher) {
         let signals = match watcher.list().await {
-            Ok(interfaces) => Signals::read(watcher.handle(), &interfaces).await,
+            Ok(interfaces) => phase::Signals::read(watcher.handle(), &interfaces).await,
             Err(err) => Err(err),
         };
         match signals {
@@ -253,9 +254,8 @@ fn node_name() -> String {
 }
 
 impl Node {
-    /// Loads the eBPF object, starts every probe and attaches to the interfaces present.
-    /// A probe the kernel cannot run is left off with a warning and an attach error; the
-    /// others run.
+    /// Loads the eBPF object, starts every probe of the table (`probes::registry`) and
+    /// attaches to the interfaces present, then starts judgement over what they count.
     async fn start(
         settings: &Settings,
         kernel: &Kernel,
@@ -264,10 +264,10 @@ impl Node {
         links: &Links,
     ) -> Result<Self> {
         // Where this kernel keeps the fields the tracepoint programs read, from its BTF.
-        // Without it, those probes stay off and the others run.
+        // Without it, the probes that need it stay off and the others run.
         let btf = Btf::kernel().and_then(|btf| {
             let mut offsets = btf.kernel_offsets()?;
-            probes::tcp_health::find_arguments(&btf, &mut offsets)?;
+            registry::prepare_all(&btf, &mut offsets)?;
             Ok((btf, offsets))
         });
         let mut ebpf = crate::node::ebpf::load(&Globals {
@@ -276,61 +276,37 @@ impl Node {
             kernel: btf.as_ref().map(|(_, offsets)| *offsets).unwrap_or_default(),
         })?;
         let btf = btf.map(|(btf, _)| btf).map_err(|err| format!("{err:#}"));
-        let with_btf = || btf.as_ref().map_err(|err| anyhow::anyhow!("{err}"));
         crate::node::ebpf::forward_logs(&mut ebpf)?;
         let names = AttachedInterfaces::default();
         let all_names = AttachedInterfaces::default();
         let peers = Arc::new(PeerLabels::new(settings.max_peers, &metrics.registry));
         let classes = Arc::new(CidrClasses::load(&mut ebpf, &settings.cidrs)?);
         let scope = Scope::take(&mut ebpf)?;
-        let interface_probes =
-            probes::interface_probes(&mut ebpf, settings, &names, &peers, &classes, &metrics)?;
         let watcher = LinkWatcher::start().context("subscribing to netlink link notifications")?;
         let addresses: LocalAddresses = Arc::default();
         refresh_addresses(&watcher, &addresses).await;
-        let sock_state = optional(
-            probes::sock_state::NAME,
-            "BGP session state and Typha connections",
-            with_btf().and_then(|btf| {
-                SockState::start(
-                    &mut ebpf,
-                    btf,
-                    settings.typha_port,
-                    addresses.clone(),
-                    peers.clone(),
-                    &metrics,
-                )
-            }),
-            &metrics,
-        );
         let inventory = SharedInventory::default();
-        let _localhost = optional(
-            probes::localhost::NAME,
-            "localhost latency",
-            Localhost::start(&mut ebpf, settings.localhost.clone(), inventory.clone(), &metrics),
-            &metrics,
-        );
-        let _drops = optional(
-            probes::drops::NAME,
-            "kernel drop counts",
-            with_btf().and_then(|btf| {
-                let resolver = InterfaceResolver::new(all_names.clone());
-                Drops::start(&mut ebpf, btf, inventory.clone(), resolver, settings.drop_locations, &metrics)
-            }),
-            &metrics,
-        );
-        let _tcp_health = optional(
-            probes::tcp_health::NAME,
-            "TCP retransmits, resets and RTT",
-            with_btf().and_then(|btf| TcpHealth::start(&mut ebpf, btf, classes.clone(), &metrics)),
-            &metrics,
-        );
+        let signals = Signals::default();
+        let probe_settings = probe_settings(settings);
+        let probes = registry::start_all(&mut ProbeContext {
+            ebpf: &mut ebpf,
+            btf: &btf,
+            settings: &probe_settings,
+            attached: &names,
+            all_interfaces: &all_names,
+            peers: &peers,
+            classes: &classes,
+            inventory: &inventory,
+            addresses: &addresses,
+            signals: &signals,
+            metrics: &metrics,
+        })?;
         let registry = metrics.registry.clone();
         let mut attachments = Attachments::new(
             ebpf,
             settings.tc_attach,
             kernel,
-            interface_probes,
+            probes.interface.clone(),
             names,
             all_names,
             metrics,
@@ -341,13 +317,17 @@ impl Node {
         let node = node_name();
         let state_file = |name, format| StateFile::new(state_dir, name, format, &node, rejected.clone());
         let phase = PhaseTracker::start(
-            settings,
+            settings.baseline,
             &registry,
             &inventory,
+            signals,
             state_file(baseline::FILE_NAME, baseline::FORMAT),
             &watcher,
         )
         .await?;
+        if let Some(health_check) = &settings.health_check {
+            crate::checks::health::start(health_check.clone(), inventory.clone(), &registry)?;
+        }
         let (checks, triggers) = start_judgement(
             settings,
             &registry,
@@ -365,7 +345,7 @@ impl Node {
         let namespaces =
             Namespaces { handle: watcher.handle().clone(), mode: settings.netns_scope, inventory, scope };
         namespaces.refresh(&attachments).await;
-        Ok(Self { attachments, watcher, addresses, namespaces, sock_state, phase })
+        Ok(Self { attachments, watcher, addresses, namespaces, probes, phase })
     }
 
     /// Follows link notifications, re-lists everything every `resync_interval`, and
@@ -416,14 +396,11 @@ fn start_judgement(
     phase: &PhaseTracker,
     triggers_file: StateFile,
     links: &Links,
-) -> Result<(Option<crate::judgement::checks::SharedResults>, Option<SharedTriggers>)> {
+) -> Result<(Option<crate::checks::SharedResults>, Option<SharedTriggers>)> {
     let checks = match &settings.checks {
-        Some(checks) => Some(crate::judgement::checks::start(
-            checks.clone(),
-            inventory.clone(),
-            links.discovered.clone(),
-            registry,
-        )?),
+        Some(checks) => {
+            Some(crate::checks::start(checks.clone(), inventory.clone(), links.discovered.clone(), registry)?)
+        }
         None => None,
     };
     let Some(trigger_settings) = &settings.triggers else { return Ok((checks, None)) };
@@ -447,16 +424,16 @@ fn start_judgement(
     Ok((checks, Some(triggers)))
 }
 
-/// A probe that started, or `None` with a warning (`<what> is off: why`) and an attach
-/// error counted as `unsupported`.
-fn optional<T>(probe: &'static str, what: &str, started: Result<T>, metrics: &DaemonMetrics) -> Option<T> {
-    match started {
-        Ok(probe) => Some(probe),
-        Err(err) => {
-            tracing::warn!("{what} is off: {err:#}");
-            metrics.attach_errors.with_label_values(&[probe, AttachFailure::Unsupported.label()]).inc();
-            None
-        }
+/// Each probe's settings, from its owner's section.
+fn probe_settings(settings: &Settings) -> ProbeSettings {
+    ProbeSettings {
+        interfaces: settings.interfaces.clone(),
+        vxlan_ports: settings.vxlan_ports.clone(),
+        underlay_interfaces: settings.underlay_interfaces.clone(),
+        dns: settings.dns.clone(),
+        localhost: settings.localhost.clone(),
+        typha_port: settings.typha_port,
+        drop_locations: settings.drop_locations,
     }
 }
 

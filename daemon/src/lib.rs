@@ -13,6 +13,7 @@
 //! - `config`: the TOML root, which composes every room's own section;
 //! - `daemon`: the composition root of `cniguard run`; `cli`: the commands.
 
+pub mod checks;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -24,3 +25,6 @@ pub mod probes;
 pub mod rollback_hook;
 pub mod server;
 pub mod state_file;
+
+/// cniguard's version (`cniguard_build_info`, `/status`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

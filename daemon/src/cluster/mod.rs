@@ -35,7 +35,7 @@ use prometheus::Registry;
 use tokio::sync::{Notify, watch};
 
 pub use events::EventRecorder;
-pub use settings::{ApiSource, ClusterConfig, ClusterSettings};
+pub use settings::{ApiSource, ClusterConfig, ClusterError, ClusterSettings};
 pub use targets::{ClusterTargets, PeerTarget, ServiceTarget};
 
 use crate::judgement::phase::SharedPhase;

@@ -130,32 +130,32 @@ impl ClusterSettings {
     /// (relative to `cluster.`) or the flag.
     ///
     /// # Errors
-    /// `(field or flag, message)` for the first mistake.
-    pub fn validate(config: &ClusterConfig, kubeconfig: Option<&Path>) -> Result<Self, (String, String)> {
+    /// The first mistake, with the field or flag it is about.
+    pub fn validate(config: &ClusterConfig, kubeconfig: Option<&Path>) -> Result<Self, ClusterError> {
         let field = |name: &str| format!("cluster.{name}");
         let critical_services = config
             .critical_services
             .iter()
             .map(|text| ServiceRef::parse(text))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|message| (field("critical_services"), message))?;
+            .map_err(|message| ClusterError::new(field("critical_services"), message))?;
         if config.echo_port == 0 {
-            return Err((field("echo_port"), "port 0 is not a port".into()));
+            return Err(ClusterError::new(field("echo_port"), "port 0 is not a port"));
         }
         if config.echo_selector.trim().is_empty() {
-            return Err((
+            return Err(ClusterError::new(
                 field("echo_selector"),
-                "an empty selector would make every pod a check target".into(),
+                "an empty selector would make every pod a check target",
             ));
         }
         if config.event_interval_seconds == 0 {
-            return Err((field("event_interval_seconds"), "must be at least 1 (seconds)".into()));
+            return Err(ClusterError::new(field("event_interval_seconds"), "must be at least 1 (seconds)"));
         }
         let api = match (config.mode, kubeconfig) {
             (ClusterMode::Off, _) => None,
             (_, Some(path)) => {
                 kube::config::Kubeconfig::read_from(path)
-                    .map_err(|err| ("--kubeconfig".to_owned(), one_line(&err)))?;
+                    .map_err(|err| ClusterError::new("--kubeconfig".to_owned(), one_line(&err)))?;
                 Some(ApiSource::Kubeconfig(path.to_owned()))
             }
             (mode, None) => {
@@ -164,7 +164,7 @@ impl ClusterSettings {
                 match (mode, in_cluster) {
                     (_, true) => Some(ApiSource::InCluster),
                     (ClusterMode::On, false) => {
-                        return Err((
+                        return Err(ClusterError::new(
                             field("mode"),
                             format!(
                                 "`on` needs the in-cluster service account (KUBERNETES_SERVICE_HOST and {SERVICE_ACCOUNT_TOKEN}) or --kubeconfig"
@@ -182,6 +182,27 @@ impl ClusterSettings {
             critical_services,
             event_interval: Duration::from_secs(config.event_interval_seconds),
         })
+    }
+}
+
+/// What is wrong with the `[cluster]` table or `--kubeconfig`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ClusterError {
+    /// The field (`cluster.<name>`) or the flag (`--kubeconfig`).
+    field: String,
+    message: String,
+}
+
+impl ClusterError {
+    fn new(field: String, message: impl Into<String>) -> Self {
+        Self { field, message: message.into() }
+    }
+
+    /// The field or flag the error is about.
+    #[must_use]
+    pub fn field(&self) -> String {
+        self.field.clone()
     }
 }
 
@@ -218,11 +239,12 @@ mod tests {
         assert_eq!(std::env::var_os("KUBERNETES_SERVICE_HOST"), None);
         assert_eq!(ClusterSettings::validate(&ClusterConfig::default(), None).unwrap().api, None);
         assert_eq!(ClusterSettings::node_local().api, None);
-        let (field, message) = ClusterSettings::validate(
+        let err = ClusterSettings::validate(
             &ClusterConfig { mode: ClusterMode::On, ..ClusterConfig::default() },
             None,
         )
         .unwrap_err();
+        let (field, message) = (err.field(), err.to_string());
         assert_eq!(field, "cluster.mode");
         assert!(message.contains("--kubeconfig"), "{message}");
     }
@@ -231,12 +253,14 @@ mod tests {
     fn a_kubeconfig_that_does_not_parse_names_the_flag() {
         let path = std::env::temp_dir().join(format!("cniguard-kubeconfig-{}", std::process::id()));
         std::fs::write(&path, "clusters: [[[").unwrap();
-        let (field, message) = ClusterSettings::validate(&ClusterConfig::default(), Some(&path)).unwrap_err();
+        let err = ClusterSettings::validate(&ClusterConfig::default(), Some(&path)).unwrap_err();
+        let (field, message) = (err.field(), err.to_string());
         std::fs::remove_file(&path).unwrap();
         assert_eq!(field, "--kubeconfig");
         assert!(!message.contains('\n'), "{message}");
         let missing =
             ClusterSettings::validate(&ClusterConfig::default(), Some(Path::new("/nonexistent/kc")))
+                .map_err(|err| (err.field(), err.to_string()))
                 .unwrap_err();
         assert_eq!(missing.0, "--kubeconfig");
         assert!(missing.1.contains("/nonexistent/kc"), "{}", missing.1);
@@ -244,7 +268,7 @@ mod tests {
 
     #[test]
     fn each_field_is_checked() {
-        let check = |config: ClusterConfig| ClusterSettings::validate(&config, None).unwrap_err().0;
+        let check = |config: ClusterConfig| ClusterSettings::validate(&config, None).unwrap_err().field();
         let defaults = ClusterConfig::default;
         assert_eq!(check(ClusterConfig { echo_port: 0, ..defaults() }), "cluster.echo_port");
         assert_eq!(check(ClusterConfig { echo_selector: " ".into(), ..defaults() }), "cluster.echo_selector");

@@ -15,26 +15,111 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use prometheus::Registry;
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::{MetricFamily, MetricType};
+use prometheus::proto::MetricFamily;
 use serde::{Deserialize, Serialize};
 
 use crate::judgement::phase::{Phase, PhaseRecord};
+use crate::judgement::signals::{Signals, Totals};
 use crate::metrics::{FamilyBuilder, describe};
 use crate::node::namespaces::{self, SharedInventory};
 use crate::state_file::StateFile;
+
+/// The `[baseline]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaselineConfig {
+    /// The length of one window, in seconds: rates and ratios are computed per window.
+    pub window_seconds: u64,
+    /// How many of the latest windows in the `flannel` phase make the baseline.
+    pub windows: usize,
+}
+
+impl Default for BaselineConfig {
+    fn default() -> Self {
+        Self { window_seconds: 60, windows: 30 }
+    }
+}
+
+/// The validated `[baseline]` table.
+#[derive(Debug, Clone, Copy)]
+pub struct BaselineSettings {
+    pub window: std::time::Duration,
+    pub windows: usize,
+}
+
+/// What is wrong with the `[baseline]` table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BaselineError {
+    #[error("must be at least 1")]
+    Zero { field: &'static str },
+}
+
+impl BaselineError {
+    /// The configuration field the error is about.
+    #[must_use]
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Zero { field } => field,
+        }
+    }
+}
+
+impl BaselineConfig {
+    pub fn validate(&self) -> Result<BaselineSettings, BaselineError> {
+        if self.windows == 0 {
+            return Err(BaselineError::Zero { field: "baseline.windows" });
+        }
+        if self.window_seconds == 0 {
+            return Err(BaselineError::Zero { field: "baseline.window_seconds" });
+        }
+        Ok(BaselineSettings {
+            window: std::time::Duration::from_secs(self.window_seconds),
+            windows: self.windows,
+        })
+    }
+}
 
 /// The state file's name and format.
 pub const FILE_NAME: &str = "baselines";
 pub const FORMAT: &str = "cniguard-baselines";
 
-/// The signals, by `signal` label value.
-pub const DROPS_PER_SECOND: &str = "drops_per_second";
-pub const RETRANSMITS_PER_SEGMENT: &str = "retransmits_per_segment";
-pub const DNS_FAILURE_RATIO: &str = "dns_failure_ratio";
-pub const DNS_TIMEOUT_RATIO: &str = "dns_timeout_ratio";
-pub const LOCALHOST_P99: &str = "localhost_response_p99_seconds";
+/// What a window measures: the `signal` label, and the keys of the state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    DropsPerSecond,
+    RetransmitsPerSegment,
+    DnsFailureRatio,
+    DnsTimeoutRatio,
+    #[serde(rename = "localhost_response_p99_seconds")]
+    LocalhostP99,
+}
+
+impl Signal {
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::DropsPerSecond => "drops_per_second",
+            Self::RetransmitsPerSegment => "retransmits_per_segment",
+            Self::DnsFailureRatio => "dns_failure_ratio",
+            Self::DnsTimeoutRatio => "dns_timeout_ratio",
+            Self::LocalhostP99 => "localhost_response_p99_seconds",
+        }
+    }
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+pub const DROPS_PER_SECOND: Signal = Signal::DropsPerSecond;
+pub const RETRANSMITS_PER_SEGMENT: Signal = Signal::RetransmitsPerSegment;
+pub const DNS_FAILURE_RATIO: Signal = Signal::DnsFailureRatio;
+pub const DNS_TIMEOUT_RATIO: Signal = Signal::DnsTimeoutRatio;
+pub const LOCALHOST_P99: Signal = Signal::LocalhostP99;
 
 /// What is kept on disk.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -43,27 +128,14 @@ struct Stored {
     /// Set when the node first left `flannel`: the baselines learn no more.
     frozen: bool,
     /// The last windows' values, oldest first.
-    signals: BTreeMap<String, VecDeque<f64>>,
+    signals: BTreeMap<Signal, VecDeque<f64>>,
     drop_reasons: BTreeMap<String, VecDeque<f64>>,
-}
-
-/// Cumulative readings at one instant.
-#[derive(Debug, Clone, Default)]
-struct Totals {
-    drops: BTreeMap<String, f64>,
-    retransmits: f64,
-    segments_sent: f64,
-    dns_queries: f64,
-    dns_failures: f64,
-    dns_timeouts: f64,
-    /// `(upper bound, cumulative count)` of the localhost response histograms, summed.
-    localhost_response: Vec<(f64, f64)>,
 }
 
 /// The rates and ratios of one window.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Window {
-    signals: BTreeMap<String, f64>,
+    signals: BTreeMap<Signal, f64>,
     drop_reasons: BTreeMap<String, f64>,
 }
 
@@ -105,14 +177,14 @@ impl Baselines {
 
     /// The latest window's signals (empty before the first window closes).
     #[must_use]
-    pub fn latest_window(&self) -> BTreeMap<String, f64> {
+    pub fn latest_window(&self) -> BTreeMap<Signal, f64> {
         self.latest.as_ref().map(|window| window.signals.clone()).unwrap_or_default()
     }
 
     /// The latest window over the baseline, per signal: only once the baselines are frozen
     /// (the node has left Flannel), and only for signals with both.
     #[must_use]
-    pub fn ratios(&self) -> BTreeMap<String, f64> {
+    pub fn ratios(&self) -> BTreeMap<Signal, f64> {
         if !self.stored.frozen {
             return BTreeMap::new();
         }
@@ -121,7 +193,7 @@ impl Baselines {
             .signals
             .iter()
             .filter_map(|(signal, samples)| {
-                Some((signal.clone(), ratio(*latest.signals.get(signal)?, baseline(signal, samples)?)))
+                Some((*signal, ratio(*latest.signals.get(signal)?, baseline(*signal, samples)?)))
             })
             .collect()
     }
@@ -155,7 +227,7 @@ impl Baselines {
         let learning = self.stored.phase.is_some_and(|p| p.phase == Phase::Flannel) && !self.stored.frozen;
         if learning {
             for (signal, value) in &window.signals {
-                push(self.stored.signals.entry(signal.clone()).or_default(), *value, self.windows);
+                push(self.stored.signals.entry(*signal).or_default(), *value, self.windows);
             }
             // Every reason seen so far gets this window's value, 0 when it had none.
             let reasons: Vec<String> =
@@ -183,18 +255,19 @@ fn push(samples: &mut VecDeque<f64>, value: f64, limit: usize) {
 
 /// The baseline of a signal: the mean of its windows, but the median for a percentile
 /// (one slow window must not move it much).
-fn baseline(signal: &str, samples: &VecDeque<f64>) -> Option<f64> {
-    if samples.is_empty() {
-        return None;
+fn baseline(signal: Signal, samples: &VecDeque<f64>) -> Option<f64> {
+    if signal != LOCALHOST_P99 {
+        return mean(samples);
     }
+    let mut sorted: Vec<f64> = samples.iter().copied().collect();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied()
+}
+
+/// The mean of the windows' values; `None` without any.
+fn mean(samples: &VecDeque<f64>) -> Option<f64> {
     #[allow(clippy::cast_precision_loss, reason = "at most a few thousand windows")]
-    if signal == LOCALHOST_P99 {
-        let mut sorted: Vec<f64> = samples.iter().copied().collect();
-        sorted.sort_by(f64::total_cmp);
-        Some(sorted[sorted.len() / 2])
-    } else {
-        Some(samples.iter().sum::<f64>() / samples.len() as f64)
-    }
+    (!samples.is_empty()).then(|| samples.iter().sum::<f64>() / samples.len() as f64)
 }
 
 /// Current over baseline. A baseline of zero gives 1 while the signal stays zero and +Inf
@@ -240,25 +313,20 @@ fn window(before: &Totals, after: &Totals, seconds: f64) -> Option<Window> {
     // (A fold from 0.0: summing no floats gives -0.0, which reads oddly on /metrics.)
     let network_drops = drop_reasons
         .iter()
-        .filter(|(reason, _)| *reason != "QUEUE_PURGE")
+        .filter(|(reason, _)| reason.as_str() != "QUEUE_PURGE")
         .fold(0.0, |sum, (_, rate)| sum + rate);
-    signals.insert(DROPS_PER_SECOND.to_owned(), network_drops);
+    signals.insert(DROPS_PER_SECOND, network_drops);
     let segments = delta(before.segments_sent, after.segments_sent);
     if segments > 0.0 {
-        signals.insert(
-            RETRANSMITS_PER_SEGMENT.to_owned(),
-            delta(before.retransmits, after.retransmits) / segments,
-        );
+        signals.insert(RETRANSMITS_PER_SEGMENT, delta(before.retransmits, after.retransmits) / segments);
     }
     let queries = delta(before.dns_queries, after.dns_queries);
     if queries > 0.0 {
-        signals
-            .insert(DNS_FAILURE_RATIO.to_owned(), delta(before.dns_failures, after.dns_failures) / queries);
-        signals
-            .insert(DNS_TIMEOUT_RATIO.to_owned(), delta(before.dns_timeouts, after.dns_timeouts) / queries);
+        signals.insert(DNS_FAILURE_RATIO, delta(before.dns_failures, after.dns_failures) / queries);
+        signals.insert(DNS_TIMEOUT_RATIO, delta(before.dns_timeouts, after.dns_timeouts) / queries);
     }
     if let Some(p99) = quantile(0.99, &before.localhost_response, &after.localhost_response) {
-        signals.insert(LOCALHOST_P99.to_owned(), p99);
+        signals.insert(LOCALHOST_P99, p99);
     }
     Some(Window { signals, drop_reasons })
 }
@@ -293,65 +361,6 @@ fn quantile(q: f64, before: &[(f64, f64)], after: &[(f64, f64)]) -> Option<f64> 
     None
 }
 
-/// Reads the cumulative totals from the daemon's own metrics.
-fn totals_from(families: &[MetricFamily], segments_sent: f64) -> Totals {
-    let mut totals = Totals { segments_sent, ..Totals::default() };
-    let mut histogram: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
-    for family in families {
-        for metric in family.get_metric() {
-            let label = |name: &str| {
-                metric.get_label().iter().find(|l| l.name() == name).map(prometheus::proto::LabelPair::value)
-            };
-            let counter = || {
-                if family.get_field_type() == MetricType::COUNTER {
-                    metric.get_counter().get_value()
-                } else {
-                    0.0
-                }
-            };
-            match family.name() {
-                "cniguard_drops_total" => {
-                    let reason = label("reason").unwrap_or_default();
-                    // The kernel's default reason: skbs freed on many harmless paths.
-                    if reason != "NOT_SPECIFIED" {
-                        *totals.drops.entry(reason.to_owned()).or_default() += counter();
-                    }
-                }
-                "cniguard_tcp_retransmits_total" => totals.retransmits += counter(),
-                "cniguard_dns_queries_total" => totals.dns_queries += counter(),
-                "cniguard_dns_responses_total" => {
-                    if matches!(label("rcode"), Some("SERVFAIL" | "REFUSED")) {
-                        totals.dns_failures += counter();
-                    }
-                }
-                "cniguard_dns_timeouts_total" => totals.dns_timeouts += counter(),
-                "cniguard_localhost_response_seconds" => {
-                    let series = metric.get_histogram();
-                    for bucket in series.get_bucket() {
-                        let entry = histogram
-                            .entry(bucket.upper_bound().to_bits())
-                            .or_insert((bucket.upper_bound(), 0.0));
-                        #[allow(clippy::cast_precision_loss, reason = "counts stay far below 2^52")]
-                        {
-                            entry.1 += bucket.cumulative_count() as f64;
-                        }
-                    }
-                    let entry = histogram.entry(f64::INFINITY.to_bits()).or_insert((f64::INFINITY, 0.0));
-                    #[allow(clippy::cast_precision_loss, reason = "counts stay far below 2^52")]
-                    {
-                        entry.1 += series.get_sample_count() as f64;
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    let mut buckets: Vec<(f64, f64)> = histogram.into_values().collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    totals.localhost_response = buckets;
-    totals
-}
-
 /// Samples every window until the daemon stops, on a thread of its own: the work is all
 /// blocking (reading /proc in each namespace, gathering every collector).
 ///
@@ -359,7 +368,7 @@ fn totals_from(families: &[MetricFamily], segments_sent: f64) -> Totals {
 /// If the thread cannot be started.
 pub fn start_sampling(
     baselines: SharedBaselines,
-    registry: Registry,
+    signals: Signals,
     inventory: SharedInventory,
     window: std::time::Duration,
 ) -> std::io::Result<()> {
@@ -367,14 +376,14 @@ pub fn start_sampling(
         let mut next = Instant::now();
         loop {
             let segments = read_segments(&inventory);
-            // Gathered before taking the lock: gathering runs this module's collector, which
-            // takes it too.
-            let families = registry.gather();
+            let mut totals = signals.totals();
             {
                 let mut baselines = baselines.lock().unwrap_or_else(PoisonError::into_inner);
                 let sent = baselines.count_segments(&segments);
                 #[allow(clippy::cast_precision_loss, reason = "far below 2^52")]
-                let totals = totals_from(&families, sent as f64);
+                {
+                    totals.segments_sent = sent as f64;
+                }
                 baselines.close_window(Instant::now(), totals);
             }
             next += window;
@@ -491,22 +500,22 @@ impl Collector for BaselineCollector {
         let latest = baselines.latest.clone().unwrap_or_default();
         let mut baseline = FamilyBuilder::gauge(&self.baseline, &["signal"]);
         for (signal, samples) in &stored.signals {
-            if let Some(value) = self::baseline(signal, samples) {
-                baseline.sample(&[signal], value);
+            if let Some(value) = self::baseline(*signal, samples) {
+                baseline.sample(&[signal.label()], value);
             }
         }
         let mut ratio = FamilyBuilder::gauge(&self.ratio, &["signal"]);
         for (signal, value) in baselines.ratios() {
-            ratio.sample(&[&signal], value);
+            ratio.sample(&[signal.label()], value);
         }
         let mut current = FamilyBuilder::gauge(&self.current, &["signal"]);
         for (signal, value) in &latest.signals {
-            current.sample(&[signal], *value);
+            current.sample(&[signal.label()], *value);
         }
         let mut drops_baseline = FamilyBuilder::gauge(&self.drops_baseline, &["reason"]);
         let mut drops_ratio = FamilyBuilder::gauge(&self.drops_ratio, &["reason"]);
         for (reason, samples) in &stored.drop_reasons {
-            let Some(value) = self::baseline(reason, samples) else { continue };
+            let Some(value) = mean(samples) else { continue };
             drops_baseline.sample(&[reason], value);
             if stored.frozen {
                 let now = latest.drop_reasons.get(reason).copied().unwrap_or(0.0);
@@ -564,12 +573,12 @@ mod tests {
     fn baselines_learn_in_flannel_survive_a_restart_and_give_ratios_after() {
         let dir = crate::state_file::TempDir::new("baseline-restart");
         let baselines = learnt(dir.path());
-        assert_eq!(baselines.stored.signals[DROPS_PER_SECOND], [2.0]);
-        assert_eq!(baselines.stored.signals[RETRANSMITS_PER_SEGMENT], [0.01]);
+        assert_eq!(baselines.stored.signals[&DROPS_PER_SECOND], [2.0]);
+        assert_eq!(baselines.stored.signals[&RETRANSMITS_PER_SEGMENT], [0.01]);
         drop(baselines);
 
         let mut restarted = Baselines::load(file(dir.path()), 3);
-        assert_eq!(restarted.stored.signals[DROPS_PER_SECOND], [2.0]);
+        assert_eq!(restarted.stored.signals[&DROPS_PER_SECOND], [2.0]);
         assert_eq!(restarted.phase().unwrap().phase, Phase::Flannel);
         restarted.observe_phase(Phase::Mixed);
         assert!(restarted.stored.frozen);
@@ -580,7 +589,7 @@ mod tests {
         totals.drops.insert("NETFILTER_DROP".into(), 160.0);
         restarted.close_window(start + std::time::Duration::from_secs(10), totals);
         // Frozen: the cutover's windows do not move the baseline.
-        assert_eq!(restarted.stored.signals[DROPS_PER_SECOND], [2.0]);
+        assert_eq!(restarted.stored.signals[&DROPS_PER_SECOND], [2.0]);
         let text = encode(&BaselineCollector::new(Arc::new(Mutex::new(restarted))).collect());
         assert!(text.contains("cniguard_baseline_ratio{signal=\"drops_per_second\"} 3"), "{text}");
         assert!(text.contains("cniguard_baseline_drops_ratio{reason=\"NETFILTER_DROP\"} 3"), "{text}");
@@ -590,7 +599,7 @@ mod tests {
     fn implausible_samples_are_not_trusted() {
         let dir = crate::state_file::TempDir::new("baseline-implausible");
         let mut baselines = learnt(dir.path());
-        baselines.stored.signals.insert(DROPS_PER_SECOND.into(), VecDeque::from([-1.0]));
+        baselines.stored.signals.insert(DROPS_PER_SECOND, VecDeque::from([-1.0]));
         baselines.save();
         assert!(Baselines::load(file(dir.path()), 3).stored.signals.is_empty());
     }

@@ -1,9 +1,9 @@
 //! What the measurements mean for the cutover: the node's migration phase, the pre-cutover
-//! baselines, the active checks, the runbook's rollback triggers over them, and the
+//! baselines, the runbook's rollback triggers over the measurements and the active checks, and the
 //! `/status` report.
 
 pub mod baseline;
-pub mod checks;
 pub mod phase;
+pub mod signals;
 pub mod status;
 pub mod triggers;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::judgement::checks::SharedResults;
+use crate::checks::SharedResults;
 use crate::judgement::phase::{SharedPhase, unix_now};
 use crate::judgement::triggers::{SharedTriggers, TriggerReport};
 
@@ -78,7 +78,7 @@ impl Sources {
                     check: state.check.label().to_owned(),
                     target: target.clone(),
                     // Only pod-to-pod checks have a peer node; the others name a service.
-                    peer: if state.check == crate::judgement::checks::CheckKind::PodToPod {
+                    peer: if state.check == crate::checks::CheckKind::PodToPod {
                         state.peer.clone()
                     } else {
                         String::new()
@@ -91,7 +91,7 @@ impl Sources {
         });
         Status {
             node: self.node.clone(),
-            version: crate::daemon::VERSION.to_owned(),
+            version: crate::VERSION.to_owned(),
             phase,
             rollback_recommended,
             triggers,

@@ -7,7 +7,37 @@ use tokio::io::unix::AsyncFd;
 
 use probe_common::kernel::KernelOffsets;
 
-use crate::config::{EbpfLogLevel, NetnsScope};
+use serde::Deserialize;
+
+use crate::node::namespaces::NetnsScope;
+
+/// Level of the eBPF programs' own log messages (aya-log): `off` keeps the programs from
+/// writing any, so no packet ever pays for logging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EbpfLogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl EbpfLogLevel {
+    /// The value of aya-log-ebpf's `AYA_LOG_LEVEL` global: messages at or below it are sent.
+    #[must_use]
+    pub fn as_aya_level(self) -> u8 {
+        match self {
+            Self::Off => 0,
+            Self::Error => 1,
+            Self::Warn => 2,
+            Self::Info => 3,
+            Self::Debug => 4,
+            Self::Trace => 5,
+        }
+    }
+}
 
 /// `probe-ebpf`, built by `build.rs` for the BPF target.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));

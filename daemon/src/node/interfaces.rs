@@ -1,7 +1,9 @@
 //! Which interfaces exist, which of them to watch, and the netlink notifications that say
 //! when they come and go.
 
+use std::collections::HashMap;
 use std::io;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -317,5 +319,35 @@ mod tests {
         let err = InterfaceSelector::new(&["veth*", "cali[0-"]).unwrap_err();
         assert!(err.starts_with("invalid interface pattern `cali[0-`"), "{err}");
         assert!(!err.contains('\n'));
+    }
+}
+
+/// Names of the interfaces probes are attached to, by index: the `interface` label.
+/// Collectors only report interfaces listed here, so a series ends when its interface goes.
+#[derive(Clone, Default)]
+pub struct AttachedInterfaces(Arc<RwLock<HashMap<u32, String>>>);
+
+impl AttachedInterfaces {
+    pub fn insert(&self, index: u32, name: &str) {
+        self.0.write().unwrap_or_else(PoisonError::into_inner).insert(index, name.to_owned());
+    }
+
+    pub fn remove(&self, index: u32) {
+        self.0.write().unwrap_or_else(PoisonError::into_inner).remove(&index);
+    }
+
+    #[must_use]
+    pub fn name(&self, index: u32) -> Option<String> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).get(&index).cloned()
+    }
+
+    #[must_use]
+    pub fn contains(&self, index: u32) -> bool {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).contains_key(&index)
+    }
+
+    /// Replaces every entry.
+    pub fn replace(&self, names: impl IntoIterator<Item = (u32, String)>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = names.into_iter().collect();
     }
 }

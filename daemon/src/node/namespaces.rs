@@ -197,7 +197,7 @@ pub fn read(inventory: &SharedInventory) -> std::sync::RwLockReadGuard<'_, Inven
 /// the others by asking the kernel from inside the namespace (cached).
 #[derive(Clone, Default)]
 pub struct InterfaceResolver {
-    own: crate::probes::AttachedInterfaces,
+    own: crate::node::interfaces::AttachedInterfaces,
     cache: Arc<std::sync::Mutex<HashMap<(u64, u32), String>>>,
 }
 
@@ -207,7 +207,7 @@ const RESOLVER_CACHE: usize = 4096;
 impl InterfaceResolver {
     /// `own` holds the names of every interface of the daemon's namespace.
     #[must_use]
-    pub fn new(own: crate::probes::AttachedInterfaces) -> Self {
+    pub fn new(own: crate::node::interfaces::AttachedInterfaces) -> Self {
         Self { own, cache: Arc::default() }
     }
 

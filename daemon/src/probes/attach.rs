@@ -18,12 +18,23 @@ use futures::TryStreamExt as _;
 use netlink_packet_route::tc::TcHandle;
 use probe_common::Direction;
 use rtnetlink::Handle;
+use serde::Deserialize;
 
-use crate::config::TcAttachMode;
 use crate::metrics::{AttachFailure, DaemonMetrics};
+use crate::node::interfaces::AttachedInterfaces;
 use crate::node::interfaces::{Interface, InterfaceTable, LinkChange};
 use crate::node::preflight::{Kernel, TCX_KERNEL};
-use crate::probes::{AttachedInterfaces, InterfaceProbe};
+use crate::probes::InterfaceProbe;
+
+/// How classifiers attach: `auto` (tcx where the kernel has it, 6.6+, else netlink),
+/// `tcx`, or `netlink` (clsact qdisc + cls_bpf filter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttachMode {
+    Auto,
+    Tcx,
+    Netlink,
+}
 
 /// The tc filter priority cniguard asks for in netlink mode: the first to run.
 const FIRST_FILTER_PRIORITY: u16 = 1;

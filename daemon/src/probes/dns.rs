@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -20,12 +21,16 @@ use probe_common::localhost::Histogram;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, Opts};
+use serde::Deserialize;
 
+use super::registry::{ProbeSpec, Started};
 use super::shared::{LatencyTotals, summed};
 use super::underlay::monotonic_ns;
-use super::{AttachedInterfaces, InterfaceProbe, TcProgram};
+use super::{InterfaceProbe, TcProgram};
+use crate::judgement::signals::{SignalSource, Totals};
 use crate::metrics::labels::PeerLabels;
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::node::interfaces::AttachedInterfaces;
 use crate::node::interfaces::{Interface, InterfaceSelector, InterfaceTable};
 
 pub const NAME: &str = "dns";
@@ -34,6 +39,62 @@ const PROGRAMS: &[TcProgram] = &[
     TcProgram { function: "dns_ingress", direction: Direction::Ingress },
     TcProgram { function: "dns_egress", direction: Direction::Egress },
 ];
+
+/// The `[dns]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// The pod-facing interfaces (the node's end of each pod's veth) DNS is watched on.
+    pub interfaces: Vec<String>,
+    /// A query unanswered this long is a timeout.
+    pub timeout_seconds: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self { interfaces: vec!["veth*".into(), "cali*".into()], timeout_seconds: 2 }
+    }
+}
+
+/// The validated `[dns]` table.
+#[derive(Debug, Clone)]
+pub struct DnsSettings {
+    pub interfaces: InterfaceSelector,
+    pub timeout: Duration,
+}
+
+/// What is wrong with the `[dns]` table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsError {
+    #[error("must be at least 1 (seconds)")]
+    Timeout,
+    /// An invalid interface pattern, with the selector's reason.
+    #[error("{0}")]
+    Interfaces(String),
+}
+
+impl DnsError {
+    /// The configuration field the error is about.
+    #[must_use]
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Timeout => "dns.timeout_seconds",
+            Self::Interfaces(_) => "dns.interfaces",
+        }
+    }
+}
+
+impl DnsConfig {
+    pub fn validate(&self) -> Result<DnsSettings, DnsError> {
+        if self.timeout_seconds == 0 {
+            return Err(DnsError::Timeout);
+        }
+        Ok(DnsSettings {
+            interfaces: InterfaceSelector::new(&self.interfaces).map_err(DnsError::Interfaces)?,
+            timeout: Duration::from_secs(self.timeout_seconds),
+        })
+    }
+}
 
 /// The servers share one cap (`max_peers`) across the DNS metrics.
 const SERVER_LABELS: &str = "cniguard_dns";
@@ -45,6 +106,8 @@ pub struct Dns {
     counts: Mutex<PerCpuHashMap<MapData, DnsCountKey, u64>>,
     latency: Mutex<PerCpuHashMap<MapData, [u8; 4], Histogram>>,
     timeouts: IntCounterVec,
+    /// The sum of `timeouts` over servers, for judgement.
+    timeouts_total: AtomicU64,
     timeout: Duration,
     selector: InterfaceSelector,
     attached: AttachedInterfaces,
@@ -63,7 +126,7 @@ impl Dns {
         attached: &AttachedInterfaces,
         servers: Arc<PeerLabels>,
         metrics: &DaemonMetrics,
-    ) -> Result<Arc<dyn InterfaceProbe>> {
+    ) -> Result<Arc<Self>> {
         let mut take =
             |name: &str| ebpf.take_map(name).with_context(|| format!("the eBPF object has no {name} map"));
         let timeouts = IntCounterVec::new(
@@ -79,6 +142,7 @@ impl Dns {
             counts: Mutex::new(PerCpuHashMap::try_from(take("DNS_COUNTS")?)?),
             latency: Mutex::new(PerCpuHashMap::try_from(take("DNS_LATENCY")?)?),
             timeouts,
+            timeouts_total: AtomicU64::new(0),
             timeout,
             selector,
             attached: attached.clone(),
@@ -112,6 +176,7 @@ impl Dns {
             if pending.remove(&key).is_ok() {
                 let server = self.servers.label(SERVER_LABELS, Ipv4Addr::from(key.server));
                 self.timeouts.with_label_values(&[server.as_str()]).inc();
+                self.timeouts_total.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -144,6 +209,86 @@ impl InterfaceProbe for Dns {
         }
     }
 }
+
+/// The counts behind the DNS counters, by their labels.
+#[derive(Default)]
+struct DnsCounts {
+    queries: BTreeMap<(String, String), u64>,
+    responses: BTreeMap<(String, &'static str), u64>,
+    unmatched: BTreeMap<String, u64>,
+    untracked: BTreeMap<String, u64>,
+    malformed: BTreeMap<(String, &'static str), u64>,
+}
+
+impl Dns {
+    fn counts(&self) -> DnsCounts {
+        let mut counts = DnsCounts::default();
+        for (key, count) in summed(&self.counts) {
+            let interface = || self.attached.name(key.ifindex);
+            match key.outcome {
+                o if o == DnsOutcome::Query as u8 => {
+                    let Some(interface) = interface() else { continue };
+                    *counts.queries.entry((interface, self.server(key.server))).or_default() += count;
+                }
+                o if o == DnsOutcome::Response as u8 => {
+                    *counts
+                        .responses
+                        .entry((self.server(key.server), rcode_label(key.rcode)))
+                        .or_default() += count;
+                }
+                o if o == DnsOutcome::Unmatched as u8 => {
+                    *counts.unmatched.entry(self.server(key.server)).or_default() += count;
+                }
+                o if o == DnsOutcome::Untracked as u8 => {
+                    *counts.untracked.entry(self.server(key.server)).or_default() += count;
+                }
+                o if o == DnsOutcome::Malformed as u8 => {
+                    let Some(interface) = interface() else { continue };
+                    let direction =
+                        if key.direction == Direction::Ingress as u8 { "ingress" } else { "egress" };
+                    *counts.malformed.entry((interface, direction)).or_default() += count;
+                }
+                _ => {}
+            }
+        }
+        counts
+    }
+}
+
+impl SignalSource for Dns {
+    fn add_to(&self, totals: &mut Totals) {
+        let counts = self.counts();
+        totals.dns_queries += counts.queries.values().sum::<u64>() as f64;
+        totals.dns_failures += counts
+            .responses
+            .iter()
+            .filter(|((_, rcode), _)| matches!(*rcode, "SERVFAIL" | "REFUSED"))
+            .map(|(_, count)| *count)
+            .sum::<u64>() as f64;
+        totals.dns_timeouts += self.timeouts_total.load(Ordering::Relaxed) as f64;
+    }
+}
+
+pub const SPEC: ProbeSpec = ProbeSpec {
+    name: NAME,
+    what: "DNS from the pods",
+    needs: &[],
+    required: true,
+    prepare: None,
+    start: |context| {
+        let settings = &context.settings.dns;
+        let probe = Dns::register(
+            context.ebpf,
+            settings.interfaces.clone(),
+            settings.timeout,
+            context.attached,
+            context.peers.clone(),
+            context.metrics,
+        )?;
+        context.signals.publish(probe.clone());
+        Ok(Started::Interface(probe))
+    },
+};
 
 struct DnsCollector {
     probe: Arc<Dns>,
@@ -199,38 +344,7 @@ impl Collector for DnsCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let probe = &self.probe;
-        let mut queries: BTreeMap<(String, String), u64> = BTreeMap::new();
-        let mut responses: BTreeMap<(String, &str), u64> = BTreeMap::new();
-        let mut unmatched: BTreeMap<String, u64> = BTreeMap::new();
-        let mut untracked: BTreeMap<String, u64> = BTreeMap::new();
-        let mut malformed: BTreeMap<(String, &str), u64> = BTreeMap::new();
-        for (key, count) in summed(&probe.counts) {
-            let interface = || probe.attached.name(key.ifindex);
-            match key.outcome {
-                o if o == DnsOutcome::Query as u8 => {
-                    let Some(interface) = interface() else { continue };
-                    *queries.entry((interface, probe.server(key.server))).or_default() += count;
-                }
-                o if o == DnsOutcome::Response as u8 => {
-                    *responses.entry((probe.server(key.server), rcode_label(key.rcode))).or_default() +=
-                        count;
-                }
-                o if o == DnsOutcome::Unmatched as u8 => {
-                    *unmatched.entry(probe.server(key.server)).or_default() += count;
-                }
-                o if o == DnsOutcome::Untracked as u8 => {
-                    *untracked.entry(probe.server(key.server)).or_default() += count;
-                }
-                o if o == DnsOutcome::Malformed as u8 => {
-                    let Some(interface) = interface() else { continue };
-                    let direction =
-                        if key.direction == Direction::Ingress as u8 { "ingress" } else { "egress" };
-                    *malformed.entry((interface, direction)).or_default() += count;
-                }
-                _ => {}
-            }
-        }
+        let DnsCounts { queries, responses, unmatched, untracked, malformed } = self.probe.counts();
         let mut families = Vec::new();
         let mut family = FamilyBuilder::counter(&self.queries, &["interface", "server"]);
         for ((interface, server), count) in &queries {

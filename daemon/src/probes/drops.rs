@@ -17,7 +17,9 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use tokio::io::unix::AsyncFd;
 
+use super::registry::{Need, ProbeSpec, Started};
 use super::shared::{attach_raw_tracepoint, summed};
+use crate::judgement::signals::{SignalSource, Totals};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
 use crate::node::btf::Btf;
 use crate::node::namespaces::{self, InterfaceResolver, SharedInventory};
@@ -180,6 +182,64 @@ fn follow(ring: RingBuf<MapData>, probe: Arc<Drops>, symbols: Symbols) -> Result
     Ok(())
 }
 
+impl Drops {
+    /// The drops by `cniguard_drops_total`'s labels: reason, interface, netns, protocol.
+    /// Drops in namespaces no longer watched are left out.
+    fn by_labels(&self) -> BTreeMap<[String; 4], u64> {
+        let entries = summed(&self.counts);
+        let mut totals: BTreeMap<[String; 4], u64> = BTreeMap::new();
+        let inventory = namespaces::read(&self.inventory);
+        for (key, count) in entries {
+            let (netns, interface) = if key.netns == 0 {
+                ("unknown".to_owned(), String::new())
+            } else {
+                let Some(namespace) = inventory.by_cookie.get(&key.netns) else { continue };
+                (namespace.label(), self.interfaces.name(namespace, key.ifindex))
+            };
+            *totals
+                .entry([self.reason(key.reason), interface, netns, protocol(key.protocol).to_owned()])
+                .or_default() += count;
+        }
+        totals
+    }
+}
+
+impl SignalSource for Drops {
+    fn add_to(&self, totals: &mut Totals) {
+        for ([reason, ..], count) in self.by_labels() {
+            // The kernel's default reason: skbs freed on many harmless paths.
+            if reason != NOT_SPECIFIED {
+                *totals.drops.entry(reason).or_default() += count as f64;
+            }
+        }
+    }
+}
+
+/// The reason the kernel gives when it gives none.
+const NOT_SPECIFIED: &str = "NOT_SPECIFIED";
+
+pub const SPEC: ProbeSpec = ProbeSpec {
+    name: NAME,
+    what: "kernel drop counts",
+    needs: &[Need::Btf],
+    required: false,
+    prepare: None,
+    start: |context| {
+        let btf = context.btf()?;
+        let resolver = InterfaceResolver::new(context.all_interfaces.clone());
+        let probe = Drops::start(
+            context.ebpf,
+            btf,
+            context.inventory.clone(),
+            resolver,
+            context.settings.drop_locations,
+            context.metrics,
+        )?;
+        context.signals.publish(probe.clone());
+        Ok(Started::Running(Box::new(probe)))
+    },
+};
+
 struct DropsCollector {
     probe: Arc<Drops>,
     drops: Desc,
@@ -211,22 +271,7 @@ impl Collector for DropsCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let probe = &self.probe;
-        let entries = summed(&probe.counts);
-        let mut totals: BTreeMap<[String; 4], u64> = BTreeMap::new();
-        {
-            let inventory = namespaces::read(&probe.inventory);
-            for (key, count) in entries {
-                let (netns, interface) = if key.netns == 0 {
-                    ("unknown".to_owned(), String::new())
-                } else {
-                    let Some(namespace) = inventory.by_cookie.get(&key.netns) else { continue };
-                    (namespace.label(), probe.interfaces.name(namespace, key.ifindex))
-                };
-                *totals
-                    .entry([probe.reason(key.reason), interface, netns, protocol(key.protocol).to_owned()])
-                    .or_default() += count;
-            }
-        }
+        let totals = probe.by_labels();
         let mut drops = FamilyBuilder::counter(&self.drops, LABELS);
         for (labels, count) in &totals {
             drops.sample(&[&labels[0], &labels[1], &labels[2], &labels[3]], *count as f64);

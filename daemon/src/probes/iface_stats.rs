@@ -14,8 +14,10 @@ use probe_common::iface_stats::{IfaceCounters, IfaceKey, PacketCount, ProtocolCl
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
-use super::{AttachedInterfaces, InterfaceProbe, TcProgram};
+use super::registry::{ProbeSpec, Started};
+use super::{InterfaceProbe, TcProgram};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::node::interfaces::AttachedInterfaces;
 use crate::node::interfaces::{Interface, InterfaceSelector, InterfaceTable};
 
 pub const NAME: &str = "iface_stats";
@@ -34,6 +36,23 @@ pub struct IfaceStats {
     attached: AttachedInterfaces,
     selector: InterfaceSelector,
 }
+
+pub const SPEC: ProbeSpec = ProbeSpec {
+    name: NAME,
+    what: "interface packet counts",
+    needs: &[],
+    required: true,
+    prepare: None,
+    start: |context| {
+        let selector = context.settings.interfaces.clone();
+        Ok(Started::Interface(IfaceStats::register(
+            context.ebpf,
+            selector,
+            context.attached,
+            context.metrics,
+        )?))
+    },
+};
 
 impl IfaceStats {
     /// Takes the `IFACE_STATS` map and registers the collector.

@@ -1,6 +1,6 @@
 //! `localhost`: the Seldon agent's path to its MLServer over 127.0.0.1 inside every pod,
-//! measured passively (connect and request-to-response latency, failures) and, when
-//! configured, actively (the runbook's health check, run by the daemon in the pod).
+//! measured passively: connect and request-to-response latency, and failures. (The active
+//! health check, `[localhost.check]`, is `checks::health`.)
 //!
 //! Why socket hooks on the root cgroup rather than a classifier on each pod's `lo`: one
 //! attachment sees the loopback of every namespace, including pods that appear after the
@@ -8,14 +8,12 @@
 //! namespace cookie of each packet tells the pods apart. The daemon only has to keep the
 //! cookie-to-name inventory current (see `namespaces`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
@@ -27,17 +25,95 @@ use probe_common::localhost::{
 };
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{GaugeVec, Opts};
+use serde::Deserialize;
 
-use crate::config::{CheckSettings, LocalhostSettings};
+use crate::checks::health::HealthCheckConfig;
+use crate::judgement::signals::{SignalSource, Totals, add_buckets};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
 use crate::node::namespaces::{self, SharedInventory};
+use crate::probes::registry::{ProbeSpec, Started};
 use crate::probes::shared::{LatencyTotals, summed};
 use crate::probes::underlay::monotonic_ns;
 
 pub const NAME: &str = "localhost";
 const LABELS: &[&str] = &["netns", "port"];
 const FAILURE_LABELS: &[&str] = &["netns", "port", "reason"];
+
+/// The `[localhost]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalhostConfig {
+    /// Server ports whose loopback connections are measured (MLServer: 9500, 8080, 8081).
+    pub ports: Vec<u16>,
+    /// A SYN unanswered this long is a `timeout` failure.
+    pub connect_timeout_seconds: u64,
+    /// A connection silent this long is forgotten (its state reclaimed).
+    pub idle_timeout_seconds: u64,
+    /// The active check, like the runbook's `curl 127.0.0.1:9500/v2/health/ready`
+    /// (`checks::health` owns it).
+    pub check: HealthCheckConfig,
+}
+
+impl Default for LocalhostConfig {
+    fn default() -> Self {
+        Self {
+            ports: vec![9500, 8080, 8081],
+            connect_timeout_seconds: 3,
+            idle_timeout_seconds: 600,
+            check: HealthCheckConfig::default(),
+        }
+    }
+}
+
+/// The validated `[localhost]` table, less its `check`.
+#[derive(Debug, Clone)]
+pub struct LocalhostSettings {
+    pub ports: Vec<u16>,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// What is wrong with the `[localhost]` table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocalhostError {
+    #[error("list at least one port, and no port 0")]
+    NoPorts,
+    #[error("at most {max} ports")]
+    TooManyPorts { max: u32 },
+    #[error("timeouts must be at least 1 second")]
+    Timeout,
+}
+
+impl LocalhostError {
+    /// The configuration field the error is about.
+    #[must_use]
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::NoPorts | Self::TooManyPorts { .. } => "localhost.ports",
+            Self::Timeout => "localhost.connect_timeout_seconds",
+        }
+    }
+}
+
+impl LocalhostConfig {
+    pub fn validate(&self) -> Result<LocalhostSettings, LocalhostError> {
+        if self.ports.is_empty() || self.ports.contains(&0) {
+            return Err(LocalhostError::NoPorts);
+        }
+        let max = probe_common::localhost::LOCALHOST_PORTS_MAX_ENTRIES;
+        if self.ports.len() > max as usize {
+            return Err(LocalhostError::TooManyPorts { max });
+        }
+        if self.connect_timeout_seconds == 0 || self.idle_timeout_seconds == 0 {
+            return Err(LocalhostError::Timeout);
+        }
+        Ok(LocalhostSettings {
+            ports: self.ports.clone(),
+            connect_timeout: Duration::from_secs(self.connect_timeout_seconds),
+            idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
+        })
+    }
+}
 
 pub struct Localhost {
     _links: Vec<CgroupSkbLink>,
@@ -52,7 +128,7 @@ pub struct Localhost {
 
 impl Localhost {
     /// Attaches the programs to the root cgroup, registers the metrics and starts the
-    /// sweeper (and the active check, if configured).
+    /// sweeper.
     ///
     /// # Errors
     /// If there is no cgroup v2 mount, or the kernel refuses the programs (it must allow
@@ -116,25 +192,6 @@ impl Localhost {
                 sweeper.sweep();
             }
         });
-        if let Some(check) = probe.settings.check.clone() {
-            let success = GaugeVec::new(
-                Opts::new(
-                    "cniguard_localhost_probe_success",
-                    "1 if the last active health check in the namespace succeeded",
-                ),
-                LABELS,
-            )?;
-            let seconds = GaugeVec::new(
-                Opts::new(
-                    "cniguard_localhost_probe_seconds",
-                    "Duration of the last active health check (connect to answer)",
-                ),
-                LABELS,
-            )?;
-            metrics.registry.register(Box::new(success.clone()))?;
-            metrics.registry.register(Box::new(seconds.clone()))?;
-            tokio::spawn(run_checks(probe.inventory.clone(), check, success, seconds));
-        }
         tracing::info!(root = %root.display(), ports = ?probe.settings.ports, "localhost probe attached to the cgroup v2 root");
         Ok(probe)
     }
@@ -186,6 +243,47 @@ impl Localhost {
     }
 }
 
+impl Localhost {
+    /// The connect and response histograms by `netns` and `port`, of the namespaces watched.
+    fn latency(&self) -> (LatencyTotals, LatencyTotals) {
+        let inventory = namespaces::read(&self.inventory);
+        let (mut connect, mut response) = (LatencyTotals::default(), LatencyTotals::default());
+        for (key, per_cpu) in
+            self.latency.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Result::ok)
+        {
+            let Some(netns) = inventory.label(key.netns) else { continue };
+            let totals = if key.kind == LatencyKind::Connect as u8 { &mut connect } else { &mut response };
+            totals.add(vec![netns, key.port.to_string()], &per_cpu);
+        }
+        (connect, response)
+    }
+}
+
+impl SignalSource for Localhost {
+    fn add_to(&self, totals: &mut Totals) {
+        let (_, response) = self.latency();
+        add_buckets(&mut totals.localhost_response, response.summed_buckets());
+    }
+}
+
+pub const SPEC: ProbeSpec = ProbeSpec {
+    name: NAME,
+    what: "localhost latency",
+    needs: &[],
+    required: false,
+    prepare: None,
+    start: |context| {
+        let probe = Localhost::start(
+            context.ebpf,
+            context.settings.localhost.clone(),
+            context.inventory.clone(),
+            context.metrics,
+        )?;
+        context.signals.publish(probe.clone());
+        Ok(Started::Running(Box::new(probe)))
+    },
+};
+
 /// Where cgroup v2 is mounted (its root holds every process of the host).
 fn cgroup2_root() -> Result<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
@@ -197,69 +295,6 @@ fn cgroup2_root() -> Result<PathBuf> {
             (kind == "cgroup2").then(|| PathBuf::from(path))
         })
         .context("no cgroup v2 mount (mount -t cgroup2 none /sys/fs/cgroup/unified): the localhost probe needs one")
-}
-
-/// Runs the active check in every selected namespace at each interval, for as long as the
-/// daemon runs; series of namespaces no longer checked are removed.
-async fn run_checks(inventory: SharedInventory, check: CheckSettings, success: GaugeVec, seconds: GaugeVec) {
-    let mut ticker = tokio::time::interval(check.interval);
-    let mut checked: BTreeSet<String> = BTreeSet::new();
-    let port = check.port.to_string();
-    loop {
-        ticker.tick().await;
-        let targets: Vec<(String, PathBuf)> = namespaces::read(&inventory)
-            .by_cookie
-            .values()
-            .filter(|ns| !ns.own && check.namespaces.is_match(ns.label()))
-            .map(|ns| (ns.label(), ns.path.clone()))
-            .collect();
-        let mut pending = Vec::new();
-        for (label, path) in targets {
-            let (sender, receiver) = tokio::sync::oneshot::channel();
-            let (http_path, timeout, target_port) = (check.path.clone(), check.timeout, check.port);
-            // A thread of its own: entering the pod's namespace changes only this thread.
-            std::thread::spawn(move || {
-                let _ = sender.send(health_check(&path, target_port, &http_path, timeout));
-            });
-            pending.push((label, receiver));
-        }
-        let mut now_checked = BTreeSet::new();
-        for (label, receiver) in pending {
-            let Ok((ok, elapsed)) = receiver.await else { continue };
-            success.with_label_values(&[&label, &port]).set(f64::from(u8::from(ok)));
-            seconds.with_label_values(&[&label, &port]).set(elapsed.as_secs_f64());
-            now_checked.insert(label);
-        }
-        for gone in checked.difference(&now_checked) {
-            let _ = success.remove_label_values(&[gone, &port]);
-            let _ = seconds.remove_label_values(&[gone, &port]);
-        }
-        checked = now_checked;
-    }
-}
-
-/// `GET path` on 127.0.0.1:`port` inside the namespace at `netns`: whether it answered 2xx
-/// within `timeout`, and how long it took from connect to the end of the answer.
-fn health_check(netns: &std::path::Path, port: u16, path: &str, timeout: Duration) -> (bool, Duration) {
-    let start = Instant::now();
-    let result = (|| -> std::io::Result<bool> {
-        let file = File::open(netns)?;
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut stream = TcpStream::connect_timeout(&address, timeout)?;
-        stream
-            .set_read_timeout(Some(timeout.saturating_sub(start.elapsed()).max(Duration::from_millis(1))))?;
-        // HTTP/1.0: one request, and the server closes once it has answered.
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: cniguard\r\n\r\n")?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer)?;
-        let status = answer
-            .split(|b| *b == b' ')
-            .nth(1)
-            .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u16>().ok());
-        Ok(status.is_some_and(|s| (200..300).contains(&s)))
-    })();
-    (result.unwrap_or(false), start.elapsed())
 }
 
 struct LocalhostCollector {
@@ -299,15 +334,8 @@ impl Collector for LocalhostCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let probe = &self.probe;
+        let (connect, response) = probe.latency();
         let inventory = namespaces::read(&probe.inventory);
-        let (mut connect, mut response) = (LatencyTotals::default(), LatencyTotals::default());
-        for (key, per_cpu) in
-            probe.latency.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Result::ok)
-        {
-            let Some(netns) = inventory.label(key.netns) else { continue };
-            let totals = if key.kind == LatencyKind::Connect as u8 { &mut connect } else { &mut response };
-            totals.add(vec![netns, key.port.to_string()], &per_cpu);
-        }
         let (connect, response) =
             (connect.family(&self.connect, LABELS), response.family(&self.response, LABELS));
         let mut failures: BTreeMap<[String; 3], u64> = BTreeMap::new();

@@ -8,6 +8,7 @@ use probe_common::map_health::MapId;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
+use super::registry::{ProbeSpec, Started};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
 
 const LABELS: &[&str] = &["map"];
@@ -16,6 +17,18 @@ struct MapFullCollector {
     counts: PerCpuArray<MapData, u64>,
     desc: Desc,
 }
+
+pub const SPEC: ProbeSpec = ProbeSpec {
+    name: "map_health",
+    what: "full-map counts",
+    needs: &[],
+    required: true,
+    prepare: None,
+    start: |context| {
+        register(context.ebpf, context.metrics)?;
+        Ok(Started::Collector)
+    },
+};
 
 pub fn register(ebpf: &mut Ebpf, metrics: &DaemonMetrics) -> Result<()> {
     let map = ebpf.take_map("MAP_FULL").context("the eBPF object has no MAP_FULL map")?;

@@ -13,9 +13,11 @@ use probe_common::overlay::OverlayKey;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
+use super::registry::{ProbeSpec, Started};
 use super::shared::CidrClasses;
-use super::{AttachedInterfaces, InterfaceProbe, TcProgram};
+use super::{InterfaceProbe, TcProgram};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::node::interfaces::AttachedInterfaces;
 use crate::node::interfaces::{Interface, InterfaceTable};
 
 pub const NAME: &str = "overlay";
@@ -32,6 +34,18 @@ pub struct Overlay {
     classes: Arc<CidrClasses>,
     attached: AttachedInterfaces,
 }
+
+pub const SPEC: ProbeSpec = ProbeSpec {
+    name: NAME,
+    what: "overlay traffic by CIDR",
+    needs: &[],
+    required: true,
+    prepare: None,
+    start: |context| {
+        let classes = context.classes.clone();
+        Ok(Started::Interface(Overlay::register(context.ebpf, classes, context.attached, context.metrics)?))
+    },
+};
 
 impl Overlay {
     /// Takes the probe's map and registers the collector.

@@ -17,7 +17,7 @@ use probe_common::overlay::OTHER_CIDR;
 use prometheus::core::Desc;
 use prometheus::proto::MetricFamily;
 
-use crate::config::Cidr;
+use super::cidr::Cidr;
 use crate::metrics::FamilyBuilder;
 use crate::metrics::labels;
 use crate::node::btf::Btf;
@@ -139,6 +139,29 @@ impl LatencyTotals {
             }
             *sum_ns += cpu.sum_ns;
         }
+    }
+
+    /// Every label set's histogram summed into one, as `(upper bound in seconds, cumulative
+    /// count)`, ending with +Inf: the form judgement takes quantiles of.
+    #[must_use]
+    pub fn summed_buckets(&self) -> Vec<(f64, f64)> {
+        let mut counts = [0_u64; LATENCY_BUCKETS];
+        for (histogram, _) in self.0.values() {
+            for (total, count) in counts.iter_mut().zip(histogram) {
+                *total += count;
+            }
+        }
+        #[allow(clippy::cast_precision_loss, reason = "bounds are at most 1e9 ns, counts far below 2^52")]
+        let bounds = LATENCY_BOUNDS_NS.iter().map(|ns| *ns as f64 / 1e9).chain([f64::INFINITY]);
+        let mut cumulative = 0;
+        #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+        bounds
+            .zip(counts)
+            .map(|(bound, count)| {
+                cumulative += count;
+                (bound, cumulative as f64)
+            })
+            .collect()
     }
 
     #[must_use]

@@ -22,6 +22,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, Opts};
 use tokio::io::unix::AsyncFd;
 
+use super::registry::{Need, ProbeSpec, Started};
 use super::shared::attach_raw_tracepoint;
 use crate::metrics::labels::PeerLabels;
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
@@ -57,6 +58,26 @@ pub struct SockState {
     _link: RawTracePointLink,
     sessions: Arc<Mutex<Sessions>>,
 }
+
+pub const SPEC: ProbeSpec = ProbeSpec {
+    name: NAME,
+    what: "BGP session state and Typha connections",
+    needs: &[Need::Btf],
+    required: false,
+    prepare: None,
+    start: |context| {
+        let probe = SockState::start(
+            context.ebpf,
+            context.btf()?,
+            context.settings.typha_port,
+            context.addresses.clone(),
+            context.peers.clone(),
+            context.metrics,
+        )?;
+        tracing::info!(bgp_peers = probe.known_peers(), "BGP sessions followed");
+        Ok(Started::Running(Box::new(probe)))
+    },
+};
 
 impl SockState {
     /// Loads and attaches the tracepoint program, reads the sessions already up, and starts

@@ -15,7 +15,9 @@ use probe_common::tcp_health::{TcpEvent, TcpKey};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
+use super::registry::{Need, ProbeSpec, Started};
 use super::shared::{CidrClasses, LatencyTotals, attach_raw_tracepoint, summed};
+use crate::judgement::signals::{SignalSource, Totals};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
 use crate::node::btf::Btf;
 
@@ -80,6 +82,50 @@ impl TcpHealth {
     }
 }
 
+/// Retransmits by peer CIDR, and resets by peer CIDR and direction.
+struct EventCounts {
+    retransmits: BTreeMap<String, u64>,
+    resets: BTreeMap<(String, &'static str), u64>,
+}
+
+impl TcpHealth {
+    fn event_counts(&self) -> EventCounts {
+        let mut counts = EventCounts { retransmits: BTreeMap::new(), resets: BTreeMap::new() };
+        for (key, count) in summed(&self.events) {
+            let class = self.classes.name(key.peer_class).to_owned();
+            let slot = match key.event {
+                e if e == TcpEvent::Retransmit as u8 => counts.retransmits.entry(class).or_default(),
+                e if e == TcpEvent::ResetSent as u8 => counts.resets.entry((class, "sent")).or_default(),
+                e if e == TcpEvent::ResetReceived as u8 => {
+                    counts.resets.entry((class, "received")).or_default()
+                }
+                _ => continue,
+            };
+            *slot += count;
+        }
+        counts
+    }
+}
+
+impl SignalSource for TcpHealth {
+    fn add_to(&self, totals: &mut Totals) {
+        totals.retransmits += self.event_counts().retransmits.values().sum::<u64>() as f64;
+    }
+}
+
+pub const SPEC: ProbeSpec = ProbeSpec {
+    name: NAME,
+    what: "TCP retransmits, resets and RTT",
+    needs: &[Need::Btf],
+    required: false,
+    prepare: Some(find_arguments),
+    start: |context| {
+        let probe = TcpHealth::start(context.ebpf, context.btf()?, context.classes.clone(), context.metrics)?;
+        context.signals.publish(probe.clone());
+        Ok(Started::Running(Box::new(probe)))
+    },
+};
+
 struct TcpCollector {
     probe: Arc<TcpHealth>,
     retransmits: Desc,
@@ -117,18 +163,7 @@ impl Collector for TcpCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let probe = &self.probe;
-        let mut retransmits: BTreeMap<String, u64> = BTreeMap::new();
-        let mut resets: BTreeMap<(String, &str), u64> = BTreeMap::new();
-        for (key, count) in summed(&probe.events) {
-            let class = probe.classes.name(key.peer_class).to_owned();
-            let slot = match key.event {
-                e if e == TcpEvent::Retransmit as u8 => retransmits.entry(class).or_default(),
-                e if e == TcpEvent::ResetSent as u8 => resets.entry((class, "sent")).or_default(),
-                e if e == TcpEvent::ResetReceived as u8 => resets.entry((class, "received")).or_default(),
-                _ => continue,
-            };
-            *slot += count;
-        }
+        let EventCounts { retransmits, resets } = probe.event_counts();
         let mut retransmit_family = FamilyBuilder::counter(&self.retransmits, &["peer_cidr"]);
         for (class, count) in &retransmits {
             retransmit_family.sample(&[class], *count as f64);

@@ -17,11 +17,17 @@ use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, Opts};
 use tokio::io::unix::AsyncFd;
 
-use super::{AttachedInterfaces, InterfaceProbe, TcProgram};
+use super::registry::{ProbeSpec, Started};
+use super::{InterfaceProbe, TcProgram};
 use crate::metrics::labels::PeerLabels;
 use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::node::interfaces::AttachedInterfaces;
 use crate::node::interfaces::{Interface, InterfaceSelector, InterfaceTable};
 use crate::probes::bgp_codes;
+
+/// Flannel's and Calico's VXLAN ports, watched besides those of the node's own VXLAN
+/// devices.
+pub const DEFAULT_VXLAN_PORTS: &[u16] = &[8472, 4789];
 
 pub const NAME: &str = "underlay";
 
@@ -46,6 +52,25 @@ pub struct Underlay {
     attached: AttachedInterfaces,
     peers: Arc<PeerLabels>,
 }
+
+pub const SPEC: ProbeSpec = ProbeSpec {
+    name: NAME,
+    what: "VXLAN and BGP on the underlay",
+    needs: &[],
+    required: true,
+    prepare: None,
+    start: |context| {
+        let settings = context.settings;
+        Ok(Started::Interface(Underlay::register(
+            context.ebpf,
+            settings.vxlan_ports.clone(),
+            settings.underlay_interfaces.clone(),
+            context.attached,
+            context.peers.clone(),
+            context.metrics,
+        )?))
+    },
+};
 
 impl Underlay {
     /// Takes the probe's maps, registers its collector and starts reading NOTIFICATIONs.

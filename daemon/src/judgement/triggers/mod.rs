@@ -18,6 +18,8 @@
 //! | `localhost_latency_slo` | intra-pod latency under 1 ms | localhost response p99 over the window |
 //! | `regression` | no degradation | highest ratio of drops or retransmits to their pre-cutover baseline |
 
+pub mod settings;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -26,8 +28,8 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use serde::{Deserialize, Serialize};
 
-use crate::judgement::baseline::{self, SharedBaselines};
-use crate::judgement::checks::{CheckKind, SharedResults};
+use crate::checks::{CheckKind, SharedResults};
+use crate::judgement::baseline::{self, SharedBaselines, Signal};
 use crate::judgement::phase::{SharedPhase, unix_now};
 use crate::metrics::{FamilyBuilder, describe};
 use crate::state_file::StateFile;
@@ -125,8 +127,8 @@ pub struct Inputs {
     pub dns_checks_failing: usize,
     pub dns_checks: usize,
     /// The latest baseline window's signals and, once frozen, the ratios to the baselines.
-    pub window: BTreeMap<String, f64>,
-    pub ratios: BTreeMap<String, f64>,
+    pub window: BTreeMap<Signal, f64>,
+    pub ratios: BTreeMap<Signal, f64>,
     /// Seconds since the phase last changed, if it ever did while cniguard watched.
     pub since_phase_change: Option<f64>,
 }
@@ -176,8 +178,8 @@ impl Rule {
             }),
             TriggerName::DnsFailing => {
                 let queries = match (
-                    inputs.window.get(baseline::DNS_FAILURE_RATIO),
-                    inputs.window.get(baseline::DNS_TIMEOUT_RATIO),
+                    inputs.window.get(&baseline::DNS_FAILURE_RATIO),
+                    inputs.window.get(&baseline::DNS_TIMEOUT_RATIO),
                 ) {
                     (Some(failures), Some(timeouts)) => Some(failures + timeouts),
                     _ => None,
@@ -199,7 +201,7 @@ impl Rule {
                 })
             }
             TriggerName::LocalhostLatencySlo => {
-                inputs.window.get(baseline::LOCALHOST_P99).map(|p99| Reading {
+                inputs.window.get(&baseline::LOCALHOST_P99).map(|p99| Reading {
                     value: *p99,
                     detail: format!("localhost p99 {:.3} ms (SLO {:.3} ms)", p99 * 1e3, self.threshold * 1e3),
                 })
@@ -207,7 +209,7 @@ impl Rule {
             TriggerName::Regression => {
                 let worst = [baseline::DROPS_PER_SECOND, baseline::RETRANSMITS_PER_SEGMENT]
                     .into_iter()
-                    .filter_map(|signal| inputs.ratios.get(signal).map(|ratio| (signal, *ratio)))
+                    .filter_map(|signal| inputs.ratios.get(&signal).map(|ratio| (signal, *ratio)))
                     .max_by(|a, b| a.1.total_cmp(&b.1))?;
                 Some(Reading {
                     value: worst.1,
@@ -630,7 +632,7 @@ mod tests {
     /// Every default rule, on synthetic inputs: fires after exactly its `for` and clears.
     #[test]
     fn every_default_rule_fires_and_clears() {
-        let window = |signal: &str, value: f64| BTreeMap::from([(signal.to_owned(), value)]);
+        let window = |signal: Signal, value: f64| BTreeMap::from([(signal, value)]);
         let cases: Vec<(TriggerName, Inputs, Inputs)> = vec![
             (TriggerName::ConnectivityLost, peers(true), peers(false)),
             (
@@ -659,15 +661,15 @@ mod tests {
                 TriggerName::DnsFailing,
                 Inputs {
                     window: BTreeMap::from([
-                        (baseline::DNS_FAILURE_RATIO.into(), 0.1),
-                        (baseline::DNS_TIMEOUT_RATIO.into(), 0.3),
+                        (baseline::DNS_FAILURE_RATIO, 0.1),
+                        (baseline::DNS_TIMEOUT_RATIO, 0.3),
                     ]),
                     ..Inputs::default()
                 },
                 Inputs {
                     window: BTreeMap::from([
-                        (baseline::DNS_FAILURE_RATIO.into(), 0.0),
-                        (baseline::DNS_TIMEOUT_RATIO.into(), 0.01),
+                        (baseline::DNS_FAILURE_RATIO, 0.0),
+                        (baseline::DNS_TIMEOUT_RATIO, 0.01),
                     ]),
                     ..Inputs::default()
                 },
@@ -685,7 +687,7 @@ mod tests {
         ];
         let dir = crate::state_file::TempDir::new("triggers-defaults");
         for (name, bad, good) in cases {
-            let rule = crate::config::default_rules().into_iter().find(|rule| rule.name == name).unwrap();
+            let rule = settings::default_rules().into_iter().find(|rule| rule.name == name).unwrap();
             let mut triggers = Triggers::load(vec![rule.clone()], file(dir.path()));
             let start = 10_000.0;
             assert!(triggers.evaluate(&bad, start).is_empty(), "{name:?}");
@@ -710,7 +712,7 @@ mod tests {
 
     #[test]
     fn no_data_never_fires() {
-        for rule in crate::config::default_rules() {
+        for rule in settings::default_rules() {
             assert_eq!(rule.read(&Inputs::default()), None, "{:?}", rule.name);
         }
         // Within the restore deadline, pod-to-pod failures are expected.
@@ -719,7 +721,7 @@ mod tests {
             pod_to_pod_window: Some((50.0, 100.0)),
             ..Inputs::default()
         };
-        let rule = crate::config::default_rules()
+        let rule = settings::default_rules()
             .into_iter()
             .find(|r| r.name == TriggerName::PodToPodNotRestored)
             .unwrap();

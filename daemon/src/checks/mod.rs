@@ -7,9 +7,12 @@
 //! bridge and VXLAN, or Calico's routes, BGP and VXLAN), so a check fails when pod traffic
 //! would.
 
+pub mod engine;
+pub mod health;
+pub mod settings;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -21,6 +24,10 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::node::namespaces::{self, SharedInventory};
+
+use self::engine::Failure;
+use self::engine::HttpGet;
+use self::settings::ChecksSettings;
 
 /// How long a check's results are remembered (the longest window a trigger looks at).
 const HISTORY: Duration = Duration::from_hours(1);
@@ -150,61 +157,6 @@ struct TargetsFile {
     targets: Vec<TargetConfig>,
 }
 
-/// The validated `[checks]` table.
-#[derive(Debug, Clone)]
-pub struct CheckSettings {
-    pub from: globset::GlobSet,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub resolver: Option<SocketAddrV4>,
-    pub targets: Vec<Target>,
-    pub targets_file: Option<PathBuf>,
-}
-
-/// Why a check failed: the `reason` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    Timeout,
-    Refused,
-    Unreachable,
-    Reset,
-    HttpStatus,
-    Resolve,
-    DnsRcode,
-    DnsEmpty,
-    Other,
-}
-
-impl Failure {
-    #[must_use]
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::Timeout => "timeout",
-            Self::Refused => "refused",
-            Self::Unreachable => "unreachable",
-            Self::Reset => "reset",
-            Self::HttpStatus => "http_status",
-            Self::Resolve => "resolve",
-            Self::DnsRcode => "dns_rcode",
-            Self::DnsEmpty => "dns_empty",
-            Self::Other => "other",
-        }
-    }
-
-    fn of(err: &std::io::Error) -> Self {
-        use std::io::ErrorKind;
-        match err.kind() {
-            ErrorKind::TimedOut | ErrorKind::WouldBlock => Self::Timeout,
-            ErrorKind::ConnectionRefused => Self::Refused,
-            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => Self::Unreachable,
-            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::UnexpectedEof => {
-                Self::Reset
-            }
-            _ => Self::Other,
-        }
-    }
-}
-
 /// One target's latest result and recent history, for the triggers.
 #[derive(Debug, Clone)]
 pub struct TargetState {
@@ -278,7 +230,7 @@ impl CheckMetrics {
 /// # Errors
 /// If a metric cannot be registered (a duplicate name: a programming error).
 pub fn start(
-    settings: CheckSettings,
+    settings: ChecksSettings,
     inventory: SharedInventory,
     discovered: watch::Receiver<Vec<Target>>,
     registry: &Registry,
@@ -316,7 +268,7 @@ type Outcome = (Target, Duration, Option<Failure>);
 
 /// Every target once, in parallel, from the first pod namespace matching `from`.
 fn run_round(
-    settings: &CheckSettings,
+    settings: &ChecksSettings,
     discovered: Vec<Target>,
     inventory: &SharedInventory,
 ) -> Result<Vec<Outcome>, String> {
@@ -415,11 +367,11 @@ fn record(metrics: &CheckMetrics, shared: &SharedResults, outcomes: Vec<Outcome>
 }
 
 /// Runs one check from the current thread's namespace: `None` on success.
-fn check(target: &Target, settings: &CheckSettings) -> Option<Failure> {
+fn check(target: &Target, settings: &ChecksSettings) -> Option<Failure> {
     let deadline = Instant::now() + settings.timeout;
     if target.check == CheckKind::Dns {
         let resolver = target.resolver.or(settings.resolver)?;
-        return match resolve(resolver, &target.host, deadline) {
+        return match engine::resolve(resolver, &target.host, deadline) {
             Ok(addresses) if addresses.is_empty() => Some(Failure::DnsEmpty),
             Ok(_) => None,
             Err(failure) => Some(failure),
@@ -427,118 +379,17 @@ fn check(target: &Target, settings: &CheckSettings) -> Option<Failure> {
     }
     let address = match target.host.parse::<Ipv4Addr>() {
         Ok(address) => address,
-        Err(_) => match settings.resolver.map(|resolver| resolve(resolver, &target.host, deadline)) {
+        Err(_) => match settings.resolver.map(|resolver| engine::resolve(resolver, &target.host, deadline)) {
             Some(Ok(addresses)) => *addresses.first()?,
             _ => return Some(Failure::Resolve),
         },
     };
-    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    let mut stream = match TcpStream::connect_timeout(&SocketAddr::from((address, target.port)), remaining) {
+    let mut stream = match engine::connect(SocketAddr::from((address, target.port)), deadline) {
         Ok(stream) => stream,
-        Err(err) => return Some(Failure::of(&err)),
+        Err(failure) => return Some(failure),
     };
-    let Some(path) = &target.http_path else { return None };
-    http_get(&mut stream, &target.host, path, deadline).err()
-}
-
-/// `GET path` on an open connection: success on a 2xx status line.
-fn http_get(stream: &mut TcpStream, host: &str, path: &str, deadline: Instant) -> Result<(), Failure> {
-    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    stream.set_read_timeout(Some(remaining)).map_err(|err| Failure::of(&err))?;
-    stream.set_write_timeout(Some(remaining)).map_err(|err| Failure::of(&err))?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: cniguard-check\r\n\r\n");
-    stream.write_all(request.as_bytes()).map_err(|err| Failure::of(&err))?;
-    let mut head = [0_u8; 64];
-    let mut read = 0;
-    while read < 12 {
-        match stream.read(&mut head[read..]) {
-            Ok(0) => return Err(Failure::Reset),
-            Ok(n) => read += n,
-            Err(err) => return Err(Failure::of(&err)),
-        }
-    }
-    // "HTTP/1.x 2.."
-    if head.starts_with(b"HTTP/1.") && head[9] == b'2' { Ok(()) } else { Err(Failure::HttpStatus) }
-}
-
-/// The A records of `name`, asked of `resolver` over UDP.
-fn resolve(resolver: SocketAddrV4, name: &str, deadline: Instant) -> Result<Vec<Ipv4Addr>, Failure> {
-    let socket = UdpSocket::bind("0.0.0.0:0").map_err(|err| Failure::of(&err))?;
-    socket.connect(resolver).map_err(|err| Failure::of(&err))?;
-    let id = u16::try_from(std::process::id() & 0xffff).unwrap_or(1) ^ 0x5a5a;
-    let query = dns_query(id, name).ok_or(Failure::Resolve)?;
-    socket.send(&query).map_err(|err| Failure::of(&err))?;
-    let mut answer = [0_u8; 1500];
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(Failure::Timeout);
-        }
-        socket.set_read_timeout(Some(remaining)).map_err(|err| Failure::of(&err))?;
-        let len = socket.recv(&mut answer).map_err(|err| Failure::of(&err))?;
-        // Not the answer to this query: keep waiting for it.
-        if len < 12 || answer[..2] != id.to_be_bytes() || answer[2] & 0x80 == 0 {
-            continue;
-        }
-        if answer[3] & 0x0f != 0 {
-            return Err(Failure::DnsRcode);
-        }
-        return Ok(a_records(&answer[..len]));
-    }
-}
-
-/// A standard query for the A record of `name`, recursion desired.
-fn dns_query(id: u16, name: &str) -> Option<Vec<u8>> {
-    let mut query = Vec::with_capacity(18 + name.len());
-    query.extend_from_slice(&id.to_be_bytes());
-    query.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        query.push(u8::try_from(label.len()).ok().filter(|len| (1..=63).contains(len))?);
-        query.extend_from_slice(label.as_bytes());
-    }
-    query.extend_from_slice(&[0, 0, 1, 0, 1]);
-    Some(query)
-}
-
-/// The IPv4 addresses in an answer's answer section (names compressed or not).
-fn a_records(message: &[u8]) -> Vec<Ipv4Addr> {
-    let count =
-        |at: usize| message.get(at..at + 2).map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
-    let (questions, answers) = (count(4), count(6));
-    let mut at = 12;
-    let skip_name = |mut at: usize| -> Option<usize> {
-        loop {
-            let len = *message.get(at)?;
-            if len & 0xc0 == 0xc0 {
-                return Some(at + 2);
-            }
-            if len == 0 {
-                return Some(at + 1);
-            }
-            at += 1 + usize::from(len);
-        }
-    };
-    for _ in 0..questions {
-        let Some(end) = skip_name(at) else { return Vec::new() };
-        at = end + 4;
-    }
-    let mut addresses = Vec::new();
-    for _ in 0..answers {
-        let Some(end) = skip_name(at) else { break };
-        let (Some(kind), Some(len)) = (message.get(end..end + 2), message.get(end + 8..end + 10)) else {
-            break;
-        };
-        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
-        let data = end + 10;
-        if kind == [0, 1]
-            && len == 4
-            && let Some(bytes) = message.get(data..data + 4)
-        {
-            addresses.push(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]));
-        }
-        at = data + len;
-    }
-    addresses
+    let path = target.http_path.as_deref()?;
+    HttpGet { host: &target.host, path, user_agent: "cniguard-check" }.status(&mut stream).err()
 }
 
 #[cfg(test)]
@@ -573,18 +424,6 @@ mod tests {
         let path =
             target("check = \"service\"\nname = \"x\"\naddress = \"10.0.0.1:80\"\nhttp_path = \"ready\"");
         assert!(path.unwrap_err().contains("must start with /"));
-    }
-
-    #[test]
-    fn answers_are_read_for_their_a_records() {
-        let mut answer = dns_query(7, "sink-2.default.svc.cluster.local").unwrap();
-        answer[2] = 0x81;
-        answer[3] = 0x80;
-        answer[7] = 1; // one answer
-        // The name as a pointer to the question, type A, class IN, TTL, 4 bytes of data.
-        answer.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 244, 2, 11]);
-        assert_eq!(a_records(&answer), vec![Ipv4Addr::new(10, 244, 2, 11)]);
-        assert!(dns_query(1, "bad..name").is_none());
     }
 
     #[test]

@@ -1,0 +1,64 @@
+//! Typed signals: the cumulative totals judgement reads (the baselines, and through them
+//! the rollback triggers), published by the probes that count them. A probe computes its
+//! share from the same read of its maps that its collector turns into /metrics, so what
+//! judgement sees is what an operator sees, without anyone parsing metric names.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+/// Cumulative readings at one instant: counts since the daemon started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    /// Packets the kernel dropped, by its reason name. `NOT_SPECIFIED` is left out: the
+    /// kernel's default reason marks skbs freed on many harmless paths.
+    pub drops: BTreeMap<String, f64>,
+    pub retransmits: f64,
+    /// TCP segments the watched namespaces sent (the kernel's OutSegs; the baseline sampler
+    /// reads it from /proc, no probe counts it).
+    pub segments_sent: f64,
+    pub dns_queries: f64,
+    /// Answers that say the resolver failed: SERVFAIL and REFUSED.
+    pub dns_failures: f64,
+    pub dns_timeouts: f64,
+    /// `(upper bound in seconds, cumulative count)` of the localhost response histograms,
+    /// summed over namespaces and ports, by bound; the last bound is +Inf.
+    pub localhost_response: Vec<(f64, f64)>,
+}
+
+/// A probe that counts something judgement reads.
+pub trait SignalSource: Send + Sync {
+    /// Adds this probe's counts to `totals`.
+    fn add_to(&self, totals: &mut Totals);
+}
+
+/// Where the probes publish, and where judgement reads.
+#[derive(Clone, Default)]
+pub struct Signals(Arc<RwLock<Vec<Arc<dyn SignalSource>>>>);
+
+impl Signals {
+    pub fn publish(&self, source: Arc<dyn SignalSource>) {
+        self.0.write().unwrap_or_else(PoisonError::into_inner).push(source);
+    }
+
+    /// Every source's counts now.
+    #[must_use]
+    pub fn totals(&self) -> Totals {
+        let mut totals = Totals::default();
+        for source in self.0.read().unwrap_or_else(PoisonError::into_inner).iter() {
+            source.add_to(&mut totals);
+        }
+        totals
+    }
+}
+
+/// Adds cumulative histogram buckets `(upper bound, count)` into `into`, bound by bound,
+/// keeping `into` sorted by bound.
+pub fn add_buckets(into: &mut Vec<(f64, f64)>, buckets: impl IntoIterator<Item = (f64, f64)>) {
+    for (bound, count) in buckets {
+        match into.iter_mut().find(|(b, _)| b.to_bits() == bound.to_bits()) {
+            Some(entry) => entry.1 += count,
+            None => into.push((bound, count)),
+        }
+    }
+    into.sort_by(|a, b| a.0.total_cmp(&b.0));
+}

@@ -1,0 +1,182 @@
+//! The probe table: every probe of cniguard, once, in start order, with what it needs from
+//! the kernel and whether the daemon can run without it. [`start_all`] is the one loop
+//! that starts them, with one failure policy: a required probe that cannot start stops
+//! the daemon; an optional one is left off with its reason, which is logged (`<what> is
+//! off: <why>`) and counted in `cniguard_probe_attach_errors_total{reason="unsupported"}`.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use anyhow::{Result, anyhow};
+use aya::Ebpf;
+use probe_common::kernel::KernelOffsets;
+
+use super::shared::CidrClasses;
+use super::sock_state::LocalAddresses;
+use super::{
+    InterfaceProbe, dns, drops, iface_stats, localhost, map_health, overlay, sock_state, tcp_health, underlay,
+};
+use crate::judgement::signals::Signals;
+use crate::metrics::labels::PeerLabels;
+use crate::metrics::{AttachFailure, DaemonMetrics};
+use crate::node::btf::Btf;
+use crate::node::interfaces::{AttachedInterfaces, InterfaceSelector};
+use crate::node::namespaces::SharedInventory;
+
+/// Every probe, in start order: the maps every program shares first, then the classifiers
+/// (attached per interface by `attach`), then the probes that attach once at start.
+pub const PROBES: &[&ProbeSpec] = &[
+    &map_health::SPEC,
+    &iface_stats::SPEC,
+    &underlay::SPEC,
+    &overlay::SPEC,
+    &dns::SPEC,
+    &sock_state::SPEC,
+    &localhost::SPEC,
+    &drops::SPEC,
+    &tcp_health::SPEC,
+];
+
+/// One row of the table.
+pub struct ProbeSpec {
+    /// The `probe` label value, and the module's name on both sides.
+    pub name: &'static str,
+    /// What the operator loses while it is off, in a few words.
+    pub what: &'static str,
+    /// What it needs from the kernel besides loading its programs.
+    pub needs: &'static [Need],
+    /// Whether the daemon refuses to run without it.
+    pub required: bool,
+    /// Writes what the probe's programs read from kernel objects into the object's
+    /// `KERNEL_OFFSETS`, before it loads.
+    pub prepare: Option<fn(&Btf, &mut KernelOffsets) -> Result<()>>,
+    pub start: fn(&mut ProbeContext<'_>) -> Result<Started>,
+}
+
+/// A kernel facility a probe cannot do without.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// The kernel's type information (/sys/kernel/btf/vmlinux): tracing probes read kernel
+    /// structs at offsets found there.
+    Btf,
+}
+
+/// What a started probe leaves running.
+pub enum Started {
+    /// Classifiers, attached to the interfaces the probe selects as they come and go.
+    Interface(Arc<dyn InterfaceProbe>),
+    /// Programs attached once; they stay attached for as long as this value lives.
+    Running(Box<dyn Any + Send + Sync>),
+    /// Only a collector, registered at start.
+    Collector,
+}
+
+/// The probes' settings, each from its owner's section of the configuration.
+#[derive(Debug, Clone)]
+pub struct ProbeSettings {
+    pub interfaces: InterfaceSelector,
+    pub vxlan_ports: Vec<u16>,
+    pub underlay_interfaces: InterfaceSelector,
+    pub dns: dns::DnsSettings,
+    pub localhost: localhost::LocalhostSettings,
+    pub typha_port: u16,
+    pub drop_locations: usize,
+}
+
+/// Everything a probe may start from: one signature for every probe.
+pub struct ProbeContext<'a> {
+    pub ebpf: &'a mut Ebpf,
+    /// The kernel's BTF, or why it could not be read.
+    pub btf: &'a Result<Btf, String>,
+    pub settings: &'a ProbeSettings,
+    /// Interfaces the classifier probes are attached to (their `interface` label).
+    pub attached: &'a AttachedInterfaces,
+    /// Every interface of the daemon's namespace (drops name devices that are not watched).
+    pub all_interfaces: &'a AttachedInterfaces,
+    pub peers: &'a Arc<PeerLabels>,
+    pub classes: &'a Arc<CidrClasses>,
+    pub inventory: &'a SharedInventory,
+    /// The node's own addresses, kept current by the daemon.
+    pub addresses: &'a LocalAddresses,
+    /// Where the probes that feed judgement publish their typed totals.
+    pub signals: &'a Signals,
+    pub metrics: &'a DaemonMetrics,
+}
+
+impl<'a> ProbeContext<'a> {
+    /// The kernel's BTF (borrowed from the node, not from the context).
+    ///
+    /// # Errors
+    /// Why it could not be read.
+    pub fn btf(&self) -> Result<&'a Btf> {
+        let btf: &'a Result<Btf, String> = self.btf;
+        btf.as_ref().map_err(|err| anyhow!("{err}"))
+    }
+}
+
+/// The probes that started, and why the others are off.
+#[derive(Default)]
+pub struct Probes {
+    /// The classifier probes, for `attach` to follow interfaces with.
+    pub interface: Vec<Arc<dyn InterfaceProbe>>,
+    /// Probes that are off, with the reason.
+    pub off: Vec<(&'static str, String)>,
+    running: Vec<Box<dyn Any + Send + Sync>>,
+}
+
+impl Probes {
+    /// How many probes run, classifiers and attached-once ones alike.
+    #[must_use]
+    pub fn running(&self) -> usize {
+        self.interface.len() + self.running.len()
+    }
+}
+
+/// Runs every probe's `prepare` on the kernel's offsets.
+///
+/// # Errors
+/// The first probe whose kernel fields cannot be found.
+pub fn prepare_all(btf: &Btf, offsets: &mut KernelOffsets) -> Result<()> {
+    for spec in PROBES {
+        if let Some(prepare) = spec.prepare {
+            prepare(btf, offsets)?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts every probe of [`PROBES`], in order.
+///
+/// # Errors
+/// If a required probe cannot start.
+pub fn start_all(context: &mut ProbeContext<'_>) -> Result<Probes> {
+    let mut probes = Probes::default();
+    for spec in PROBES {
+        let started = missing_need(spec, context).map_or_else(|| (spec.start)(context), Err);
+        match started {
+            Ok(Started::Interface(probe)) => probes.interface.push(probe),
+            Ok(Started::Running(running)) => probes.running.push(running),
+            Ok(Started::Collector) => {}
+            Err(err) if spec.required => {
+                return Err(err.context(format!("starting the {} probe", spec.name)));
+            }
+            Err(err) => {
+                tracing::warn!("{} is off: {err:#}", spec.what);
+                context
+                    .metrics
+                    .attach_errors
+                    .with_label_values(&[spec.name, AttachFailure::Unsupported.label()])
+                    .inc();
+                probes.off.push((spec.name, format!("{err:#}")));
+            }
+        }
+    }
+    Ok(probes)
+}
+
+/// The first of the probe's needs the kernel does not meet, as an error.
+fn missing_need(spec: &ProbeSpec, context: &ProbeContext<'_>) -> Option<anyhow::Error> {
+    spec.needs.iter().find_map(|need| match need {
+        Need::Btf => context.btf().err(),
+    })
+}
