@@ -15,7 +15,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
 use super::{AttachedInterfaces, InterfaceProbe, TcProgram};
-use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::interfaces::{Interface, InterfaceSelector, InterfaceTable};
 
 pub const NAME: &str = "iface_stats";
@@ -117,16 +117,8 @@ impl IfaceStatsCollector {
     fn new(probe: Arc<IfaceStats>) -> Self {
         Self {
             probe,
-            packets: describe(
-                "cniguard_interface_packets_total",
-                "Packets seen at the tc hook of an interface, by direction and protocol class",
-                LABELS,
-            ),
-            bytes: describe(
-                "cniguard_interface_bytes_total",
-                "Frame bytes (Ethernet header included, as in `ip -s link`) seen at the tc hook",
-                LABELS,
-            ),
+            packets: catalogue::INTERFACE_PACKETS_TOTAL.desc(),
+            bytes: catalogue::INTERFACE_BYTES_TOTAL.desc(),
         }
     }
 }

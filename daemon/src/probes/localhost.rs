@@ -25,12 +25,12 @@ use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
 use probe_common::localhost::{
     ConnectionKey, ConnectionState, FailureKey, FailureReason, Histogram, LatencyKey, LatencyKind, Phase,
 };
+use prometheus::GaugeVec;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{GaugeVec, Opts};
 
 use crate::config::{CheckSettings, LocalhostSettings};
-use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::namespaces::{self, SharedInventory};
 use crate::probes::shared::{LatencyTotals, summed};
 use crate::probes::underlay::monotonic_ns;
@@ -117,20 +117,8 @@ impl Localhost {
             }
         });
         if let Some(check) = probe.settings.check.clone() {
-            let success = GaugeVec::new(
-                Opts::new(
-                    "cniguard_localhost_probe_success",
-                    "1 if the last active health check in the namespace succeeded",
-                ),
-                LABELS,
-            )?;
-            let seconds = GaugeVec::new(
-                Opts::new(
-                    "cniguard_localhost_probe_seconds",
-                    "Duration of the last active health check (connect to answer)",
-                ),
-                LABELS,
-            )?;
+            let success = catalogue::LOCALHOST_PROBE_SUCCESS.gauge_vec()?;
+            let seconds = catalogue::LOCALHOST_PROBE_SECONDS.gauge_vec()?;
             metrics.registry.register(Box::new(success.clone()))?;
             metrics.registry.register(Box::new(seconds.clone()))?;
             tokio::spawn(run_checks(probe.inventory.clone(), check, success, seconds));
@@ -273,21 +261,9 @@ impl LocalhostCollector {
     fn new(probe: Arc<Localhost>) -> Self {
         Self {
             probe,
-            connect: describe(
-                "cniguard_localhost_connect_seconds",
-                "Loopback TCP connect latency inside a namespace: SYN sent to SYN-ACK sent back",
-                LABELS,
-            ),
-            response: describe(
-                "cniguard_localhost_response_seconds",
-                "Loopback request-to-response latency inside a namespace: the client's first request byte to the server's first answer byte, per exchange",
-                LABELS,
-            ),
-            failures: describe(
-                "cniguard_localhost_connect_failures_total",
-                "Failed loopback connections inside a namespace: refused (RST answered the SYN), timeout (SYN never answered), reset (an open connection reset)",
-                FAILURE_LABELS,
-            ),
+            connect: catalogue::LOCALHOST_CONNECT_SECONDS.desc(),
+            response: catalogue::LOCALHOST_RESPONSE_SECONDS.desc(),
+            failures: catalogue::LOCALHOST_CONNECT_FAILURES_TOTAL.desc(),
         }
     }
 }

@@ -8,7 +8,7 @@ use probe_common::map_health::MapId;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
-use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 
 const LABELS: &[&str] = &["map"];
 
@@ -19,10 +19,8 @@ struct MapFullCollector {
 
 pub fn register(ebpf: &mut Ebpf, metrics: &DaemonMetrics) -> Result<()> {
     let map = ebpf.take_map("MAP_FULL").context("the eBPF object has no MAP_FULL map")?;
-    let collector = MapFullCollector {
-        counts: PerCpuArray::try_from(map)?,
-        desc: describe("cniguard_map_full_total", "Map inserts refused because the map was full", LABELS),
-    };
+    let collector =
+        MapFullCollector { counts: PerCpuArray::try_from(map)?, desc: catalogue::MAP_FULL_TOTAL.desc() };
     metrics.registry.register(Box::new(collector))?;
     Ok(())
 }

@@ -15,7 +15,7 @@ use prometheus::proto::MetricFamily;
 
 use super::shared::CidrClasses;
 use super::{AttachedInterfaces, InterfaceProbe, TcProgram};
-use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::interfaces::{Interface, InterfaceTable};
 
 pub const NAME: &str = "overlay";
@@ -52,11 +52,7 @@ impl Overlay {
         });
         metrics.registry.register(Box::new(OverlayCollector {
             probe: probe.clone(),
-            packets: describe(
-                "cniguard_overlay_packets_total",
-                "Packets inside a VXLAN device, by the configured CIDR of their source and destination",
-                LABELS,
-            ),
+            packets: catalogue::OVERLAY_PACKETS_TOTAL.desc(),
         }))?;
         Ok(probe)
     }
