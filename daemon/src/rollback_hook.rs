@@ -21,10 +21,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounterVec, Registry};
 use serde::{Deserialize, Serialize};
 
 use crate::judgement::phase::unix_now;
+use crate::metrics::catalogue;
 use crate::state_file::StateFile;
 
 pub const FILE_NAME: &str = "rollback-hook";
@@ -123,22 +124,9 @@ struct Metrics {
 impl Metrics {
     fn new(armed: bool) -> Result<Self> {
         let registry = Registry::new();
-        let executions = IntCounterVec::new(
-            Opts::new(
-                "cniguard_rollback_executions_total",
-                "Rollback command runs by result: succeeded, failed, or dry_run (logged, not run: the hook is not armed)",
-            ),
-            &["result"],
-        )?;
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "cniguard_rollback_hook_requests_total",
-                "Webhook requests by outcome: accepted, unauthorized (no or a wrong bearer token), bad_request",
-            ),
-            &["outcome"],
-        )?;
-        let armed_gauge =
-            IntGauge::new("cniguard_rollback_hook_armed", "1 if the hook runs the rollback, 0 in dry-run")?;
+        let executions = catalogue::ROLLBACK_EXECUTIONS_TOTAL.int_counter_vec()?;
+        let requests = catalogue::ROLLBACK_HOOK_REQUESTS_TOTAL.int_counter_vec()?;
+        let armed_gauge = catalogue::ROLLBACK_HOOK_ARMED.int_gauge()?;
         armed_gauge.set(i64::from(armed));
         registry.register(Box::new(executions.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -474,5 +462,12 @@ mod tests {
         .unwrap();
         let started = humantime::parse_rfc3339_weak(&payload.alerts[0].starts_at).unwrap();
         assert_eq!(unix(started).floor(), 1_795_608_000.0);
+    }
+
+    #[test]
+    fn the_hooks_metrics_are_catalogued() {
+        let families = Metrics::new(true).unwrap().registry.gather();
+        assert_eq!(families.len(), 3);
+        families.iter().for_each(crate::metrics::catalogue::assert_catalogued);
     }
 }

@@ -9,9 +9,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, Registry};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use crate::metrics::catalogue;
 
 const VERSION: u32 = 1;
 
@@ -168,13 +170,7 @@ fn write_atomically<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 /// # Errors
 /// On a duplicate metric name.
 pub fn rejections(registry: &Registry) -> Result<IntCounterVec> {
-    let counter = IntCounterVec::new(
-        Opts::new(
-            "cniguard_state_file_rejected_total",
-            "State files set aside at start-up: corrupt, foreign (another node or format) or unreadable",
-        ),
-        &["reason"],
-    )?;
+    let counter = catalogue::STATE_FILE_REJECTED_TOTAL.int_counter_vec()?;
     registry.register(Box::new(counter.clone()))?;
     Ok(counter)
 }
@@ -211,6 +207,8 @@ impl Drop for TempDir {
 
 #[cfg(test)]
 mod tests {
+    use prometheus::Opts;
+
     use super::*;
 
     fn file(dir: &Path, node: &str, rejected: &IntCounterVec) -> StateFile {

@@ -9,14 +9,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use prometheus::{GaugeVec, Opts, Registry};
+use prometheus::{GaugeVec, Registry};
 use serde::Deserialize;
 
 use super::engine::{self, HttpGet};
 use super::settings::{ChecksError, glob_set, interval_and_timeout};
+use crate::metrics::catalogue;
 use crate::node::namespaces::{self, SharedInventory};
-
-const LABELS: &[&str] = &["netns", "port"];
 
 /// The `[localhost.check]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -80,20 +79,8 @@ impl HealthCheckConfig {
 /// # Errors
 /// If a metric cannot be registered (a duplicate name: a programming error).
 pub fn start(settings: HealthCheckSettings, inventory: SharedInventory, registry: &Registry) -> Result<()> {
-    let success = GaugeVec::new(
-        Opts::new(
-            "cniguard_localhost_probe_success",
-            "1 if the last active health check in the namespace succeeded",
-        ),
-        LABELS,
-    )?;
-    let seconds = GaugeVec::new(
-        Opts::new(
-            "cniguard_localhost_probe_seconds",
-            "Duration of the last active health check (connect to answer)",
-        ),
-        LABELS,
-    )?;
+    let success = catalogue::LOCALHOST_PROBE_SUCCESS.gauge_vec()?;
+    let seconds = catalogue::LOCALHOST_PROBE_SECONDS.gauge_vec()?;
     registry.register(Box::new(success.clone()))?;
     registry.register(Box::new(seconds.clone()))?;
     tokio::spawn(run(inventory, settings, success, seconds));

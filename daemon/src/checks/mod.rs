@@ -18,11 +18,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{GaugeVec, HistogramVec, IntCounterVec, Registry};
 use serde::Deserialize;
 
 use tokio::sync::watch;
 
+use crate::metrics::catalogue;
 use crate::node::namespaces::{self, SharedInventory};
 
 use self::engine::Failure;
@@ -31,7 +32,6 @@ use self::settings::ChecksSettings;
 
 /// How long a check's results are remembered (the longest window a trigger looks at).
 const HISTORY: Duration = Duration::from_hours(1);
-const CHECK_LABELS: &[&str] = &["check", "target"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -194,30 +194,11 @@ struct CheckMetrics {
 
 impl CheckMetrics {
     fn register(registry: &Registry) -> Result<Self> {
-        let success = GaugeVec::new(
-            Opts::new(
-                "cniguard_check_success",
-                "1 if the latest active check of the target succeeded, 0 if it failed",
-            ),
-            CHECK_LABELS,
-        )?;
-        let seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "cniguard_check_seconds",
-                "How long active checks took, from the pod's namespace",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            CHECK_LABELS,
-        )?;
-        let failures = IntCounterVec::new(
-            Opts::new(
-                "cniguard_check_failures_total",
-                "Failed active checks by reason: timeout, refused, unreachable, reset, http_status, resolve, dns_rcode, dns_empty, other",
-            ),
-            &["check", "target", "reason"],
-        )?;
+        let success = catalogue::CHECK_SUCCESS.gauge_vec()?;
+        let seconds = catalogue::CHECK_SECONDS.histogram_vec(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])?;
+        let failures = catalogue::CHECK_FAILURES_TOTAL.int_counter_vec()?;
         registry.register(Box::new(success.clone()))?;
         registry.register(Box::new(seconds.clone()))?;
         registry.register(Box::new(failures.clone()))?;

@@ -10,9 +10,11 @@ use futures::StreamExt as _;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Resource};
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, Registry};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
+
+use crate::metrics::catalogue;
 
 /// Bounded causes for `cniguard_cluster_api_errors_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,13 +111,7 @@ impl ApiMetrics {
     /// # Errors
     /// If the metrics are already registered.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let errors = IntCounterVec::new(
-            Opts::new(
-                "cniguard_cluster_api_errors_total",
-                "Failed Kubernetes API calls by resource and cause (forbidden: RBAC denies it)",
-            ),
-            &["resource", "reason"],
-        )?;
+        let errors = catalogue::CLUSTER_API_ERRORS_TOTAL.int_counter_vec()?;
         registry.register(Box::new(errors.clone()))?;
         Ok(Self { errors })
     }

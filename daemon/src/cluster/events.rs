@@ -21,11 +21,12 @@ use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Api;
 use kube::api::PostParams;
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, Registry};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::api::{ApiFailure, ApiMetrics};
+use crate::metrics::catalogue;
 
 pub const REASON: &str = "CniguardRollbackTrigger";
 /// Where Events about cluster-scoped objects (Nodes) live.
@@ -82,13 +83,7 @@ impl EventRecorder {
         api_metrics: ApiMetrics,
         registry: &Registry,
     ) -> prometheus::Result<Self> {
-        let outcomes = IntCounterVec::new(
-            Opts::new(
-                "cniguard_cluster_events_total",
-                "Rollback trigger Events: created, failed, coalesced (held by the rate limit and superseded), dropped (queue full)",
-            ),
-            &["result"],
-        )?;
+        let outcomes = catalogue::CLUSTER_EVENTS_TOTAL.int_counter_vec()?;
         registry.register(Box::new(outcomes.clone()))?;
         let (sender, receiver) = mpsc::channel(QUEUE);
         let writer = Writer {

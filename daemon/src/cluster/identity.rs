@@ -16,10 +16,11 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::Store;
+use prometheus::Registry;
 use prometheus::proto::{LabelPair, MetricFamily};
-use prometheus::{IntGaugeVec, Opts, Registry};
 use tokio::sync::Notify;
 
+use crate::metrics::catalogue;
 use crate::node::namespaces::{self, Inventory, SharedInventory};
 
 /// Label names added to series of pod-facing interfaces and pod namespaces.
@@ -242,13 +243,7 @@ pub fn maintain<S: FactsSource>(
     source: S,
     registry: &Registry,
 ) -> prometheus::Result<SharedIndex> {
-    let gauge = IntGaugeVec::new(
-        Opts::new(
-            "cniguard_cluster_pods",
-            "Pods on this node: mapped to a network namespace, unmapped (no namespace holds their IP yet), host_network",
-        ),
-        &["state"],
-    )?;
+    let gauge = catalogue::CLUSTER_PODS.int_gauge_vec()?;
     registry.register(Box::new(gauge.clone()))?;
     let index = SharedIndex::default();
     let shared = index.clone();

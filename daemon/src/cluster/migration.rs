@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 
 use super::api::{ApiMetrics, Presence, Watched};
 use crate::judgement::phase::{Phase, SharedPhase};
-use crate::metrics::{FamilyBuilder, describe};
+use crate::metrics::{FamilyBuilder, catalogue};
 
 pub const MIGRATION_LABEL: &str = "projectcalico.org/node-network-during-migration";
 /// How often the node's own phase is compared (it is re-read this often too).
@@ -224,16 +224,8 @@ impl MigrationCollector {
     fn new(latest: Arc<Mutex<Option<Comparison>>>) -> Self {
         Self {
             latest,
-            disagreement: describe(
-                "cniguard_migration_phase_disagreement",
-                "1 while this node's own phase contradicts the cluster's (source: node_label, else calico_objects), 0 while they agree",
-                &["source"],
-            ),
-            view: describe(
-                "cniguard_cluster_phase",
-                "1 for the CNI each cluster source says this node runs (node_label, calico_objects: flannel or calico)",
-                &["source", "phase"],
-            ),
+            disagreement: catalogue::MIGRATION_PHASE_DISAGREEMENT.desc(),
+            view: catalogue::CLUSTER_PHASE.desc(),
         }
     }
 }

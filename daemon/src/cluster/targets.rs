@@ -13,11 +13,12 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use prometheus::{IntGaugeVec, Opts, Registry};
+use prometheus::Registry;
 use tokio::sync::{Notify, watch};
 
 use super::api::{ApiMetrics, Presence, Watched};
 use super::settings::{ClusterSettings, ServiceRef};
+use crate::metrics::catalogue;
 
 /// Every target the checks should reach from this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -80,20 +81,8 @@ pub fn discover(
     api_metrics: &ApiMetrics,
     registry: &Registry,
 ) -> prometheus::Result<watch::Receiver<ClusterTargets>> {
-    let resolved = IntGaugeVec::new(
-        Opts::new(
-            "cniguard_cluster_service_resolved",
-            "1 while a configured critical Service resolves to a ClusterIP, 0 while it does not exist or is headless",
-        ),
-        &["service"],
-    )?;
-    let peer_count = IntGaugeVec::new(
-        Opts::new(
-            "cniguard_cluster_targets",
-            "Check targets discovered through the API: peer (echo pods on other nodes), service",
-        ),
-        &["kind"],
-    )?;
+    let resolved = catalogue::CLUSTER_SERVICE_RESOLVED.int_gauge_vec()?;
+    let peer_count = catalogue::CLUSTER_TARGETS.int_gauge_vec()?;
     registry.register(Box::new(resolved.clone()))?;
     registry.register(Box::new(peer_count.clone()))?;
     let changed = Arc::new(Notify::new());

@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus::proto::{MetricFamily, MetricType};
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, Registry};
 use serde_json::{Value, json};
 
 use super::fake_api::{self, ApiCall, EVENTS, FakeApi, NODES, PODS, SERVICES, collection};
 use super::identity::{FactsSource, HostVeth, NetnsFacts, NodeFacts};
 use super::{Cluster, ClusterContext, ClusterSettings, ClusterTargets, PeerTarget, ServiceTarget};
 use crate::judgement::phase::{Phase, PhaseRecord, SharedPhase, Signals};
+use crate::metrics::catalogue;
 use crate::server::Rewriter;
 
 const NODE: &str = "node-1";
@@ -67,16 +68,8 @@ impl Harness {
         let (client, fake) = FakeApi::start();
         setup(&fake);
         let registry = Registry::new();
-        let packets = IntCounterVec::new(
-            Opts::new("cniguard_interface_packets_total", "test"),
-            &["interface", "direction", "protocol"],
-        )
-        .unwrap();
-        let localhost = IntCounterVec::new(
-            Opts::new("cniguard_localhost_connect_failures_total", "test"),
-            &["netns", "port", "reason"],
-        )
-        .unwrap();
+        let packets = catalogue::INTERFACE_PACKETS_TOTAL.int_counter_vec().unwrap();
+        let localhost = catalogue::LOCALHOST_CONNECT_FAILURES_TOTAL.int_counter_vec().unwrap();
         registry.register(Box::new(packets.clone())).unwrap();
         registry.register(Box::new(localhost.clone())).unwrap();
         let (rewriter, phase, facts) = (Rewriter::default(), SharedPhase::default(), Facts::default());
@@ -91,12 +84,14 @@ impl Harness {
         Self { fake, registry, rewriter, phase, facts, cluster, packets, localhost }
     }
 
-    /// /metrics as the server renders it: gathered, then rewritten.
+    /// /metrics as the server renders it: gathered, then rewritten; every family the
+    /// catalogue's.
     fn scrape(&self) -> Vec<MetricFamily> {
         let mut families = self.registry.gather();
         if let Some(rewrite) = self.rewriter.get() {
             rewrite(&mut families);
         }
+        families.iter().for_each(catalogue::assert_catalogued);
         families
     }
 

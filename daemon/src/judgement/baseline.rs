@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::judgement::phase::{Phase, PhaseRecord};
 use crate::judgement::signals::{Signals, Totals};
-use crate::metrics::{FamilyBuilder, describe};
+use crate::metrics::{FamilyBuilder, catalogue};
 use crate::node::namespaces::{self, SharedInventory};
 use crate::state_file::StateFile;
 
@@ -448,36 +448,12 @@ impl BaselineCollector {
     pub fn new(baselines: SharedBaselines) -> Self {
         Self {
             baselines,
-            baseline: describe(
-                "cniguard_baseline",
-                "The signal's baseline, learnt while the node ran Flannel (frozen once it left)",
-                &["signal"],
-            ),
-            current: describe(
-                "cniguard_baseline_window",
-                "The signal's value over the latest window",
-                &["signal"],
-            ),
-            ratio: describe(
-                "cniguard_baseline_ratio",
-                "The latest window over the baseline, once the node has left Flannel (+Inf: something where the baseline had nothing)",
-                &["signal"],
-            ),
-            drops_baseline: describe(
-                "cniguard_baseline_drops_per_second",
-                "Drops per second by reason, learnt while the node ran Flannel",
-                &["reason"],
-            ),
-            drops_ratio: describe(
-                "cniguard_baseline_drops_ratio",
-                "Drops per second by reason over the latest window, over their baseline, once the node has left Flannel",
-                &["reason"],
-            ),
-            segments: describe(
-                "cniguard_tcp_segments_sent_total",
-                "TCP segments sent by the watched namespaces (the kernel's OutSegs), updated every baseline window",
-                &[],
-            ),
+            baseline: catalogue::BASELINE.desc(),
+            current: catalogue::BASELINE_WINDOW.desc(),
+            ratio: catalogue::BASELINE_RATIO.desc(),
+            drops_baseline: catalogue::BASELINE_DROPS_PER_SECOND.desc(),
+            drops_ratio: catalogue::BASELINE_DROPS_RATIO.desc(),
+            segments: catalogue::TCP_SEGMENTS_SENT_TOTAL.desc(),
         }
     }
 }

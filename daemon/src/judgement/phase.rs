@@ -12,7 +12,7 @@ use prometheus::proto::MetricFamily;
 use rtnetlink::{Handle, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{FamilyBuilder, describe};
+use crate::metrics::{FamilyBuilder, catalogue};
 use crate::node::interfaces::Interface;
 
 const FLANNEL_VXLAN: &str = "flannel.1";
@@ -149,26 +149,10 @@ impl PhaseCollector {
     pub fn new(state: SharedPhase) -> Self {
         Self {
             state,
-            phase: describe(
-                "cniguard_migration_phase",
-                "1 for the CNI phase this node is in (flannel, mixed, calico, unknown), 0 for the others",
-                &["phase"],
-            ),
-            changed: describe(
-                "cniguard_migration_phase_changed_timestamp_seconds",
-                "When this node entered its current phase (Unix time; kept across daemon restarts)",
-                &[],
-            ),
-            signal: describe(
-                "cniguard_migration_signal",
-                "1 if the node shows this sign of a CNI: flannel_vxlan, flannel_bridge, calico_vxlan, bird_routes",
-                &["signal"],
-            ),
-            pods: describe(
-                "cniguard_migration_pod_interfaces",
-                "Pod interfaces on this node by the CNI their name belongs to (veth*: flannel, cali*: calico)",
-                &["cni"],
-            ),
+            phase: catalogue::MIGRATION_PHASE.desc(),
+            changed: catalogue::MIGRATION_PHASE_CHANGED_TIMESTAMP_SECONDS.desc(),
+            signal: catalogue::MIGRATION_SIGNAL.desc(),
+            pods: catalogue::MIGRATION_POD_INTERFACES.desc(),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::{Mutex, PoisonError};
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, Registry};
 
 /// The label value of peers beyond the cap.
 pub const OTHER: &str = "other";
@@ -30,14 +30,7 @@ impl PeerLabels {
     /// Only on a programming error: a duplicate metric name in `registry`.
     #[must_use]
     pub fn new(max_peers: usize, registry: &Registry) -> Self {
-        let overflow = IntCounterVec::new(
-            Opts::new(
-                "cniguard_label_overflow_total",
-                "Peers counted as peer=\"other\" because a metric reached max_peers",
-            ),
-            &["metric"],
-        )
-        .expect("valid metric");
+        let overflow = super::catalogue::LABEL_OVERFLOW_TOTAL.int_counter_vec().expect("valid metric");
         registry.register(Box::new(overflow.clone())).expect("metric names are unique");
         Self { max_peers, seen: Mutex::new(HashMap::new()), overflow }
     }

@@ -1,11 +1,12 @@
 //! The daemon's Prometheus registry: its own health metrics, and helpers for the probes'
 //! collectors, which read eBPF maps at scrape time and emit families built here.
 
+pub mod catalogue;
 pub mod labels;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGaugeVec, Registry};
 
 /// Metrics about cniguard itself, updated as probes attach and detach.
 #[derive(Clone)]
@@ -24,22 +25,10 @@ impl DaemonMetrics {
     #[must_use]
     pub fn new(version: &str, kernel: &str) -> Self {
         let registry = Registry::new();
-        let build_info = IntGaugeVec::new(
-            Opts::new("cniguard_build_info", "cniguard's version and the kernel it runs on (always 1)"),
-            &["version", "kernel"],
-        )
-        .expect("valid metric");
+        let build_info = catalogue::BUILD_INFO.int_gauge_vec().expect("valid metric");
         build_info.with_label_values(&[version, kernel]).set(1);
-        let probe_attached = IntGaugeVec::new(
-            Opts::new("cniguard_probe_attached", "1 while a probe is attached to an interface"),
-            &["interface", "probe"],
-        )
-        .expect("valid metric");
-        let attach_errors = IntCounterVec::new(
-            Opts::new("cniguard_probe_attach_errors_total", "Failed attempts to attach a probe, by cause"),
-            &["probe", "reason"],
-        )
-        .expect("valid metric");
+        let probe_attached = catalogue::PROBE_ATTACHED.int_gauge_vec().expect("valid metric");
+        let attach_errors = catalogue::PROBE_ATTACH_ERRORS_TOTAL.int_counter_vec().expect("valid metric");
         for metric in [
             Box::new(build_info) as Box<dyn Collector>,
             Box::new(probe_attached.clone()),
@@ -156,6 +145,7 @@ impl FamilyBuilder {
     }
 
     fn new(desc: &Desc, label_names: &'static [&'static str], kind: MetricType) -> Self {
+        debug_assert_eq!(desc.variable_labels, label_names, "{}: the catalogue's labels", desc.fq_name);
         let mut family = MetricFamily::default();
         family.set_name(desc.fq_name.clone());
         family.set_help(desc.help.clone());

@@ -18,9 +18,9 @@ use aya::maps::{HashMap, MapData, PerCpuHashMap};
 use probe_common::Direction;
 use probe_common::dns::{DnsCountKey, DnsOutcome, Pending, PendingKey, rcode_label};
 use probe_common::localhost::Histogram;
+use prometheus::IntCounterVec;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounterVec, Opts};
 use serde::Deserialize;
 
 use super::registry::{ProbeSpec, Started};
@@ -29,7 +29,7 @@ use super::underlay::monotonic_ns;
 use super::{InterfaceProbe, TcProgram};
 use crate::judgement::signals::{SignalSource, Totals};
 use crate::metrics::labels::PeerLabels;
-use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::interfaces::AttachedInterfaces;
 use crate::node::interfaces::{Interface, InterfaceSelector, InterfaceTable};
 
@@ -97,7 +97,7 @@ impl DnsConfig {
 }
 
 /// The servers share one cap (`max_peers`) across the DNS metrics.
-const SERVER_LABELS: &str = "cniguard_dns";
+const SERVER_LABELS: &str = catalogue::DNS_SERVERS;
 /// How often outstanding queries are checked for timeouts.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
@@ -129,13 +129,7 @@ impl Dns {
     ) -> Result<Arc<Self>> {
         let mut take =
             |name: &str| ebpf.take_map(name).with_context(|| format!("the eBPF object has no {name} map"));
-        let timeouts = IntCounterVec::new(
-            Opts::new(
-                "cniguard_dns_timeouts_total",
-                "DNS queries from pods on this node left unanswered for [dns] timeout_seconds, by server",
-            ),
-            &["server"],
-        )?;
+        let timeouts = catalogue::DNS_TIMEOUTS_TOTAL.int_counter_vec()?;
         metrics.registry.register(Box::new(timeouts.clone()))?;
         let probe = Arc::new(Self {
             pending: Mutex::new(HashMap::try_from(take("DNS_PENDING")?)?),
@@ -304,36 +298,12 @@ impl DnsCollector {
     fn new(probe: Arc<Dns>) -> Self {
         Self {
             probe,
-            queries: describe(
-                "cniguard_dns_queries_total",
-                "DNS queries from pods on this node, by the pod's interface and the server asked",
-                &["interface", "server"],
-            ),
-            responses: describe(
-                "cniguard_dns_responses_total",
-                "DNS answers to pods on this node that matched a query, by server and response code",
-                &["server", "rcode"],
-            ),
-            unmatched: describe(
-                "cniguard_dns_unmatched_responses_total",
-                "DNS answers over UDP that matched no outstanding query: late (after the timeout) or unsolicited",
-                &["server"],
-            ),
-            untracked: describe(
-                "cniguard_dns_untracked_queries_total",
-                "DNS queries that could not be remembered for matching (outstanding-query map full)",
-                &["server"],
-            ),
-            malformed: describe(
-                "cniguard_dns_malformed_total",
-                "Port 53 traffic on pod interfaces that is not a DNS message of the expected kind",
-                &["interface", "direction"],
-            ),
-            latency: describe(
-                "cniguard_dns_latency_seconds",
-                "Time from a pod's DNS query to the answer, as seen on its interface, by server",
-                &["server"],
-            ),
+            queries: catalogue::DNS_QUERIES_TOTAL.desc(),
+            responses: catalogue::DNS_RESPONSES_TOTAL.desc(),
+            unmatched: catalogue::DNS_UNMATCHED_RESPONSES_TOTAL.desc(),
+            untracked: catalogue::DNS_UNTRACKED_QUERIES_TOTAL.desc(),
+            malformed: catalogue::DNS_MALFORMED_TOTAL.desc(),
+            latency: catalogue::DNS_LATENCY_SECONDS.desc(),
         }
     }
 }

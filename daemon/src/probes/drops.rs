@@ -20,7 +20,7 @@ use tokio::io::unix::AsyncFd;
 use super::registry::{Need, ProbeSpec, Started};
 use super::shared::{attach_raw_tracepoint, summed};
 use crate::judgement::signals::{SignalSource, Totals};
-use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::btf::Btf;
 use crate::node::namespaces::{self, InterfaceResolver, SharedInventory};
 
@@ -250,16 +250,8 @@ impl DropsCollector {
     fn new(probe: Arc<Drops>) -> Self {
         Self {
             probe,
-            drops: describe(
-                "cniguard_drops_total",
-                "Packets the kernel dropped, by its drop reason, the packet's device and namespace, and protocol",
-                LABELS,
-            ),
-            locations: describe(
-                "cniguard_drops_by_location_total",
-                "Sampled drops by reason and the kernel function they happened in (the busiest locations only)",
-                LOCATION_LABELS,
-            ),
+            drops: catalogue::DROPS_TOTAL.desc(),
+            locations: catalogue::DROPS_BY_LOCATION_TOTAL.desc(),
         }
     }
 }

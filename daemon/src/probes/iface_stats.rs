@@ -16,7 +16,7 @@ use prometheus::proto::MetricFamily;
 
 use super::registry::{ProbeSpec, Started};
 use super::{InterfaceProbe, TcProgram};
-use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::interfaces::AttachedInterfaces;
 use crate::node::interfaces::{Interface, InterfaceSelector, InterfaceTable};
 
@@ -136,16 +136,8 @@ impl IfaceStatsCollector {
     fn new(probe: Arc<IfaceStats>) -> Self {
         Self {
             probe,
-            packets: describe(
-                "cniguard_interface_packets_total",
-                "Packets seen at the tc hook of an interface, by direction and protocol class",
-                LABELS,
-            ),
-            bytes: describe(
-                "cniguard_interface_bytes_total",
-                "Frame bytes (Ethernet header included, as in `ip -s link`) seen at the tc hook",
-                LABELS,
-            ),
+            packets: catalogue::INTERFACE_PACKETS_TOTAL.desc(),
+            bytes: catalogue::INTERFACE_BYTES_TOTAL.desc(),
         }
     }
 }

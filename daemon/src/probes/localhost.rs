@@ -29,7 +29,7 @@ use serde::Deserialize;
 
 use crate::checks::health::HealthCheckConfig;
 use crate::judgement::signals::{SignalSource, Totals, add_buckets};
-use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::namespaces::{self, SharedInventory};
 use crate::probes::registry::{ProbeSpec, Started};
 use crate::probes::shared::{LatencyTotals, summed};
@@ -308,21 +308,9 @@ impl LocalhostCollector {
     fn new(probe: Arc<Localhost>) -> Self {
         Self {
             probe,
-            connect: describe(
-                "cniguard_localhost_connect_seconds",
-                "Loopback TCP connect latency inside a namespace: SYN sent to SYN-ACK sent back",
-                LABELS,
-            ),
-            response: describe(
-                "cniguard_localhost_response_seconds",
-                "Loopback request-to-response latency inside a namespace: the client's first request byte to the server's first answer byte, per exchange",
-                LABELS,
-            ),
-            failures: describe(
-                "cniguard_localhost_connect_failures_total",
-                "Failed loopback connections inside a namespace: refused (RST answered the SYN), timeout (SYN never answered), reset (an open connection reset)",
-                FAILURE_LABELS,
-            ),
+            connect: catalogue::LOCALHOST_CONNECT_SECONDS.desc(),
+            response: catalogue::LOCALHOST_RESPONSE_SECONDS.desc(),
+            failures: catalogue::LOCALHOST_CONNECT_FAILURES_TOTAL.desc(),
         }
     }
 }

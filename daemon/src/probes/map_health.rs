@@ -9,7 +9,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
 use super::registry::{ProbeSpec, Started};
-use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 
 const LABELS: &[&str] = &["map"];
 
@@ -32,10 +32,8 @@ pub const SPEC: ProbeSpec = ProbeSpec {
 
 pub fn register(ebpf: &mut Ebpf, metrics: &DaemonMetrics) -> Result<()> {
     let map = ebpf.take_map("MAP_FULL").context("the eBPF object has no MAP_FULL map")?;
-    let collector = MapFullCollector {
-        counts: PerCpuArray::try_from(map)?,
-        desc: describe("cniguard_map_full_total", "Map inserts refused because the map was full", LABELS),
-    };
+    let collector =
+        MapFullCollector { counts: PerCpuArray::try_from(map)?, desc: catalogue::MAP_FULL_TOTAL.desc() };
     metrics.registry.register(Box::new(collector))?;
     Ok(())
 }

@@ -16,7 +16,7 @@ use prometheus::proto::MetricFamily;
 use super::registry::{ProbeSpec, Started};
 use super::shared::CidrClasses;
 use super::{InterfaceProbe, TcProgram};
-use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::interfaces::AttachedInterfaces;
 use crate::node::interfaces::{Interface, InterfaceTable};
 
@@ -66,11 +66,7 @@ impl Overlay {
         });
         metrics.registry.register(Box::new(OverlayCollector {
             probe: probe.clone(),
-            packets: describe(
-                "cniguard_overlay_packets_total",
-                "Packets inside a VXLAN device, by the configured CIDR of their source and destination",
-                LABELS,
-            ),
+            packets: catalogue::OVERLAY_PACKETS_TOTAL.desc(),
         }))?;
         Ok(probe)
     }

@@ -17,15 +17,15 @@ use aya::maps::{HashMap, MapData, RingBuf};
 use aya::programs::raw_trace_point::RawTracePointLink;
 use probe_common::sock_state::SockStateEvent;
 use probe_common::underlay::BGP_PORT;
+use prometheus::IntCounterVec;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounterVec, Opts};
 use tokio::io::unix::AsyncFd;
 
 use super::registry::{Need, ProbeSpec, Started};
 use super::shared::attach_raw_tracepoint;
 use crate::metrics::labels::PeerLabels;
-use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::btf::Btf;
 
 pub const NAME: &str = "sock_state";
@@ -115,30 +115,14 @@ impl SockState {
                 }
             }
         }
-        let transitions = IntCounterVec::new(
-            Opts::new(
-                "cniguard_bgp_session_transitions_total",
-                "TCP state changes of BGP sessions, by peer and new state",
-            ),
-            &["peer", "state"],
-        )?;
-        let connections = IntCounterVec::new(
-            Opts::new(
-                "cniguard_tcp_connections_total",
-                "Connection attempts from this node to watched ports (Calico Typha), by result",
-            ),
-            &["port", "result"],
-        )?;
+        let transitions = catalogue::BGP_SESSION_TRANSITIONS_TOTAL.int_counter_vec()?;
+        let connections = catalogue::TCP_CONNECTIONS_TOTAL.int_counter_vec()?;
         metrics.registry.register(Box::new(transitions.clone()))?;
         metrics.registry.register(Box::new(connections.clone()))?;
         metrics.registry.register(Box::new(SessionCollector {
             sessions: sessions.clone(),
             peers: peers.clone(),
-            up: describe(
-                "cniguard_bgp_session_up",
-                "1 while a BGP session to the peer is ESTABLISHED",
-                &["peer"],
-            ),
+            up: catalogue::BGP_SESSION_UP.desc(),
         }))?;
         let handler = EventHandler {
             sessions: sessions.clone(),
@@ -190,7 +174,7 @@ impl EventHandler {
 
     fn bgp(&self, connection: Connection, event: &SockStateEvent) {
         let peer = connection.remote;
-        let label = self.peers.label("cniguard_bgp_session_transitions_total", peer);
+        let label = self.peers.label(catalogue::BGP_SESSION_TRANSITIONS_TOTAL.name, peer);
         self.transitions.with_label_values(&[label.as_str(), tcp_state_name(event.newstate)]).inc();
         let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         sessions.peers.insert(peer);
@@ -296,7 +280,7 @@ impl Collector for SessionCollector {
         let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         let mut up: BTreeMap<String, bool> = BTreeMap::new();
         for peer in &sessions.peers {
-            let label = self.peers.label("cniguard_bgp_session_up", *peer);
+            let label = self.peers.label(catalogue::BGP_SESSION_UP.name, *peer);
             // Folded peers: `other` is up while any of them is.
             *up.entry(label).or_default() |= session_up(&sessions, *peer);
         }

@@ -18,7 +18,7 @@ use prometheus::proto::MetricFamily;
 use super::registry::{Need, ProbeSpec, Started};
 use super::shared::{CidrClasses, LatencyTotals, attach_raw_tracepoint, summed};
 use crate::judgement::signals::{SignalSource, Totals};
-use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::btf::Btf;
 
 pub const NAME: &str = "tcp_health";
@@ -137,21 +137,9 @@ impl TcpCollector {
     fn new(probe: Arc<TcpHealth>) -> Self {
         Self {
             probe,
-            retransmits: describe(
-                "cniguard_tcp_retransmits_total",
-                "TCP segments retransmitted (SYN-ACKs included), by the configured CIDR of the remote end",
-                &["peer_cidr"],
-            ),
-            resets: describe(
-                "cniguard_tcp_resets_total",
-                "TCP resets sent and received, by the configured CIDR of the remote end",
-                &["peer_cidr", "direction"],
-            ),
-            rtt: describe(
-                "cniguard_tcp_srtt_seconds",
-                "Smoothed round-trip time of TCP connections (sampled), by the configured CIDR of the remote end",
-                &["peer_cidr"],
-            ),
+            retransmits: catalogue::TCP_RETRANSMITS_TOTAL.desc(),
+            resets: catalogue::TCP_RESETS_TOTAL.desc(),
+            rtt: catalogue::TCP_SRTT_SECONDS.desc(),
         }
     }
 }

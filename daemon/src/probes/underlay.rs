@@ -12,15 +12,15 @@ use aya::maps::{HashMap, MapData, PerCpuHashMap, RingBuf};
 use probe_common::Direction;
 use probe_common::iface_stats::PacketCount;
 use probe_common::underlay::{BgpKey, BgpMessageKind, BgpNotificationEvent, VxlanKey, VxlanMalformedKey};
+use prometheus::IntCounterVec;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounterVec, Opts};
 use tokio::io::unix::AsyncFd;
 
 use super::registry::{ProbeSpec, Started};
 use super::{InterfaceProbe, TcProgram};
 use crate::metrics::labels::PeerLabels;
-use crate::metrics::{DaemonMetrics, FamilyBuilder, describe};
+use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::interfaces::AttachedInterfaces;
 use crate::node::interfaces::{Interface, InterfaceSelector, InterfaceTable};
 use crate::probes::bgp_codes;
@@ -100,13 +100,7 @@ impl Underlay {
             peers: peers.clone(),
         });
         probe.set_ports(&BTreeSet::new());
-        let notifications = IntCounterVec::new(
-            Opts::new(
-                "cniguard_bgp_notifications_total",
-                "BGP NOTIFICATION messages seen, by peer, error code and subcode",
-            ),
-            &["peer", "code", "subcode"],
-        )?;
+        let notifications = catalogue::BGP_NOTIFICATIONS_TOTAL.int_counter_vec()?;
         metrics.registry.register(Box::new(notifications.clone()))?;
         read_notifications(RingBuf::try_from(take("BGP_EVENTS")?)?, notifications, attached.clone(), peers)?;
         metrics.registry.register(Box::new(UnderlayCollector::new(probe.clone())))?;
@@ -193,7 +187,7 @@ fn read_notifications(
                 let peer = Ipv4Addr::from(event.peer);
                 let (code, subcode) =
                     (bgp_codes::code_name(event.code), bgp_codes::subcode_name(event.code, event.subcode));
-                let label = peers.label("cniguard_bgp_notifications_total", peer);
+                let label = peers.label(catalogue::BGP_NOTIFICATIONS_TOTAL.name, peer);
                 counter.with_label_values(&[label.as_str(), code, subcode.as_str()]).inc();
                 let interface = attached.name(event.ifindex).unwrap_or_else(|| event.ifindex.to_string());
                 let sent =
@@ -233,31 +227,11 @@ impl UnderlayCollector {
     fn new(probe: Arc<Underlay>) -> Self {
         Self {
             probe,
-            packets: describe(
-                "cniguard_vxlan_packets_total",
-                "VXLAN packets on the underlay, by UDP port, VNI and the remote node's address",
-                VXLAN_LABELS,
-            ),
-            bytes: describe(
-                "cniguard_vxlan_bytes_total",
-                "Outer frame bytes of VXLAN packets on the underlay",
-                VXLAN_LABELS,
-            ),
-            malformed: describe(
-                "cniguard_vxlan_malformed_total",
-                "Packets to a VXLAN port that are not VXLAN (header cut short, or the I flag unset); passed, never dropped",
-                MALFORMED_LABELS,
-            ),
-            messages: describe(
-                "cniguard_bgp_messages_total",
-                "BGP messages at the start of TCP segments on port 179, by type; unaligned: a segment not starting on a message",
-                BGP_LABELS,
-            ),
-            last_message_age: describe(
-                "cniguard_bgp_last_message_age_seconds",
-                "Time since the last BGP message from the peer; a healthy session keeps it below the hold time",
-                PEER_LABEL,
-            ),
+            packets: catalogue::VXLAN_PACKETS_TOTAL.desc(),
+            bytes: catalogue::VXLAN_BYTES_TOTAL.desc(),
+            malformed: catalogue::VXLAN_MALFORMED_TOTAL.desc(),
+            messages: catalogue::BGP_MESSAGES_TOTAL.desc(),
+            last_message_age: catalogue::BGP_LAST_MESSAGE_AGE_SECONDS.desc(),
         }
     }
 }
@@ -276,7 +250,7 @@ impl Collector for UnderlayCollector {
             probe.vxlan.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Result::ok)
         {
             let Some(interface) = probe.attached.name(key.ifindex) else { continue };
-            let peer = probe.peers.label("cniguard_vxlan_packets_total", Ipv4Addr::from(key.peer));
+            let peer = probe.peers.label(catalogue::VXLAN_PACKETS_TOTAL.name, Ipv4Addr::from(key.peer));
             let labels = [
                 interface,
                 direction(key.direction).to_owned(),
@@ -311,7 +285,7 @@ impl Collector for UnderlayCollector {
             probe.bgp.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Result::ok)
         {
             let Some(kind) = BgpMessageKind::from_u8(key.kind) else { continue };
-            let peer = probe.peers.label("cniguard_bgp_messages_total", Ipv4Addr::from(key.peer));
+            let peer = probe.peers.label(catalogue::BGP_MESSAGES_TOTAL.name, Ipv4Addr::from(key.peer));
             *messages_by_labels
                 .entry([peer, direction(key.direction).to_owned(), kind.label().to_owned()])
                 .or_default() += per_cpu.iter().sum::<u64>();
@@ -325,7 +299,7 @@ impl Collector for UnderlayCollector {
         let mut ages: BTreeMap<String, f64> = BTreeMap::new();
         for (peer, seen) in probe.last_seen() {
             let age = now.saturating_sub(seen) as f64 / 1e9;
-            let label = probe.peers.label("cniguard_bgp_last_message_age_seconds", peer);
+            let label = probe.peers.label(catalogue::BGP_LAST_MESSAGE_AGE_SECONDS.name, peer);
             // Folded peers: the freshest speaks for them.
             let entry = ages.entry(label).or_insert(age);
             *entry = entry.min(age);

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::checks::{CheckKind, SharedResults};
 use crate::judgement::baseline::{self, SharedBaselines, Signal};
 use crate::judgement::phase::{SharedPhase, unix_now};
-use crate::metrics::{FamilyBuilder, describe};
+use crate::metrics::{FamilyBuilder, catalogue};
 use crate::state_file::StateFile;
 
 pub const FILE_NAME: &str = "triggers";
@@ -463,26 +463,10 @@ impl TriggerCollector {
     pub fn new(triggers: SharedTriggers) -> Self {
         Self {
             triggers,
-            active: describe(
-                "cniguard_rollback_trigger_active",
-                "1 while the rollback trigger or success criterion is active on this node",
-                &["trigger", "severity"],
-            ),
-            pending: describe(
-                "cniguard_rollback_trigger_pending_seconds",
-                "How long the trigger's condition has held (0 when it does not)",
-                &["trigger", "severity"],
-            ),
-            value: describe(
-                "cniguard_rollback_trigger_value",
-                "The number the trigger's condition compares with its threshold (absent without data)",
-                &["trigger", "severity"],
-            ),
-            recommended: describe(
-                "cniguard_rollback_recommended",
-                "1 while a rollback-severity trigger is active on this node: the runbook says roll back",
-                &[],
-            ),
+            active: catalogue::ROLLBACK_TRIGGER_ACTIVE.desc(),
+            pending: catalogue::ROLLBACK_TRIGGER_PENDING_SECONDS.desc(),
+            value: catalogue::ROLLBACK_TRIGGER_VALUE.desc(),
+            recommended: catalogue::ROLLBACK_RECOMMENDED.desc(),
         }
     }
 }
