@@ -1,9 +1,8 @@
 //! `cargo xtask lab ...`: the migration lab from the command line, and the demo that tells
 //! the whole story (see `cniguard-lab` for what the lab is).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use cniguard_lab::binaries::Binaries;
@@ -14,6 +13,7 @@ use cniguard_lab::lab::{
 use cniguard_lab::topology::Topology;
 
 use crate::checks::LEFTOVER_PREFIXES;
+use crate::workspace::workspace_root;
 use crate::{cmd, setup};
 
 #[derive(Debug, clap::Subcommand)]
@@ -102,10 +102,6 @@ fn state_dir() -> PathBuf {
     workspace_root().join("target").join("lab")
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_owned()
-}
-
 pub fn run(command: LabCommand) -> Result<()> {
     match command {
         LabCommand::Up => {
@@ -178,6 +174,3 @@ fn prepare() -> Result<LabOptions> {
         cniguard_config: format!("{LAB_CNIGUARD_CONFIG}{LAB_JUDGEMENT_CONFIG}"),
     })
 }
-
-/// How long the demo lets traffic flow after each step, so Prometheus sees rates.
-pub const SETTLE: Duration = Duration::from_secs(12);
