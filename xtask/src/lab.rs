@@ -6,10 +6,8 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result};
 use cniguard_lab::binaries::Binaries;
-use cniguard_lab::lab::{
-    Fault, LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG, Lab, LabOptions, namespaces_with_prefix,
-    remove_namespaces,
-};
+use cniguard_lab::lab::{Fault, LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG, Lab, LabOptions};
+use cniguard_lab::netns::{namespaces_with_prefix, remove_namespaces};
 use cniguard_lab::topology::Topology;
 
 use crate::checks::LEFTOVER_PREFIXES;

@@ -16,11 +16,12 @@ use serde::{Deserialize, Serialize};
 use crate::binaries::Binaries;
 use crate::cniguard::{Endpoint, PATIENCE};
 use crate::dataplane;
-use crate::netns::{NetNs, run};
+use crate::netns::{NetNs, remove_namespaces, run};
 use crate::process::Processes;
 use crate::services::{self, Prometheus};
 use crate::topology::{
-    CNIGUARD_PORT, Cni, DNS_PORT, ECHO_PORT, MLSERVER_PORT, PROMETHEUS_PORT, Pod, Topology, Workload,
+    ALERTMANAGER_PORT, CNIGUARD_PORT, Cni, DNS_PORT, ECHO_PORT, HOOK_ADDRESS, MLSERVER_PORT, PROMETHEUS_PORT,
+    Pod, Topology, Workload,
 };
 use crate::workloads::{Context, Planned, WORKLOAD_KEY_PREFIX, workload_key};
 
@@ -137,9 +138,6 @@ clear_seconds = 4
 
 /// The bearer token the lab's Alertmanager sends to its rollback hook.
 const HOOK_TOKEN: &str = "cniguard-lab-token";
-/// Where the rollback hook listens, inside the monitoring namespace.
-pub const HOOK_ADDRESS: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9466));
-const ALERTMANAGER_PORT: u16 = 9093;
 /// How long the lab's rollback alert must fire before the hook runs the rollback.
 pub const LAB_HOOK_FIRING_FOR_SECONDS: u64 = 30;
 
@@ -1237,22 +1235,4 @@ fn nft(netns: &str, ruleset: &str) -> Result<()> {
         bail!("nft in {netns}: {}", String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(())
-}
-
-/// Kills the processes in, and deletes, every namespace whose name starts with `prefix`.
-pub fn remove_namespaces(prefix: &str) {
-    for name in namespaces_with_prefix(prefix) {
-        NetNs::delete(&name);
-    }
-}
-
-/// The namespaces whose name starts with `prefix`.
-#[must_use]
-pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
-    let list = run(std::process::Command::new("ip").args(["netns", "list"])).unwrap_or_default();
-    list.lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .filter(|name| name.starts_with(prefix))
-        .map(str::to_owned)
-        .collect()
 }
