@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 
 use cniguard_lab::exposition::Scrape;
-use cniguard_lab::lab::{Fault, Lab, NodePhase, check_programs, namespaces_with_prefix};
-use cniguard_lab::netns::NetNs;
+use cniguard_lab::lab::{Fault, Lab, NodePhase, check_programs};
+use cniguard_lab::netns::{NetNs, namespaces_with_prefix};
 use cniguard_lab::topology::{Cni, Workload};
 use cniguard_lab::{require_root, traffic};
 use cniguard_tests::lab_support::options;

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use cniguard_lab::binaries::Binaries;
 use cniguard_lab::exposition::Scrape;
-use cniguard_lab::lab::{Fault, HOOK_ADDRESS, LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG, Lab};
+use cniguard_lab::lab::{Fault, LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG, Lab};
 use cniguard_lab::require_root;
+use cniguard_lab::topology::HOOK_ADDRESS;
 use cniguard_tests::lab_support::options;
 
 const NODES: [usize; 3] = [0, 1, 2];

@@ -1,10 +1,12 @@
 //! `cargo xtask test`: everything CI runs, in the order a failure is cheapest to read.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
+// Also for setup.rs, which still reaches it through here.
+pub use crate::workspace::workspace_root;
 use crate::{cmd, setup};
 
 /// Namespace prefixes of the tests and the lab: anything left under them after a run is a
@@ -19,10 +21,6 @@ const PROMETHEUS_RULE: &str = "deploy/prometheusrule.yaml";
 /// The Grafana dashboards' schema validator (Node.js; `cargo xtask setup` installs its
 /// packages).
 pub const DASHBOARD_VALIDATOR: &str = "dashboards/validate";
-
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_owned()
-}
 
 pub fn run() -> Result<()> {
     setup::run(&setup::SetupArgs { build_only: false })?;

@@ -3,12 +3,14 @@
 //! own workloads experienced.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use anyhow::Result;
 use cniguard_lab::lab::{Fault, Lab, LabOptions};
 use cniguard_lab::topology::Workload;
 
-use crate::lab::SETTLE;
+/// How long the demo lets traffic flow after each step, so Prometheus sees rates.
+const SETTLE: Duration = Duration::from_secs(12);
 
 /// What the workloads did during one step, from their own counters.
 #[derive(Default)]

@@ -1,19 +1,22 @@
 //! `cargo xtask lab ...`: the migration lab from the command line, and the demo that tells
 //! the whole story (see `cniguard-lab` for what the lab is).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use clap::builder::TypedValueParser as _;
+use clap::error::ErrorKind;
 use cniguard_lab::binaries::Binaries;
 use cniguard_lab::lab::{
-    Fault, LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG, Lab, LabOptions, namespaces_with_prefix,
-    remove_namespaces,
+    FAULTS, Fault, FaultKind, FaultValues, LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG, Lab, LabOptions,
+    ParamKind,
 };
+use cniguard_lab::netns::{namespaces_with_prefix, remove_namespaces};
 use cniguard_lab::topology::Topology;
 
 use crate::checks::LEFTOVER_PREFIXES;
+use crate::workspace::workspace_root;
 use crate::{cmd, setup};
 
 #[derive(Debug, clap::Subcommand)]
@@ -54,56 +57,73 @@ pub enum LabCommand {
     Demo,
 }
 
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum FaultArg {
-    /// Drop VXLAN (UDP 8472 and 4789) on a node.
-    BlockVxlan {
-        #[arg(long)]
-        node: String,
-    },
-    /// Stop BIRD on a node (its BGP sessions go down).
-    StopBird {
-        #[arg(long)]
-        node: String,
-    },
-    /// Block 127.0.0.1:9500 inside the MLServer pod.
-    BlockMlserver,
-    /// Stop the cluster DNS server.
-    StopDns,
-    /// Make the MLServer answer late (a known delay on the pod's loopback path).
-    SlowMlserver {
-        #[arg(long, default_value_t = 5)]
-        ms: u32,
-    },
-    /// Lose a share of the packets towards a pod, on its veth (nftables).
-    VethLoss {
-        #[arg(long)]
-        pod: String,
-        #[arg(long, default_value_t = 30)]
-        percent: u32,
-    },
+/// A fault named on the command line. `inject` and `repair` take their subcommands from the
+/// lab's table of faults ([`FAULTS`]): a name, its help and its parameters each.
+#[derive(Debug, Clone)]
+pub struct FaultArg(Fault);
+
+impl clap::FromArgMatches for FaultArg {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let (name, matches) = matches
+            .subcommand()
+            .ok_or_else(|| clap::Error::raw(ErrorKind::MissingSubcommand, "no fault given"))?;
+        let kind = FAULTS
+            .iter()
+            .find(|kind| kind.name == name)
+            .ok_or_else(|| clap::Error::raw(ErrorKind::InvalidSubcommand, format!("no fault {name:?}")))?;
+        // Every parameter is required or has a default, so each has a value here.
+        let values: FaultValues = kind
+            .params
+            .iter()
+            .filter_map(|param| Some((param.name.to_owned(), matches.get_one::<String>(param.name)?.clone())))
+            .collect();
+        let fault = kind.fault(&values).map_err(|err| clap::Error::raw(ErrorKind::ValueValidation, err))?;
+        Ok(Self(fault))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
 }
 
-impl From<FaultArg> for Fault {
-    fn from(arg: FaultArg) -> Self {
-        match arg {
-            FaultArg::BlockVxlan { node } => Self::BlockVxlan { node },
-            FaultArg::StopBird { node } => Self::StopBird { node },
-            FaultArg::BlockMlserver => Self::BlockMlserver,
-            FaultArg::StopDns => Self::StopDns,
-            FaultArg::SlowMlserver { ms } => Self::SlowMlserver { ms },
-            FaultArg::VethLoss { pod, percent } => Self::VethLoss { pod, percent },
-        }
+impl clap::Subcommand for FaultArg {
+    fn augment_subcommands(command: clap::Command) -> clap::Command {
+        command.subcommands(FAULTS.iter().map(fault_command))
     }
+
+    fn augment_subcommands_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_subcommands(command)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        FAULTS.iter().any(|kind| kind.name == name)
+    }
+}
+
+/// The subcommand of one fault, as `#[derive(clap::Subcommand)]` would make it.
+fn fault_command(kind: &FaultKind) -> clap::Command {
+    let args = kind.params.iter().map(|param| {
+        // clap (without its `string` feature) keeps only `&'static str`s; the command line is
+        // built once a run.
+        let value_name: &'static str = param.name.to_uppercase().leak();
+        let arg = clap::Arg::new(param.name).long(param.name).value_name(value_name);
+        let arg = match param.kind {
+            ParamKind::Text => arg.value_parser(clap::value_parser!(String)),
+            // Checked as a number here, for clap's own error message; passed on as text.
+            ParamKind::Number => arg.value_parser(clap::value_parser!(u32).map(|number| number.to_string())),
+        };
+        match param.default {
+            Some(default) => arg.default_value(default),
+            None => arg.required(true),
+        }
+    });
+    clap::Command::new(kind.name).about(kind.about).args(args)
 }
 
 /// Where `cargo xtask lab` keeps the running lab's state.
 fn state_dir() -> PathBuf {
     workspace_root().join("target").join("lab")
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_owned()
 }
 
 pub fn run(command: LabCommand) -> Result<()> {
@@ -115,8 +135,8 @@ pub fn run(command: LabCommand) -> Result<()> {
         }
         LabCommand::Cutover { node } => step(|lab| lab.cutover(node.as_deref())),
         LabCommand::Rollback { node } => step(|lab| lab.rollback(node.as_deref())),
-        LabCommand::Inject { fault } => step(|lab| lab.inject(&fault.into())),
-        LabCommand::Repair { fault } => step(|lab| lab.repair(&fault.into())),
+        LabCommand::Inject { fault } => step(|lab| lab.inject(&fault.0)),
+        LabCommand::Repair { fault } => step(|lab| lab.repair(&fault.0)),
         LabCommand::Status => {
             print!("{}", Lab::open(&state_dir())?.status());
             Ok(())
@@ -179,5 +199,52 @@ fn prepare() -> Result<LabOptions> {
     })
 }
 
-/// How long the demo lets traffic flow after each step, so Prometheus sees rates.
-pub const SETTLE: Duration = Duration::from_secs(12);
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+    use cniguard_lab::lab::Fault;
+
+    use super::LabCommand;
+
+    #[derive(Debug, clap::Parser)]
+    struct LabCli {
+        #[command(subcommand)]
+        command: LabCommand,
+    }
+
+    fn injected(args: &[&str]) -> Fault {
+        let cli = LabCli::try_parse_from(["lab", "inject"].iter().chain(args)).unwrap();
+        match cli.command {
+            LabCommand::Inject { fault } => fault.0,
+            other => panic!("not an inject: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_fault_subcommand_makes_the_fault_it_names() {
+        let node = |name: &str| name.to_owned();
+        assert_eq!(
+            injected(&["block-vxlan", "--node", "node-3"]),
+            Fault::BlockVxlan { node: node("node-3") }
+        );
+        assert_eq!(injected(&["stop-bird", "--node", "node-2"]), Fault::StopBird { node: node("node-2") });
+        assert_eq!(injected(&["block-mlserver"]), Fault::BlockMlserver);
+        assert_eq!(injected(&["stop-dns"]), Fault::StopDns);
+        assert_eq!(injected(&["slow-mlserver"]), Fault::SlowMlserver { ms: 5 });
+        assert_eq!(injected(&["slow-mlserver", "--ms", "20"]), Fault::SlowMlserver { ms: 20 });
+        let pod = node("sink-3");
+        assert_eq!(
+            injected(&["veth-loss", "--pod", "sink-3"]),
+            Fault::VethLoss { pod: pod.clone(), percent: 30 }
+        );
+        assert_eq!(
+            injected(&["veth-loss", "--pod", "sink-3", "--percent", "100"]),
+            Fault::VethLoss { pod, percent: 100 }
+        );
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        LabCli::command().debug_assert();
+    }
+}

@@ -7,6 +7,7 @@ mod demo;
 mod lab;
 mod run;
 mod setup;
+mod workspace;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

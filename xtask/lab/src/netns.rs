@@ -361,3 +361,21 @@ pub fn run(command: &mut Command) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
+
+/// Kills the processes in, and deletes, every namespace whose name starts with `prefix`.
+pub fn remove_namespaces(prefix: &str) {
+    for name in namespaces_with_prefix(prefix) {
+        NetNs::delete(&name);
+    }
+}
+
+/// The namespaces whose name starts with `prefix`.
+#[must_use]
+pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
+    let list = run(Command::new("ip").args(["netns", "list"])).unwrap_or_default();
+    list.lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| name.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}

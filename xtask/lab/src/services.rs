@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use anyhow::{Context as _, Result, bail};
 
 use crate::netns::NetNs;
-use crate::topology::{CALICO_AS, CNIGUARD_PORT, PROMETHEUS_PORT, Topology};
+use crate::topology::{CALICO_AS, CNIGUARD_PORT, HOOK_ADDRESS, PROMETHEUS_PORT, Topology};
 
 /// BIRD's configuration on `node`, as calico-node writes it for the node-to-node mesh:
 /// an iBGP session to every other Calico node in `peers`, exporting this node's /26 block
@@ -112,8 +112,7 @@ pub fn prometheus_config(topology: &Topology, rules: &str, alertmanager: SocketA
     // The rollback hook, next to Prometheus in the monitoring namespace: no node of its own.
     let _ = write!(
         config,
-        "  - job_name: cniguard-rollback-hook\n    static_configs:\n      - targets: ['{}']\n",
-        crate::lab::HOOK_ADDRESS
+        "  - job_name: cniguard-rollback-hook\n    static_configs:\n      - targets: ['{HOOK_ADDRESS}']\n"
     );
     config
 }

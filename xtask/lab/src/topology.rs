@@ -2,7 +2,7 @@
 //! name and address the lab uses is derived here, so the steps that build the cluster read
 //! as "do this for each node" rather than as a script.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,9 @@ pub const CALICO_HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
 /// Where the node's cniguard serves metrics (on the node's underlay address).
 pub const CNIGUARD_PORT: u16 = 9464;
 pub const PROMETHEUS_PORT: u16 = 9090;
+pub const ALERTMANAGER_PORT: u16 = 9093;
+/// Where the rollback hook listens, inside the monitoring namespace.
+pub const HOOK_ADDRESS: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9466));
 /// The Seldon MLServer port the runbook checks inside the pod.
 pub const MLSERVER_PORT: u16 = 9500;
 /// Where `cniguard echo` answers the other nodes' pod-to-pod checks.
