@@ -78,7 +78,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     )
     .await?;
     let _ = links.events.set(cluster.events());
-    forward_targets(cluster.targets(), discovered_tx);
+    crate::checks::follow_cluster_targets(cluster.targets(), discovered_tx);
     ready.store(true, Ordering::Release);
     tracing::info!(
         listen = %settings.listen,
@@ -107,55 +107,6 @@ struct Links {
     status: crate::judgement::status::SharedSources,
     discovered: watch::Receiver<Vec<crate::checks::Target>>,
     events: Arc<std::sync::OnceLock<crate::cluster::EventRecorder>>,
-}
-
-/// Turns the cluster's targets into checks as they change: each peer node's echo pod as a
-/// `pod_to_pod` target named after the node (the Prometheus rules read `target` as the
-/// other end of the pair), each critical Service by its ClusterIP.
-fn forward_targets(
-    mut cluster: watch::Receiver<crate::cluster::ClusterTargets>,
-    checks: watch::Sender<Vec<crate::checks::Target>>,
-) {
-    use crate::checks::{CheckKind, Target};
-    tokio::spawn(async move {
-        loop {
-            let targets = {
-                let current = cluster.borrow_and_update();
-                let mut targets: Vec<Target> = Vec::new();
-                for peer in &current.peers {
-                    // One echo pod per node (a DaemonSet); a second one of a node is a rollout.
-                    if targets.iter().any(|t| t.name == peer.node) {
-                        continue;
-                    }
-                    targets.push(Target {
-                        check: CheckKind::PodToPod,
-                        name: peer.node.clone(),
-                        peer: peer.node.clone(),
-                        host: peer.address.to_string(),
-                        port: peer.port,
-                        http_path: None,
-                        resolver: None,
-                    });
-                }
-                for service in &current.services {
-                    let name = format!("{}/{}", service.namespace, service.name);
-                    targets.push(Target {
-                        check: CheckKind::Service,
-                        peer: name.clone(),
-                        name,
-                        host: service.address.to_string(),
-                        port: service.port,
-                        http_path: None,
-                        resolver: None,
-                    });
-                }
-                targets
-            };
-            if checks.send(targets).is_err() || cluster.changed().await.is_err() {
-                return;
-            }
-        }
-    });
 }
 
 /// Every probe of this node, loaded and attached, and what keeps them current.

@@ -1,5 +1,6 @@
 //! `iface_stats`: packets and bytes per interface, direction and protocol class.
 
+use crate::counters::PacketCount;
 use crate::{Direction, assert_size, impl_pod};
 
 /// Map key: one entry per attached interface and direction.
@@ -17,15 +18,6 @@ impl IfaceKey {
     pub const fn new(ifindex: u32, direction: Direction) -> Self {
         Self { ifindex, direction: direction as u32 }
     }
-}
-
-/// A packet and byte count. Bytes are `skb->len` at the tc hook: whole frames including the
-/// Ethernet header, as the kernel's own interface counters (`ip -s link`) count them.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PacketCount {
-    pub packets: u64,
-    pub bytes: u64,
 }
 
 /// Map value: one [`PacketCount`] per [`ProtocolClass`], indexed by the class number, so a
@@ -96,6 +88,5 @@ impl ProtocolClass {
 pub const IFACE_STATS_MAX_ENTRIES: u32 = 8192;
 
 assert_size!(IfaceKey, 8);
-assert_size!(PacketCount, 16);
 assert_size!(IfaceCounters, 16 * ProtocolClass::COUNT);
-impl_pod!(IfaceKey, PacketCount, IfaceCounters);
+impl_pod!(IfaceKey, IfaceCounters);

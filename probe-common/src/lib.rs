@@ -8,6 +8,7 @@
 // Explicit padding (`_pad`) is part of the layout both sides share, and both build it.
 #![allow(clippy::pub_underscore_fields)]
 
+pub mod counters;
 pub mod dns;
 pub mod drops;
 pub mod iface_stats;

@@ -3,30 +3,6 @@
 
 use crate::{assert_size, impl_pod};
 
-/// Histogram bucket upper bounds in nanoseconds: 10 us to 1 s, seven of them below the
-/// runbook's 1 ms criterion. A last, implicit bucket holds everything slower.
-pub const LATENCY_BOUNDS_NS: [u64; 18] = [
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    750_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    7_500_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    1_000_000_000,
-];
-pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_NS.len() + 1;
-
 pub const CONNECTIONS_MAX_ENTRIES: u32 = 65_536;
 pub const LATENCY_MAX_ENTRIES: u32 = 4096;
 pub const LOCALHOST_PORTS_MAX_ENTRIES: u32 = 64;
@@ -90,20 +66,6 @@ pub struct LatencyKey {
     pub _pad: [u8; 5],
 }
 
-/// Sample counts per bucket (not cumulative) and their sum.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Histogram {
-    pub buckets: [u64; LATENCY_BUCKETS],
-    pub sum_ns: u64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self { buckets: [0; LATENCY_BUCKETS], sum_ns: 0 }
-    }
-}
-
 /// Why a connection failed.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -152,6 +114,5 @@ pub struct FailureKey {
 assert_size!(ConnectionKey, 24);
 assert_size!(ConnectionState, 24);
 assert_size!(LatencyKey, 16);
-assert_size!(Histogram, 8 * (LATENCY_BUCKETS + 1));
 assert_size!(FailureKey, 16);
-impl_pod!(ConnectionKey, ConnectionState, LatencyKey, Histogram, FailureKey);
+impl_pod!(ConnectionKey, ConnectionState, LatencyKey, FailureKey);

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, maps::PerCpuHashMap};
 use probe_common::{
-    localhost::{Histogram, LATENCY_BOUNDS_NS, LATENCY_BUCKETS},
+    counters::{Histogram, LATENCY_BOUNDS_NS, LATENCY_BUCKETS},
     map_health::MapId,
 };
 
@@ -76,7 +76,7 @@ pub fn record_latency<K>(map: &PerCpuHashMap<K, Histogram>, key: &K, nanoseconds
 /// another run on the same CPU.
 #[inline(always)]
 pub fn add_packet<K>(
-    map: &PerCpuHashMap<K, probe_common::iface_stats::PacketCount>,
+    map: &PerCpuHashMap<K, probe_common::counters::PacketCount>,
     key: &K,
     bytes: u32,
     id: MapId,

@@ -17,11 +17,11 @@ use aya_ebpf::{
 };
 use probe_common::{
     Direction,
+    counters::Histogram,
     dns::{
         DNS_COUNTS_MAX_ENTRIES, DNS_HEADER_LEN, DNS_LATENCY_MAX_ENTRIES, DNS_PORT, DnsCountKey, DnsOutcome,
         DnsTransport, PENDING_MAX_ENTRIES, Pending, PendingKey,
     },
-    localhost::Histogram,
     map_health::MapId,
 };
 

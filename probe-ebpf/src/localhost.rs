@@ -14,8 +14,9 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use probe_common::{
+    counters::Histogram,
     localhost::{
-        CONNECTIONS_MAX_ENTRIES, ConnectionKey, ConnectionState, FailureKey, FailureReason, Histogram,
+        CONNECTIONS_MAX_ENTRIES, ConnectionKey, ConnectionState, FailureKey, FailureReason,
         LATENCY_MAX_ENTRIES, LOCALHOST_PORTS_MAX_ENTRIES, LatencyKey, LatencyKind, Phase,
     },
     map_health::MapId,

@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use probe_common::{
-    iface_stats::PacketCount,
+    counters::PacketCount,
     map_health::MapId,
     overlay::{OVERLAY_STATS_MAX_ENTRIES, OverlayKey},
 };

@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use probe_common::{
-    localhost::Histogram,
+    counters::Histogram,
     map_health::MapId,
     overlay::MAX_CIDRS,
     tcp_health::{RTT_SAMPLE_EVERY, TcpEvent, TcpKey},

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     Direction,
-    iface_stats::PacketCount,
+    counters::PacketCount,
     map_health::MapId,
     underlay::{
         BGP_HEADER_LEN, BGP_PORT, BGP_STATS_MAX_ENTRIES, BgpKey, BgpMessageKind, BgpNotificationEvent,

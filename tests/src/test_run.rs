@@ -10,7 +10,8 @@ use aya::maps::{HashMap, PerCpuHashMap, RingBuf};
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use probe_common::Direction;
-use probe_common::iface_stats::{IfaceCounters, IfaceKey, PacketCount};
+use probe_common::counters::PacketCount;
+use probe_common::iface_stats::{IfaceCounters, IfaceKey};
 
 /// The verdict every cniguard classifier returns: `TC_ACT_UNSPEC`, "carry on as if this
 /// program were not here".

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use etherparse::PacketBuilder;
-use probe_common::iface_stats::PacketCount;
+use probe_common::counters::PacketCount;
 use probe_common::overlay::{OTHER_CIDR, OverlayKey};
 
 use cniguard_lab::netns::NetNs;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use etherparse::{PacketBuilder, VlanId};
 use probe_common::Direction;
-use probe_common::iface_stats::PacketCount;
+use probe_common::counters::PacketCount;
 use probe_common::underlay::{
     BgpKey, BgpMessageKind, BgpNotificationEvent, MAX_BGP_MESSAGES_PER_SEGMENT, VxlanKey, VxlanMalformedKey,
 };

@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 
 // Also for setup.rs, which still reaches it through here.
-pub use crate::workspace::workspace_root;
+use crate::workspace::workspace_root;
 use crate::{cmd, setup};
 
 /// Namespace prefixes of the tests and the lab: anything left under them after a run is a

@@ -224,7 +224,7 @@ fn install_dashboard_validator(apt: &mut Apt) -> Result<()> {
     if !cmd::on_path("node") || !cmd::on_path("npm") {
         apt.install(&["nodejs".into(), "npm".into()], "Node.js for the dashboards' schema validator")?;
     }
-    let dir = checks::workspace_root().join(checks::DASHBOARD_VALIDATOR);
+    let dir = crate::workspace::workspace_root().join(checks::DASHBOARD_VALIDATOR);
     let lock_path = dir.join("package-lock.json");
     let lock = std::fs::read(&lock_path).with_context(|| format!("reading {}", lock_path.display()))?;
     let marker = dir.join("node_modules").join(".cniguard-installed-lock");

@@ -16,16 +16,16 @@ use anyhow::{Context as _, Result};
 use aya::Ebpf;
 use aya::maps::{HashMap, MapData, PerCpuHashMap};
 use probe_common::Direction;
+use probe_common::counters::Histogram;
 use probe_common::dns::{DnsCountKey, DnsOutcome, Pending, PendingKey, rcode_label};
-use probe_common::localhost::Histogram;
 use prometheus::IntCounterVec;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use serde::Deserialize;
 
 use super::registry::{ProbeSpec, Started};
-use super::shared::{LatencyTotals, summed};
-use super::underlay::monotonic_ns;
+use super::shared::{LatencyTotals, monotonic_ns, summed};
+
 use super::{InterfaceProbe, TcProgram};
 use crate::judgement::signals::{SignalSource, Totals};
 use crate::metrics::labels::PeerLabels;

@@ -10,7 +10,8 @@ use anyhow::{Context as _, Result};
 use aya::Ebpf;
 use aya::maps::{MapData, PerCpuHashMap};
 use probe_common::Direction;
-use probe_common::iface_stats::{IfaceCounters, IfaceKey, PacketCount, ProtocolClass};
+use probe_common::counters::PacketCount;
+use probe_common::iface_stats::{IfaceCounters, IfaceKey, ProtocolClass};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 

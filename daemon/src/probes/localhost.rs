@@ -20,8 +20,9 @@ use aya::Ebpf;
 use aya::maps::{HashMap, MapData, PerCpuHashMap};
 use aya::programs::cgroup_skb::CgroupSkbLink;
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
+use probe_common::counters::Histogram;
 use probe_common::localhost::{
-    ConnectionKey, ConnectionState, FailureKey, FailureReason, Histogram, LatencyKey, LatencyKind, Phase,
+    ConnectionKey, ConnectionState, FailureKey, FailureReason, LatencyKey, LatencyKind, Phase,
 };
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -32,8 +33,7 @@ use crate::judgement::signals::{SignalSource, Totals, add_buckets};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::namespaces::{self, SharedInventory};
 use crate::probes::registry::{ProbeSpec, Started};
-use crate::probes::shared::{LatencyTotals, summed};
-use crate::probes::underlay::monotonic_ns;
+use crate::probes::shared::{LatencyTotals, monotonic_ns, summed};
 
 pub const NAME: &str = "localhost";
 const LABELS: &[&str] = &["netns", "port"];

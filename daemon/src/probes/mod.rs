@@ -4,7 +4,7 @@
 //!
 //! Adding a probe means: its programs in `probe-ebpf/src/<probe>.rs`, its map types in
 //! `probe-common/src/<probe>.rs`, a module here with its `SPEC`, and one row in
-//! [`registry::PROBES`] (DEVELOPERS.md, "Adding a probe").
+//! [`PROBES`] (DEVELOPERS.md, "Adding a probe").
 
 pub mod attach;
 pub mod bgp_codes;
@@ -23,7 +23,22 @@ pub mod underlay;
 
 use probe_common::Direction;
 
+use self::registry::ProbeSpec;
 use crate::node::interfaces::{Interface, InterfaceTable};
+
+/// Every probe, in start order: the maps every program shares first, then the classifiers
+/// (attached per interface by `attach`), then the probes that attach once at start.
+pub const PROBES: &[&ProbeSpec] = &[
+    &map_health::SPEC,
+    &iface_stats::SPEC,
+    &underlay::SPEC,
+    &overlay::SPEC,
+    &dns::SPEC,
+    &sock_state::SPEC,
+    &localhost::SPEC,
+    &drops::SPEC,
+    &tcp_health::SPEC,
+];
 
 /// A classifier of an interface probe and the tc hook it runs at.
 #[derive(Debug, Clone, Copy)]

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use aya::Ebpf;
 use aya::maps::{MapData, PerCpuHashMap};
 use probe_common::Direction;
-use probe_common::iface_stats::PacketCount;
+use probe_common::counters::PacketCount;
 use probe_common::overlay::OverlayKey;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;

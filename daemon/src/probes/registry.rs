@@ -1,5 +1,5 @@
-//! The probe table: every probe of cniguard, once, in start order, with what it needs from
-//! the kernel and whether the daemon can run without it. [`start_all`] is the one loop
+//! The probe table's row type (`ProbeSpec`: what a probe needs from the kernel and whether
+//! the daemon can run without it; the rows are `probes::PROBES`). [`start_all`] is the one loop
 //! that starts them, with one failure policy: a required probe that cannot start stops
 //! the daemon; an optional one is left off with its reason, which is logged (`<what> is
 //! off: <why>`) and counted in `cniguard_probe_attach_errors_total{reason="unsupported"}`.
@@ -13,29 +13,13 @@ use probe_common::kernel::KernelOffsets;
 
 use super::shared::CidrClasses;
 use super::sock_state::LocalAddresses;
-use super::{
-    InterfaceProbe, dns, drops, iface_stats, localhost, map_health, overlay, sock_state, tcp_health, underlay,
-};
+use super::{InterfaceProbe, PROBES, dns, localhost};
 use crate::judgement::signals::Signals;
 use crate::metrics::labels::PeerLabels;
 use crate::metrics::{AttachFailure, DaemonMetrics};
 use crate::node::btf::Btf;
 use crate::node::interfaces::{AttachedInterfaces, InterfaceSelector};
 use crate::node::namespaces::SharedInventory;
-
-/// Every probe, in start order: the maps every program shares first, then the classifiers
-/// (attached per interface by `attach`), then the probes that attach once at start.
-pub const PROBES: &[&ProbeSpec] = &[
-    &map_health::SPEC,
-    &iface_stats::SPEC,
-    &underlay::SPEC,
-    &overlay::SPEC,
-    &dns::SPEC,
-    &sock_state::SPEC,
-    &localhost::SPEC,
-    &drops::SPEC,
-    &tcp_health::SPEC,
-];
 
 /// One row of the table.
 pub struct ProbeSpec {

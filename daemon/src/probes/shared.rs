@@ -12,7 +12,7 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData, PerCpuHashMap};
 use aya::programs::RawTracePoint;
 use aya::programs::raw_trace_point::RawTracePointLink;
-use probe_common::localhost::{Histogram, LATENCY_BOUNDS_NS, LATENCY_BUCKETS};
+use probe_common::counters::{Histogram, LATENCY_BOUNDS_NS, LATENCY_BUCKETS};
 use probe_common::overlay::OTHER_CIDR;
 use prometheus::core::Desc;
 use prometheus::proto::MetricFamily;
@@ -176,4 +176,13 @@ impl LatencyTotals {
         }
         family.build()
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use aya::Ebpf;
 use aya::maps::{HashMap, MapData, PerCpuHashMap, RingBuf};
 use probe_common::Direction;
-use probe_common::iface_stats::PacketCount;
+use probe_common::counters::PacketCount;
 use probe_common::underlay::{BgpKey, BgpMessageKind, BgpNotificationEvent, VxlanKey, VxlanMalformedKey};
 use prometheus::IntCounterVec;
 use prometheus::core::{Collector, Desc};
@@ -18,6 +18,7 @@ use prometheus::proto::MetricFamily;
 use tokio::io::unix::AsyncFd;
 
 use super::registry::{ProbeSpec, Started};
+use super::shared::monotonic_ns;
 use super::{InterfaceProbe, TcProgram};
 use crate::metrics::labels::PeerLabels;
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
@@ -314,13 +315,4 @@ impl Collector for UnderlayCollector {
             .flatten()
             .collect()
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-#[must_use]
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the struct it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
-    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }

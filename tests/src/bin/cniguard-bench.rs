@@ -321,7 +321,7 @@ impl LocalhostHooks {
         let latency: aya::maps::PerCpuHashMap<
             _,
             probe_common::localhost::LatencyKey,
-            probe_common::localhost::Histogram,
+            probe_common::counters::Histogram,
         > = aya::maps::PerCpuHashMap::try_from(self.ebpf.map("LATENCY").context("no map")?)?;
         Ok(latency
             .iter()
