@@ -329,6 +329,7 @@ impl Node {
                     refresh_addresses(&self.watcher, &self.addresses).await;
                     self.namespaces.refresh(&self.attachments).await;
                 },
+                () = self.attachments.retry_due() => self.attachments.retry().await,
                 _ = phase_tick.tick() => self.phase.refresh(&self.watcher).await,
                 _ = namespace_rescan.tick(), if namespaces_changed => {
                     namespaces_changed = false;

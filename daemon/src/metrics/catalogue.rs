@@ -62,6 +62,10 @@ define! {
         "State files set aside at start-up: corrupt, foreign (another node or format) or unreadable";
     MAP_FULL_TOTAL: Counter "cniguard_map_full_total" ["map"]
         "Map inserts refused because the map was full";
+    HTTP_CONNECTIONS_REFUSED_TOTAL: Counter "cniguard_http_connections_refused_total" []
+        "Connections to /metrics and the other endpoints closed at once because the connection limit was reached";
+    LOG_LINES_SUPPRESSED_TOTAL: Counter "cniguard_log_lines_suppressed_total" ["event"]
+        "Per-event log lines not written because their event type was over its log budget";
 
     // probes/iface_stats.rs
     INTERFACE_PACKETS_TOTAL: Counter "cniguard_interface_packets_total" ["interface", "direction", "protocol"]
