@@ -132,7 +132,7 @@ impl Drops {
             };
             let indexes: HashSet<u32> = keys.iter().map(|k| k.ifindex).filter(|i| *i != 0).collect();
             let gone = |indexes: HashSet<u32>| -> HashSet<u32> {
-                indexes.into_iter().filter(|i| nix::net::if_::if_indextoname(*i).is_err()).collect()
+                indexes.into_iter().filter(|i| !interface_exists(*i)).collect()
             };
             let gone = if namespace.own {
                 Some(gone(indexes))
@@ -157,6 +157,14 @@ impl Drops {
     fn reason(&self, reason: u32) -> String {
         self.reasons.get(&reason).cloned().unwrap_or_else(|| reason.to_string())
     }
+}
+
+/// Whether the calling thread's namespace has an interface `index`. (nix's
+/// `if_indextoname` answers an empty name for a missing one: libc is asked directly.)
+fn interface_exists(index: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
+    !unsafe { libc::if_indextoname(index, name.as_mut_ptr()) }.is_null()
 }
 
 /// The `protocol` label value of an ethertype (in host order).
