@@ -501,3 +501,56 @@ fn idle_clients_take_at_most_the_connection_limit_and_are_timed_out() {
     assert_eq!(scrape.count("cniguard_http_connections_refused_total", &[]), 1, "{}", scrape.text);
     let _ = std::fs::remove_file(config);
 }
+
+// ---------------------------------------------------------------------------------------
+// Attach failures that are not a vanished interface
+
+/// Sets the soft open-files limit of `pid` (the hard one stays: raising it back would take
+/// CAP_SYS_RESOURCE); returns the old soft limit.
+fn set_open_files_limit(pid: u32, limit: u64) -> u64 {
+    let pid = i32::try_from(pid).unwrap();
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: the struct outlives the call; a null new limit only reads.
+    assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &raw mut old) }, 0);
+    let new = libc::rlimit { rlim_cur: limit, rlim_max: old.rlim_max };
+    // SAFETY: as above.
+    let result = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &raw const new, std::ptr::null_mut()) };
+    assert_eq!(result, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old.rlim_cur
+}
+
+#[test]
+fn an_attach_that_fails_for_want_of_file_descriptors_is_an_error_and_retried_soon() {
+    require_root!();
+    let node = NetNs::new("attach-retry").unwrap();
+    // A resync far away: only the retry can attach.
+    let config = config_file(&node, "interfaces = [\"veth-ar*\"]\nresync_interval_seconds = 3600\n");
+    let daemon =
+        Daemon::start(&node, &["--netns-scope", "node", "--config", config.to_str().unwrap()]).unwrap();
+    let pid = daemon.pid();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
+    let old = set_open_files_limit(pid, open);
+    node.ip(&["link", "add", "veth-ar0", "type", "veth", "peer", "name", "veth-ar1"]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while log_lines(&daemon, "attach failed") == 0 {
+        assert!(std::time::Instant::now() < deadline, "no attach failure logged:\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    set_open_files_limit(pid, old);
+    let attached = |s: &Scrape| {
+        ["veth-ar0", "veth-ar1"].iter().all(|device| {
+            s.value("cniguard_probe_attached", &[("interface", device), ("probe", "iface_stats")])
+                == Some(1.0)
+        })
+    };
+    let scrape = daemon.wait_for("attached by a retry", attached).unwrap();
+    let errors = |reason: &str| scrape.count_sum("cniguard_probe_attach_errors_total", &[("reason", reason)]);
+    assert_eq!(errors("interface_gone"), 0, "{}", scrape.text);
+    assert_eq!(errors("other"), log_lines(&daemon, "attach failed"), "{}", daemon.log());
+    assert_eq!(
+        daemon.log().lines().filter(|l| l.contains("attach failed") && !l.contains("ERROR")).count(),
+        0,
+        "an attach failure logged below ERROR"
+    );
+    let _ = std::fs::remove_file(config);
+}
