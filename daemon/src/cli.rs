@@ -126,13 +126,46 @@ pub fn main() -> ExitCode {
         Command::Check => {
             let report = preflight::run();
             print!("{report}");
-            if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PREFLIGHT) }
+            // Probes load only once the requirements hold: a missing CAP_BPF is one failure.
+            let probes_ok = if report.passed() {
+                print_probe_checks()
+            } else {
+                println!("skip  {:<14} not loaded until the failures above are fixed", "probes");
+                true
+            };
+            if report.passed() && probes_ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PREFLIGHT) }
         }
         Command::Run(args) => run(args),
         Command::Status(args) => status(&args),
         Command::RollbackHook(args) => rollback_hook(args),
         Command::Echo(args) => echo(&args),
     }
+}
+
+/// One line per probe, `on` or `off: <why>` with what the operator loses, found by loading
+/// each probe's programs. False when a required probe cannot run (optional ones only cost
+/// their signal).
+fn print_probe_checks() -> bool {
+    let checks = match crate::probes::registry::check_all(EbpfLogLevel::Off) {
+        Ok(checks) => checks,
+        Err(err) => {
+            println!("FAIL  {:<14} the eBPF object did not load: {err:#}", "probes");
+            return false;
+        }
+    };
+    let mut ok = true;
+    for check in checks {
+        let spec = check.spec;
+        match check.off {
+            None => println!("pass  probe {:<12} on", spec.name),
+            Some(why) => {
+                let status = if spec.required { "FAIL" } else { "warn" };
+                ok &= !spec.required;
+                println!("{status}  probe {:<12} off: {why}; loses {}", spec.name, spec.loses);
+            }
+        }
+    }
+    ok
 }
 
 fn status(args: &StatusArgs) -> ExitCode {

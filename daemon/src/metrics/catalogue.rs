@@ -56,6 +56,8 @@ define! {
         "1 while a probe is attached to an interface";
     PROBE_ATTACH_ERRORS_TOTAL: Counter "cniguard_probe_attach_errors_total" ["probe", "reason"]
         "Failed attempts to attach a probe, by cause";
+    PROBE_AVAILABLE: Gauge "cniguard_probe_available" ["probe"]
+        "1 if the probe runs on this node, 0 if this kernel cannot run it (the daemon's log and cniguard check say why)";
     LABEL_OVERFLOW_TOTAL: Counter "cniguard_label_overflow_total" ["metric"]
         "Peers counted as peer=\"other\" because a metric reached max_peers";
     STATE_FILE_REJECTED_TOTAL: Counter "cniguard_state_file_rejected_total" ["reason"]
