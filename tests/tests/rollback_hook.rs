@@ -634,6 +634,10 @@ fn floods_are_refused_unread_and_a_slow_client_does_not_hold_the_stop() {
     // 200 bodies of 2 MB would be 400 MB; unread, the hook stays near its idle size.
     assert!(peak_kib < 100 * 1024, "the hook's peak RSS reached {peak_kib} KiB");
     assert_eq!(setup.get(HOOK, "/healthz").map(|(status, _)| status), Some(200));
+    // With the token, a body over --max-body-bytes (default 1 MiB) is refused too.
+    let large = "x".repeat((1 << 20) + 1);
+    assert_eq!(setup.post(HOOK, "/webhook", Some(TOKEN), &large).map(|(status, _)| status), Some(413));
+    assert_eq!(setup.counter("cniguard_rollback_hook_requests_total", ("outcome", "too_large")), 1);
 
     // Slow clients: one mid-headers, one mid-body with the token.
     let _slow: Vec<std::net::TcpStream> = setup.ns.run(|| {
