@@ -152,9 +152,9 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// What the matrix needs from the machine: root (namespaces in the guest need nothing of
-/// the host, but apt and QEMU's files do not either; the daemon build does), QEMU, and
-/// the tools the archive and the modules are made with.
+/// What the matrix needs from the machine: root (as everything here: apt-get, and the
+/// private apt configuration's lock files), QEMU, and the tools the packages, the modules
+/// and the initramfs are handled with.
 fn prerequisites() -> Result<()> {
     let root = cmd::output(Command::new("id").arg("-u")).as_deref() == Some("0");
     if !root {

@@ -3,6 +3,7 @@
 //! deadline, and the QEMU process killed whatever happens.
 
 use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -43,6 +44,17 @@ pub fn boot(vmlinuz: &Path, initramfs: &Path, console_log: &Path, deadline: Dura
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // SAFETY: prctl is async-signal-safe. QEMU dies with the thread that started it, so
+    // that even an xtask killed outright (where no drop guard runs) leaves no QEMU behind.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
     let mut qemu =
         Qemu(command.spawn().context("starting qemu-system-x86_64 (cargo xtask setup installs it)")?);
     let (lines, received) = mpsc::channel();
