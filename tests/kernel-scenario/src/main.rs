@@ -99,6 +99,13 @@ struct Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
+        // The daemon's whole log, on the console log the host keeps, for whoever looks
+        // into a count that came out wrong or a probe that is off (before `done`, which
+        // ends the host's reading).
+        let mut stdout = std::io::stdout().lock();
+        for line in self.daemon.log().lines() {
+            let _ = writeln!(stdout, "daemon-log: {line}");
+        }
         let _ = std::fs::remove_dir_all(&self.state);
     }
 }
@@ -294,12 +301,6 @@ fn wait_for_probes(setup: &Setup) -> Result<Vec<String>> {
                 .unwrap_or_else(|| format!("counted as unsupported; no `{what} is off` in the log"));
             report(&Report::Off { probe: (*probe).to_owned(), reason });
             off.push((*probe).to_owned());
-        }
-    }
-    if !off.is_empty() {
-        // The whole log, for whoever reads the console log to see why.
-        for line in log.lines() {
-            println!("daemon-log: {line}");
         }
     }
     Ok(off)

@@ -176,12 +176,14 @@ fn prerequisites() -> Result<()> {
 fn fetch_kernels(work: &Path) -> Result<Vec<debian::Prepared>> {
     let sources = debian::machine_sources()?;
     let mut prepared = Vec::new();
+    let mut debs = Vec::new();
     for kernel in KERNELS {
         let source = debian::source_for(&sources, kernel.suite)?;
         let apt = debian::PrivateApt::new(work.join("apt").join(kernel.suite), source, kernel.suite)?;
         apt.update()?;
         let package = apt.newest_image(kernel.series)?;
         let deb = apt.download(&package, &work.join("debs"))?;
+        debs.push(deb.clone());
         let ready = debian::prepare(&deb, &work.join(kernel.label))?;
         println!(
             "kernels: {}: {} ({}), modules: {}",
@@ -191,6 +193,13 @@ fn fetch_kernels(work: &Path) -> Result<Vec<debian::Prepared>> {
             ready.modules.join(" ")
         );
         prepared.push(ready);
+    }
+    // Packages an older run fetched, since replaced by newer ones, go.
+    for entry in std::fs::read_dir(work.join("debs"))?.filter_map(Result::ok) {
+        if !debs.contains(&entry.path()) {
+            println!("kernels: removing {} (no longer the newest)", entry.path().display());
+            std::fs::remove_file(entry.path())?;
+        }
     }
     Ok(prepared)
 }
