@@ -43,6 +43,9 @@ const CONFIG: &str = "[dns]\ntimeout_seconds = 1\n\n[localhost]\nconnect_timeout
 /// How long a count may take to reach the daemon's metrics: it bounds a wait for a count
 /// that never comes (a probe that misses it), it measures nothing.
 const PATIENCE: Duration = Duration::from_secs(8);
+/// How long the interface probes may take to attach, once the daemon is ready (generous:
+/// the guest runs under emulation on a shared machine).
+const ATTACH_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The global probes the daemon may turn off, with the words its `<what> is off: <reason>`
 /// warning names them by (`daemon/src/daemon.rs`).
@@ -194,7 +197,11 @@ impl Setup {
     /// Scrapes until `done` holds or [`PATIENCE`] has passed; the last scrape either way
     /// (the checks then show what was missing).
     fn settle(&self, done: impl Fn(&Scrape) -> bool) -> Result<Scrape> {
-        let deadline = Instant::now() + PATIENCE;
+        self.settle_within(PATIENCE, done)
+    }
+
+    fn settle_within(&self, patience: Duration, done: impl Fn(&Scrape) -> bool) -> Result<Scrape> {
+        let deadline = Instant::now() + patience;
         loop {
             let scrape = self.scrape()?;
             if done(&scrape) || Instant::now() > deadline {
@@ -282,7 +289,8 @@ fn wait_for_probes(setup: &Setup) -> Result<Vec<String>> {
     let attached = |s: &Scrape, probe: &str, interface: &str| {
         s.value("cniguard_probe_attached", &[("interface", interface), ("probe", probe)]) == Some(1.0)
     };
-    let scrape = setup.settle(|s| INTERFACE_PROBES.iter().all(|(p, i)| attached(s, p, i)))?;
+    let scrape =
+        setup.settle_within(ATTACH_PATIENCE, |s| INTERFACE_PROBES.iter().all(|(p, i)| attached(s, p, i)))?;
     let log = setup.daemon.log();
     let mut off = Vec::new();
     for (probe, interface) in INTERFACE_PROBES {
