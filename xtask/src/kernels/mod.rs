@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use cniguard_kernel_scenario::{PROBES, Report};
 
-use crate::{checks, cmd};
+use crate::cmd;
 use debian::Kernel;
 
 /// The kernels of the matrix (README "Kernels" says how to add one).
@@ -88,7 +88,7 @@ pub fn run() -> Result<()> {
         println!("kernels: SKIPPED, cannot run: {missing:#} (with CI=true this fails)");
         return Ok(());
     }
-    let root = checks::workspace_root();
+    let root = crate::workspace::workspace_root();
     let work = root.join("target/kernels");
     let kernels = fetch_kernels(&work)?;
     let programs = build_static_programs(&root)?;
