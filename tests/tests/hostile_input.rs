@@ -33,18 +33,23 @@ fn send_raw(socket: &OwnedFd, destination: Ipv4Addr, packet: &[u8]) {
         sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(destination.octets()) },
         sin_zero: [0; 8],
     };
+    send_to(socket, packet, &address);
+}
+
+/// sendto(2) of `bytes` to `address`, a `sockaddr_*` of the socket's family; all of it.
+fn send_to<A>(socket: &OwnedFd, bytes: &[u8], address: &A) {
     // SAFETY: the buffer and the address outlive the call; their lengths are given.
     let sent = unsafe {
         libc::sendto(
             socket.as_raw_fd(),
-            packet.as_ptr().cast(),
-            packet.len(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
             0,
-            (&raw const address).cast(),
-            u32::try_from(size_of::<libc::sockaddr_in>()).unwrap(),
+            std::ptr::from_ref(address).cast(),
+            u32::try_from(size_of::<A>()).unwrap(),
         )
     };
-    assert_eq!(sent, isize::try_from(packet.len()).unwrap(), "{}", std::io::Error::last_os_error());
+    assert_eq!(sent, isize::try_from(bytes.len()).unwrap(), "{}", std::io::Error::last_os_error());
 }
 
 /// The `n`-th of 5,000 spoofed addresses, in 10.200.0.0/16.
@@ -306,18 +311,7 @@ fn drop_one(socket: &OwnedFd, ifindex: u32) {
     let mut frame = vec![0xff; 6];
     frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x88, 0xb5]); // local experimental ethertype
     frame.extend_from_slice(&[0; 46]);
-    // SAFETY: buffer and address outlive the call; their lengths are given.
-    let sent = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&raw const address).cast(),
-            u32::try_from(size_of::<libc::sockaddr_ll>()).unwrap(),
-        )
-    };
-    assert_eq!(sent, isize::try_from(frame.len()).unwrap(), "{}", std::io::Error::last_os_error());
+    send_to(socket, &frame, &address);
 }
 
 fn packet_socket(ns: &NetNs) -> OwnedFd {
