@@ -355,8 +355,14 @@ fn start_judgement(
         None => None,
     };
     let Some(trigger_settings) = &settings.triggers else { return Ok((checks, None)) };
-    let triggers: SharedTriggers =
-        Arc::new(std::sync::Mutex::new(Triggers::load(trigger_settings.rules.clone(), triggers_file)));
+    // A carried trigger time before the node's phase record cannot be true.
+    let not_before =
+        phase.baselines.lock().unwrap_or_else(std::sync::PoisonError::into_inner).phase().map(|r| r.since);
+    let triggers: SharedTriggers = Arc::new(std::sync::Mutex::new(Triggers::load(
+        trigger_settings.rules.clone(),
+        triggers_file,
+        not_before,
+    )));
     let (results, baselines, phase) =
         (checks.clone().unwrap_or_default(), phase.baselines.clone(), phase.latest.clone());
     let events = links.events.clone();

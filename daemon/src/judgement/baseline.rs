@@ -230,7 +230,8 @@ impl Baselines {
                 push(self.stored.signals.entry(*signal).or_default(), *value, self.windows);
             }
             // Every reason seen so far gets this window's value, 0 when it had none.
-            let reasons: Vec<String> =
+            // Once each: a reason both stored and in this window is one sample, not two.
+            let reasons: std::collections::BTreeSet<String> =
                 self.stored.drop_reasons.keys().chain(window.drop_reasons.keys()).cloned().collect();
             for reason in reasons {
                 let value = window.drop_reasons.get(&reason).copied().unwrap_or(0.0);
@@ -569,6 +570,37 @@ mod tests {
         let text = encode(&BaselineCollector::new(Arc::new(Mutex::new(restarted))).collect());
         assert!(text.contains("cniguard_baseline_ratio{signal=\"drops_per_second\"} 3"), "{text}");
         assert!(text.contains("cniguard_baseline_drops_ratio{reason=\"NETFILTER_DROP\"} 3"), "{text}");
+    }
+
+    /// Each window adds exactly one sample per reason: a reason already stored and seen
+    /// again, one that appears late, and one that goes quiet.
+    #[test]
+    fn per_reason_baselines_take_one_sample_per_window() {
+        let dir = crate::state_file::TempDir::new("baseline-reasons");
+        let mut baselines = Baselines::load(file(dir.path()), 3);
+        baselines.observe_phase(Phase::Flannel);
+        let start = Instant::now();
+        let at = |seconds: u64| start + std::time::Duration::from_secs(seconds);
+        let totals = |netfilter: f64, reset: Option<f64>| {
+            let mut totals = Totals::default();
+            totals.drops.insert("NETFILTER_DROP".into(), netfilter);
+            if let Some(reset) = reset {
+                totals.drops.insert("TCP_RESET".into(), reset);
+            }
+            totals
+        };
+        baselines.close_window(at(0), totals(0.0, None));
+        // 20 drops in 10 s, then 40, then 60: 2, 4 and 6 per second.
+        baselines.close_window(at(10), totals(20.0, None));
+        baselines.close_window(at(20), totals(60.0, Some(10.0)));
+        baselines.close_window(at(30), totals(120.0, Some(10.0)));
+        assert_eq!(baselines.stored.drop_reasons["NETFILTER_DROP"], [2.0, 4.0, 6.0]);
+        assert_eq!(baselines.stored.drop_reasons["TCP_RESET"], [1.0, 0.0]);
+        assert_eq!(baselines.stored.signals[&DROPS_PER_SECOND], [2.0, 5.0, 6.0]);
+        let text = encode(&BaselineCollector::new(Arc::new(Mutex::new(baselines))).collect());
+        // The mean of the last 3 windows: (2 + 4 + 6) / 3, and (1 + 0) / 2.
+        assert!(text.contains("cniguard_baseline_drops_per_second{reason=\"NETFILTER_DROP\"} 4\n"), "{text}");
+        assert!(text.contains("cniguard_baseline_drops_per_second{reason=\"TCP_RESET\"} 0.5\n"), "{text}");
     }
 
     #[test]

@@ -59,7 +59,7 @@ define! {
     LABEL_OVERFLOW_TOTAL: Counter "cniguard_label_overflow_total" ["metric"]
         "Peers counted as peer=\"other\" because a metric reached max_peers";
     STATE_FILE_REJECTED_TOTAL: Counter "cniguard_state_file_rejected_total" ["reason"]
-        "State files set aside at start-up: corrupt, foreign (another node or format) or unreadable";
+        "State files set aside at start-up: corrupt, foreign (another node or format), unreadable or too_large (over 16 MiB)";
     MAP_FULL_TOTAL: Counter "cniguard_map_full_total" ["map"]
         "Map inserts refused because the map was full";
 
