@@ -168,6 +168,8 @@ define! {
         "How long active checks took, from the pod's namespace";
     CHECK_FAILURES_TOTAL: Counter "cniguard_check_failures_total" ["check", "target", "reason"]
         "Failed active checks by reason: timeout, refused, unreachable, reset, http_status, resolve, dns_rcode, dns_empty, other";
+    CHECK_STALE: Gauge "cniguard_check_stale" ["check", "target"]
+        "1 while the target's latest active check result is older than 3 check intervals: no data for the triggers";
 
     // judgement/triggers.rs
     ROLLBACK_TRIGGER_ACTIVE: Gauge "cniguard_rollback_trigger_active" ["trigger", "severity"]

@@ -481,17 +481,29 @@ pub fn gather(
     baselines: &SharedBaselines,
     phase: &SharedPhase,
 ) -> Inputs {
+    gather_at(rules, checks, baselines, phase, Instant::now())
+}
+
+/// [`gather`] at `now`. A target whose latest result is stale (the `from` pod vanished,
+/// rounds stopped) is left out, as if it had no result: no data, never a failure.
+#[must_use]
+pub fn gather_at(
+    rules: &[Rule],
+    checks: &SharedResults,
+    baselines: &SharedBaselines,
+    phase: &SharedPhase,
+    now: Instant,
+) -> Inputs {
     let mut inputs = Inputs::default();
     let window = rules
         .iter()
         .find(|rule| rule.name == TriggerName::PodToPodNotRestored)
         .map_or(300.0, |rule| rule.window_seconds);
-    let window_start =
-        Instant::now().checked_sub(std::time::Duration::from_secs_f64(window)).unwrap_or_else(Instant::now);
+    let window_start = now.checked_sub(std::time::Duration::from_secs_f64(window)).unwrap_or(now);
     {
         let results = checks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (mut failures, mut total) = (0.0, 0.0);
-        for (name, state) in results.iter() {
+        for (name, state) in results.iter().filter(|(_, state)| !state.is_stale(now)) {
             let failed = state.latest() == Some(false);
             match state.check {
                 CheckKind::PodToPod => {
@@ -789,6 +801,54 @@ mod tests {
         assert!(triggers.evaluate(&peers(true), 10_020.0).is_empty());
         assert!(triggers.rollback_recommended());
         assert_eq!(triggers.report()[0].active_seconds, 2220.0);
+    }
+
+    /// The `from` pod vanished: the last results (every check to node-2 failing) stay in
+    /// the map, but 31 s after them (3 intervals of 10 s, plus one) they are no data.
+    #[test]
+    fn stale_results_feed_no_trigger() {
+        use std::collections::VecDeque;
+        use std::time::Duration;
+        let start = Instant::now();
+        let state = |peer: &str, ok: bool| crate::checks::TargetState {
+            check: CheckKind::PodToPod,
+            peer: peer.into(),
+            history: VecDeque::from([(start, ok)]),
+            last_failure: None,
+            stale_after: Duration::from_secs(30),
+        };
+        let checks = SharedResults::default();
+        checks.lock().unwrap().insert("node-2".into(), state("node-2", false));
+        checks.lock().unwrap().insert("node-3".into(), state("node-3", true));
+        let (baselines, phase) = (
+            std::sync::Arc::new(std::sync::Mutex::new(crate::judgement::baseline::Baselines::load(
+                StateFile::new(
+                    None,
+                    "b",
+                    "b",
+                    "node-1",
+                    prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason"]).unwrap(),
+                ),
+                3,
+            ))),
+            SharedPhase::default(),
+        );
+        let rules = vec![rule(TriggerName::ConnectivityLost, 30.0)];
+        let at =
+            |seconds| gather_at(&rules, &checks, &baselines, &phase, start + Duration::from_secs(seconds));
+        assert_eq!(at(30).peers, peers(true).peers, "30 s old: fresh");
+        assert!(at(31).peers.is_empty(), "31 s old: stale, no data");
+        assert_eq!(at(31).pod_to_pod_window, None);
+        let dir = crate::state_file::TempDir::new("triggers-stale");
+        let mut triggers = Triggers::load(rules.clone(), file(dir.path()), None);
+        // Pending since 1000 on the fresh results; they go stale before its 30 s are up.
+        assert!(triggers.evaluate(&at(0), 1000.0).is_empty());
+        assert!(triggers.evaluate(&at(30), 1029.0).is_empty());
+        for (age, now) in [(31, 1030.0), (64, 1064.0), (600, 1600.0)] {
+            assert!(triggers.evaluate(&at(age), now).is_empty(), "no check ran: never fires ({now})");
+        }
+        assert!(!triggers.rollback_recommended());
+        assert_eq!(triggers.report()[0].state, "no_data");
     }
 
     /// Every default rule, on synthetic inputs: fires after exactly its `for` and clears.
