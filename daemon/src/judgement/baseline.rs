@@ -48,11 +48,17 @@ pub struct BaselineSettings {
     pub windows: usize,
 }
 
+/// The longest window: an hour (the checks keep an hour of results, and a longer window
+/// would judge the cutover too late).
+pub const MAX_WINDOW_SECONDS: u64 = 3600;
+/// The most windows a baseline keeps: the state file stays a few MiB.
+pub const MAX_WINDOWS: usize = 10_000;
+
 /// What is wrong with the `[baseline]` table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BaselineError {
-    #[error("must be at least 1")]
-    Zero { field: &'static str },
+    #[error("{value} is out of range: must be 1 to {max}{unit}")]
+    Range { field: &'static str, value: u64, max: u64, unit: &'static str },
 }
 
 impl BaselineError {
@@ -60,18 +66,29 @@ impl BaselineError {
     #[must_use]
     pub fn field(&self) -> &'static str {
         match self {
-            Self::Zero { field } => field,
+            Self::Range { field, .. } => field,
         }
     }
 }
 
 impl BaselineConfig {
     pub fn validate(&self) -> Result<BaselineSettings, BaselineError> {
-        if self.windows == 0 {
-            return Err(BaselineError::Zero { field: "baseline.windows" });
+        let windows = u64::try_from(self.windows).unwrap_or(u64::MAX);
+        if !(1..=MAX_WINDOWS as u64).contains(&windows) {
+            return Err(BaselineError::Range {
+                field: "baseline.windows",
+                value: windows,
+                max: MAX_WINDOWS as u64,
+                unit: " windows",
+            });
         }
-        if self.window_seconds == 0 {
-            return Err(BaselineError::Zero { field: "baseline.window_seconds" });
+        if !(1..=MAX_WINDOW_SECONDS).contains(&self.window_seconds) {
+            return Err(BaselineError::Range {
+                field: "baseline.window_seconds",
+                value: self.window_seconds,
+                max: MAX_WINDOW_SECONDS,
+                unit: " seconds",
+            });
         }
         Ok(BaselineSettings {
             window: std::time::Duration::from_secs(self.window_seconds),
