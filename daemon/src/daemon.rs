@@ -299,6 +299,7 @@ impl Node {
         )?;
         attachments.reconcile(watcher.list().await.context("listing interfaces")?).await;
         let rejected = crate::state_file::rejections(&registry)?;
+        namespaces::register_metrics(&registry)?;
         let node = node_name();
         let state_file = |name, format| StateFile::new(state_dir, name, format, &node, rejected.clone());
         let phase = PhaseTracker::start(

@@ -62,6 +62,8 @@ define! {
         "State files set aside at start-up: corrupt, foreign (another node or format), unreadable or too_large (over 16 MiB)";
     MAP_FULL_TOTAL: Counter "cniguard_map_full_total" ["map"]
         "Map inserts refused because the map was full";
+    NETNS_ENTER_FAILURES_TOTAL: Counter "cniguard_netns_enter_failures_total" ["reason"]
+        "Failed entries into network namespaces (setns): permission (no CAP_SYS_ADMIN), gone, other";
 
     // probes/iface_stats.rs
     INTERFACE_PACKETS_TOTAL: Counter "cniguard_interface_packets_total" ["interface", "direction", "protocol"]
