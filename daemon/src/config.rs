@@ -483,6 +483,11 @@ mod tests {
                 "restore_deadline_seconds`",
                 "must be 0 to 86400",
             ),
+            (
+                "[cluster]\nmode = \"off\"\nevent_interval_seconds = 1000000000000\n",
+                "cluster.event_interval_seconds`",
+                "1000000000000 is out of range: must be 1 to 3600 seconds",
+            ),
         ];
         for (text, field, message) in cases {
             let err = Settings::load_text(text).unwrap_err();

@@ -5,7 +5,8 @@
 //! (`service`), and names through the cluster resolver (`dns`). The packets leave through
 //! the pod's own veth and cross the CNI exactly as that pod's traffic does (Flannel's
 //! bridge and VXLAN, or Calico's routes, BGP and VXLAN), so a check fails when pod traffic
-//! would.
+//! would. A target whose latest result is older than 3 intervals (no round has run: the
+//! `from` pod is gone) is stale: no data for the triggers, shown in `cniguard_check_stale`.
 
 pub mod engine;
 pub mod health;
