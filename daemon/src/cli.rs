@@ -67,9 +67,22 @@ struct RollbackHookArgs {
     /// Run the command. Without it, the hook only logs what it would run.
     #[arg(long)]
     arm: bool,
-    /// The command is killed after this long and counted as failed.
+    /// The command (its whole process group) is ended after this long and counted as failed.
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     command_timeout_seconds: u64,
+    /// On SIGTERM, how long to wait for a running command before exiting and leaving it
+    /// running (keep it below the pod's terminationGracePeriodSeconds, 30 by default).
+    #[arg(long, value_name = "SECONDS", default_value_t = 25)]
+    shutdown_grace_seconds: u64,
+    /// Webhook bodies over this many bytes are refused (413) without being read whole.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    /// How long a client has to send a request's headers, and again its body.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    request_timeout_seconds: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_connections: usize,
     /// Where the hook records that the rollback ran (so it never runs twice).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/cniguard/rollback-hook")]
     state_dir: PathBuf,
@@ -126,13 +139,46 @@ pub fn main() -> ExitCode {
         Command::Check => {
             let report = preflight::run();
             print!("{report}");
-            if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PREFLIGHT) }
+            // Probes load only once the requirements hold: a missing CAP_BPF is one failure.
+            let probes_ok = if report.passed() {
+                print_probe_checks()
+            } else {
+                println!("skip  {:<14} not loaded until the failures above are fixed", "probes");
+                true
+            };
+            if report.passed() && probes_ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PREFLIGHT) }
         }
         Command::Run(args) => run(args),
         Command::Status(args) => status(&args),
         Command::RollbackHook(args) => rollback_hook(args),
         Command::Echo(args) => echo(&args),
     }
+}
+
+/// One line per probe, `on` or `off: <why>` with what the operator loses, found by loading
+/// each probe's programs. False when a required probe cannot run (optional ones only cost
+/// their signal).
+fn print_probe_checks() -> bool {
+    let checks = match crate::probes::registry::check_all(EbpfLogLevel::Off) {
+        Ok(checks) => checks,
+        Err(err) => {
+            println!("FAIL  {:<14} the eBPF object did not load: {err:#}", "probes");
+            return false;
+        }
+    };
+    let mut ok = true;
+    for check in checks {
+        let spec = check.spec;
+        match check.off {
+            None => println!("pass  probe {:<12} on", spec.name),
+            Some(why) => {
+                let status = if spec.required { "FAIL" } else { "warn" };
+                ok &= !spec.required;
+                println!("{status}  probe {:<12} off: {why}; loses {}", spec.name, spec.loses);
+            }
+        }
+    }
+    ok
 }
 
 fn status(args: &StatusArgs) -> ExitCode {
@@ -176,6 +222,14 @@ fn rollback_hook(args: RollbackHookArgs) -> ExitCode {
         armed: args.arm,
         command_timeout: std::time::Duration::from_secs(args.command_timeout_seconds.max(1)),
         state_dir: args.state_dir,
+        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_seconds),
+        limits: crate::rollback_hook::Limits {
+            max_body_bytes: args.max_body_bytes.max(1),
+            request_timeout: std::time::Duration::from_secs(args.request_timeout_seconds.max(1)),
+            max_connections: args.max_connections.max(1),
+            // Open connections get a few seconds, never more than the grace period.
+            drain: std::time::Duration::from_secs(args.shutdown_grace_seconds.min(5)),
+        },
     };
     block_on(crate::rollback_hook::run(settings))
 }

@@ -61,25 +61,26 @@ pub async fn run(settings: Settings) -> Result<()> {
     }));
 
     let state_dir = state_dir(&settings)?;
-    let registry = metrics.registry.clone();
-    let (discovered_tx, discovered) = watch::channel(Vec::new());
-    let links = Links { status, discovered, events: Arc::default() };
-    let mut node = Node::start(&settings, &kernel, metrics, state_dir.as_deref(), &links).await?;
+    // What the node and cluster mode share, made first so that neither waits for the other.
+    let phase = SharedPhase::default();
+    let inventory = SharedInventory::default();
     // Cluster mode (a no-op in node-local mode): pod labels, the cluster's view of the
     // phase, check targets (`cluster.targets()`) and trigger Events (`cluster.events()`).
     let cluster = crate::cluster::Cluster::start(
         &settings.cluster,
         crate::cluster::ClusterContext {
             node: node_name(),
-            registry,
-            phase: node.phase.latest.clone(),
-            inventory: node.namespaces.inventory.clone(),
+            registry: metrics.registry.clone(),
+            phase: phase.clone(),
+            inventory: inventory.clone(),
             rewriter,
         },
     )
     .await?;
-    let _ = links.events.set(cluster.events());
+    let (discovered_tx, discovered) = watch::channel(Vec::new());
     crate::checks::follow_cluster_targets(cluster.targets(), discovered_tx);
+    let links = Links { status, discovered, events: cluster.events(), phase, inventory };
+    let mut node = Node::start(&settings, &kernel, metrics, state_dir.as_deref(), &links).await?;
     ready.store(true, Ordering::Release);
     tracing::info!(
         listen = %settings.listen,
@@ -135,12 +136,15 @@ fn watch_panics() -> watch::Receiver<Option<String>> {
         .subscribe()
 }
 
-/// What ties the node's judgement to the parts that start later or elsewhere: `/status`,
-/// the check targets cluster mode discovers, and the Events trigger changes become.
+/// What ties the node to the parts around it: `/status` (served before the node starts),
+/// the check targets cluster mode discovers, the Events trigger changes become, and the
+/// phase and namespace inventory cluster mode reads.
 struct Links {
     status: crate::judgement::status::SharedSources,
     discovered: watch::Receiver<Vec<crate::checks::Target>>,
-    events: Arc<std::sync::OnceLock<crate::cluster::EventRecorder>>,
+    events: crate::cluster::EventRecorder,
+    phase: SharedPhase,
+    inventory: SharedInventory,
 }
 
 /// Every probe of this node, loaded and attached, and what keeps them current.
@@ -165,6 +169,7 @@ impl PhaseTracker {
     /// Loads the baselines, reads the phase once and starts the baseline sampler.
     async fn start(
         settings: BaselineSettings,
+        latest: SharedPhase,
         registry: &prometheus::Registry,
         inventory: &SharedInventory,
         signals: Signals,
@@ -173,7 +178,6 @@ impl PhaseTracker {
     ) -> Result<Self> {
         let baselines: SharedBaselines =
             Arc::new(std::sync::Mutex::new(Baselines::load(file, settings.windows)));
-        let latest = SharedPhase::default();
         registry.register(Box::new(PhaseCollector::new(latest.clone())))?;
         registry.register(Box::new(BaselineCollector::new(baselines.clone())))?;
         let phase = Self { baselines: baselines.clone(), latest };
@@ -270,7 +274,7 @@ impl Node {
         let watcher = LinkWatcher::start().context("subscribing to netlink link notifications")?;
         let addresses: LocalAddresses = Arc::default();
         refresh_addresses(&watcher, &addresses).await;
-        let inventory = SharedInventory::default();
+        let inventory = links.inventory.clone();
         let signals = Signals::default();
         let probe_settings = probe_settings(settings);
         let probes = registry::start_all(&mut ProbeContext {
@@ -304,6 +308,7 @@ impl Node {
         let state_file = |name, format| StateFile::new(state_dir, name, format, &node, rejected.clone());
         let phase = PhaseTracker::start(
             settings.baseline,
+            links.phase.clone(),
             &registry,
             &inventory,
             signals,
@@ -408,9 +413,7 @@ fn start_judgement(
         move |rules| triggers::gather(rules, &results, &baselines, &phase),
         // In cluster mode, each change is also an Event on the Node.
         move |transition| {
-            if let Some(events) = events.get() {
-                events.record_trigger(transition.trigger.label(), transition.active, &transition.detail);
-            }
+            events.record_trigger(transition.trigger.label(), transition.active, &transition.detail);
         },
     )?;
     Ok((checks, Some(triggers)))

@@ -36,6 +36,23 @@ fn check_passes_as_root_with_one_line_per_requirement() {
     }
 }
 
+/// Each probe of the table has one line, found by loading its programs: on this kernel
+/// (the newest of the matrix) every probe runs. `cargo xtask kernels` checks the others.
+#[test]
+fn check_has_one_line_per_probe_and_every_probe_is_on_here() {
+    require_root!();
+    let output = Command::new(binary()).arg("check").output().unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{text}");
+    let probe_lines: Vec<&str> =
+        text.lines().filter(|l| l.get(6..).is_some_and(|l| l.starts_with("probe "))).collect();
+    assert_eq!(probe_lines.len(), cniguard::probes::PROBES.len(), "{text}");
+    for spec in cniguard::probes::PROBES {
+        let line = format!("pass  probe {:<12} on", spec.name);
+        assert!(probe_lines.contains(&line.as_str()), "{line:?} missing:\n{text}");
+    }
+}
+
 #[test]
 fn missing_cap_bpf_is_named_with_its_fix_and_run_refuses() {
     require_root!();

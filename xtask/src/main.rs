@@ -4,6 +4,7 @@ mod bench;
 mod checks;
 mod cmd;
 mod demo;
+mod kernels;
 mod lab;
 mod run;
 mod setup;
@@ -32,6 +33,9 @@ enum Task {
     },
     /// Per-packet cost of the classifiers next to an empty one (BPF_PROG_TEST_RUN).
     Bench,
+    /// Every probe on Debian's 5.10, 6.1 and 6.12 kernels, each booted under QEMU: a kernel
+    /// by probe table (also part of `test`).
+    Kernels,
     /// The migration lab: a K3s-like cluster in namespaces, cut over from Flannel to Calico.
     Lab {
         #[command(subcommand)]
@@ -45,6 +49,7 @@ fn main() -> Result<()> {
         Task::Test => checks::run(),
         Task::Run { args } => run::run(&args),
         Task::Bench => bench::run(),
+        Task::Kernels => setup::run(&setup::SetupArgs { build_only: false }).and_then(|()| kernels::run()),
         Task::Lab { command } => lab::run(command),
     }
 }

@@ -33,6 +33,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "prometheus-alertmanager",
         "delivers the rollback alert to `cniguard rollback-hook` in its tests and the lab",
     ),
+    ("qemu-system-x86", "boots Debian's kernels for the kernel matrix (`cargo xtask kernels`, TCG)"),
+    ("busybox-static", "the kernel matrix guests' init, shell, mount and insmod"),
+    ("xz-utils", "decompresses the kernel matrix's `.ko.xz` modules"),
+    ("zstd", "decompresses the kernel matrix's `.ko.zst` modules"),
+    ("binutils", "readelf: checks that the kernel matrix's cniguard is statically linked"),
 ];
 
 /// Debian packages that hold a compiler able to build `core` for the BPF target.

@@ -56,6 +56,8 @@ define! {
         "1 while a probe is attached to an interface";
     PROBE_ATTACH_ERRORS_TOTAL: Counter "cniguard_probe_attach_errors_total" ["probe", "reason"]
         "Failed attempts to attach a probe, by cause";
+    PROBE_AVAILABLE: Gauge "cniguard_probe_available" ["probe"]
+        "1 if the probe runs on this node, 0 if this kernel cannot run it (the daemon's log and cniguard check say why)";
     LABEL_OVERFLOW_TOTAL: Counter "cniguard_label_overflow_total" ["metric"]
         "Peers counted as peer=\"other\" because a metric reached max_peers";
     STATE_FILE_REJECTED_TOTAL: Counter "cniguard_state_file_rejected_total" ["reason"]
@@ -185,11 +187,17 @@ define! {
 
     // rollback_hook.rs (`cniguard rollback-hook`, not `cniguard run`)
     ROLLBACK_EXECUTIONS_TOTAL: Counter "cniguard_rollback_executions_total" ["result"]
-        "Rollback command runs by result: succeeded, failed, or dry_run (logged, not run: the hook is not armed)";
+        "Rollback command runs by result: succeeded, failed, dry_run (logged, not run: the hook is not armed), or unknown (started, and the hook stopped before it saw the end)";
     ROLLBACK_HOOK_REQUESTS_TOTAL: Counter "cniguard_rollback_hook_requests_total" ["outcome"]
-        "Webhook requests by outcome: accepted, unauthorized (no or a wrong bearer token), bad_request";
+        "Webhook requests by outcome: accepted, unauthorized (no or a wrong bearer token, body unread), bad_request, too_large, timeout, refused (503: the run is due but cannot be proven to be the first)";
     ROLLBACK_HOOK_ARMED: Gauge "cniguard_rollback_hook_armed" []
         "1 if the hook runs the rollback, 0 in dry-run";
+    ROLLBACK_HOOK_RUN_STATE: Gauge "cniguard_rollback_hook_run_state" ["state"]
+        "1 for the state of the hook's run record: none, started, succeeded, failed, unknown (its end never seen), untrusted (unreadable: refusing to run), unwritable (due, but cannot be recorded: refusing to run)";
+    ROLLBACK_HOOK_RECORD_ERRORS_TOTAL: Counter "cniguard_rollback_hook_record_errors_total" ["operation"]
+        "Failures to read or write the hook's state files, by operation: read, write";
+    ROLLBACK_HOOK_FIRING_ALERTS: Gauge "cniguard_rollback_hook_firing_alerts" []
+        "Rollback alerts firing as last notified, by fingerprint (kept across restarts)";
 
     // cluster/
     CLUSTER_PODS: Gauge "cniguard_cluster_pods" ["state"]

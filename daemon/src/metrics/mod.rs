@@ -17,6 +17,8 @@ pub struct DaemonMetrics {
     pub probe_attached: IntGaugeVec,
     /// `cniguard_probe_attach_errors_total{probe,reason}`, reason from [`AttachFailure`].
     pub attach_errors: IntCounterVec,
+    /// `cniguard_probe_available{probe}`: whether this kernel runs the probe.
+    pub probe_available: IntGaugeVec,
 }
 
 impl DaemonMetrics {
@@ -29,14 +31,16 @@ impl DaemonMetrics {
         build_info.with_label_values(&[version, kernel]).set(1);
         let probe_attached = catalogue::PROBE_ATTACHED.int_gauge_vec().expect("valid metric");
         let attach_errors = catalogue::PROBE_ATTACH_ERRORS_TOTAL.int_counter_vec().expect("valid metric");
+        let probe_available = catalogue::PROBE_AVAILABLE.int_gauge_vec().expect("valid metric");
         for metric in [
             Box::new(build_info) as Box<dyn Collector>,
             Box::new(probe_attached.clone()),
             Box::new(attach_errors.clone()),
+            Box::new(probe_available.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
-        Self { registry, probe_attached, attach_errors }
+        Self { registry, probe_attached, attach_errors, probe_available }
     }
 }
 

@@ -266,6 +266,8 @@ impl SignalSource for Dns {
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: NAME,
     what: "DNS from the pods",
+    loses: "cniguard_dns_*: the pods' DNS, and the dns_failing trigger's query ratio",
+    programs: &["dns_ingress", "dns_egress"],
     needs: &[],
     required: true,
     prepare: None,

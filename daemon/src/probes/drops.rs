@@ -221,7 +221,9 @@ const NOT_SPECIFIED: &str = "NOT_SPECIFIED";
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: NAME,
     what: "kernel drop counts",
-    needs: &[Need::Btf],
+    loses: "cniguard_drops_*: kernel drops by reason, and the regression trigger's drop ratio",
+    programs: &["drops"],
+    needs: &[Need::Btf, Need::BtfEnum("skb_drop_reason")],
     required: false,
     prepare: None,
     start: |context| {

@@ -41,6 +41,8 @@ pub struct IfaceStats {
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: NAME,
     what: "interface packet counts",
+    loses: "cniguard_interface_*: pod traffic per veth/cali interface",
+    programs: &["iface_stats_ingress", "iface_stats_egress"],
     needs: &[],
     required: true,
     prepare: None,

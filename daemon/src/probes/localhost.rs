@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::AsFd as _;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -32,7 +31,7 @@ use crate::checks::health::HealthCheckConfig;
 use crate::judgement::signals::{SignalSource, Totals, add_buckets};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::namespaces::{self, SharedInventory};
-use crate::probes::registry::{ProbeSpec, Started};
+use crate::probes::registry::{Need, ProbeSpec, Started};
 use crate::probes::shared::{LatencyTotals, monotonic_ns, summed};
 
 pub const NAME: &str = "localhost";
@@ -148,7 +147,7 @@ impl Localhost {
         let connections = HashMap::try_from(take("CONNECTIONS")?)?;
         let latency = PerCpuHashMap::try_from(take("LATENCY")?)?;
         let failures = PerCpuHashMap::try_from(take("FAILURES")?)?;
-        let root = cgroup2_root()?;
+        let root = crate::node::cgroup2_root()?;
         let cgroup =
             File::open(&root).with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
         let mut links = Vec::new();
@@ -269,7 +268,9 @@ impl SignalSource for Localhost {
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: NAME,
     what: "localhost latency",
-    needs: &[],
+    loses: "cniguard_localhost_connect_* and _response_seconds: the in-pod 127.0.0.1 latency, and the localhost_latency_slo trigger",
+    programs: &["localhost_egress", "localhost_ingress"],
+    needs: &[Need::CgroupV2],
     required: false,
     prepare: None,
     start: |context| {
@@ -283,19 +284,6 @@ pub const SPEC: ProbeSpec = ProbeSpec {
         Ok(Started::Running(Box::new(probe)))
     },
 };
-
-/// Where cgroup v2 is mounted (its root holds every process of the host).
-fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    mounts
-        .lines()
-        .find_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (_, path, kind) = (fields.next()?, fields.next()?, fields.next()?);
-            (kind == "cgroup2").then(|| PathBuf::from(path))
-        })
-        .context("no cgroup v2 mount (mount -t cgroup2 none /sys/fs/cgroup/unified): the localhost probe needs one")
-}
 
 struct LocalhostCollector {
     probe: Arc<Localhost>,

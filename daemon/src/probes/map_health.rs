@@ -21,6 +21,8 @@ struct MapFullCollector {
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: "map_health",
     what: "full-map counts",
+    loses: "cniguard_map_full_total: maps that overflow go unseen",
+    programs: &[],
     needs: &[],
     required: true,
     prepare: None,

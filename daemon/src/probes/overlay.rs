@@ -38,6 +38,8 @@ pub struct Overlay {
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: NAME,
     what: "overlay traffic by CIDR",
+    loses: "cniguard_overlay_packets_total: inner traffic by old/new pod CIDR",
+    programs: &["overlay_ingress", "overlay_egress"],
     needs: &[],
     required: true,
     prepare: None,

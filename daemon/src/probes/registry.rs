@@ -7,7 +7,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context as _, Result, anyhow};
 use aya::Ebpf;
 use probe_common::kernel::KernelOffsets;
 
@@ -25,8 +25,12 @@ use crate::node::namespaces::SharedInventory;
 pub struct ProbeSpec {
     /// The `probe` label value, and the module's name on both sides.
     pub name: &'static str,
-    /// What the operator loses while it is off, in a few words.
+    /// What it measures, in a few words (`<what> is off: <why>`).
     pub what: &'static str,
+    /// What the operator loses while it is off: its metrics and the judgement that reads them.
+    pub loses: &'static str,
+    /// Its programs in the eBPF object, loaded one by one by `cniguard check`.
+    pub programs: &'static [&'static str],
     /// What it needs from the kernel besides loading its programs.
     pub needs: &'static [Need],
     /// Whether the daemon refuses to run without it.
@@ -43,6 +47,25 @@ pub enum Need {
     /// The kernel's type information (/sys/kernel/btf/vmlinux): tracing probes read kernel
     /// structs at offsets found there.
     Btf,
+    /// An enum in the kernel's BTF whose names the probe reports (the kernel's numbering
+    /// differs between releases).
+    BtfEnum(&'static str),
+    /// A cgroup v2 mount: socket-level programs attach to its root.
+    CgroupV2,
+}
+
+impl Need {
+    /// Whether this kernel meets the need, or why not.
+    fn check(self, btf: &Result<Btf, String>) -> Result<()> {
+        match self {
+            Self::Btf => btf.as_ref().map(|_| ()).map_err(|err| anyhow!("{err}")),
+            Self::BtfEnum(name) => {
+                let btf = btf.as_ref().map_err(|err| anyhow!("{err}"))?;
+                btf.enum_values(name).map(|_| ())
+            }
+            Self::CgroupV2 => crate::node::cgroup2_root().map(|_| ()),
+        }
+    }
 }
 
 /// What a started probe leaves running.
@@ -137,6 +160,8 @@ pub fn start_all(context: &mut ProbeContext<'_>) -> Result<Probes> {
     let mut probes = Probes::default();
     for spec in PROBES {
         let started = missing_need(spec, context).map_or_else(|| (spec.start)(context), Err);
+        let available = context.metrics.probe_available.with_label_values(&[spec.name]);
+        available.set(i64::from(started.is_ok()));
         match started {
             Ok(Started::Interface(probe)) => probes.interface.push(probe),
             Ok(Started::Running(running)) => probes.running.push(running),
@@ -160,7 +185,56 @@ pub fn start_all(context: &mut ProbeContext<'_>) -> Result<Probes> {
 
 /// The first of the probe's needs the kernel does not meet, as an error.
 fn missing_need(spec: &ProbeSpec, context: &ProbeContext<'_>) -> Option<anyhow::Error> {
-    spec.needs.iter().find_map(|need| match need {
-        Need::Btf => context.btf().err(),
-    })
+    spec.needs.iter().find_map(|need| need.check(context.btf).err())
+}
+
+/// One probe as `cniguard check` finds it on this kernel.
+pub struct ProbeCheck {
+    pub spec: &'static ProbeSpec,
+    /// `None` when it can run; else why not.
+    pub off: Option<String>,
+}
+
+/// Whether each probe can run here, found the way `run` would find it: its needs, then
+/// loading each of its programs into the kernel (the verifier decides, not a version
+/// number). Nothing is attached.
+///
+/// # Errors
+/// If the eBPF object itself cannot be loaded (no CAP_BPF, memlock limits): then no probe
+/// can be judged.
+pub fn check_all(log_level: crate::node::ebpf::EbpfLogLevel) -> Result<Vec<ProbeCheck>> {
+    let btf = Btf::kernel().and_then(|btf| {
+        let mut offsets = btf.kernel_offsets()?;
+        prepare_all(&btf, &mut offsets)?;
+        Ok((btf, offsets))
+    });
+    let mut ebpf = crate::node::ebpf::load(&crate::node::ebpf::Globals {
+        log_level,
+        scope: crate::node::namespaces::NetnsScope::Node,
+        kernel: btf.as_ref().map(|(_, offsets)| *offsets).unwrap_or_default(),
+    })?;
+    let btf = btf.map(|(btf, _)| btf).map_err(|err| format!("{err:#}"));
+    Ok(PROBES
+        .iter()
+        .map(|spec| {
+            let found =
+                spec.needs.iter().try_for_each(|need| need.check(&btf)).and_then(|()| {
+                    spec.programs.iter().try_for_each(|program| load_program(&mut ebpf, program))
+                });
+            ProbeCheck { spec, off: found.err().map(|err| format!("{err:#}")) }
+        })
+        .collect())
+}
+
+/// Loads one program of the object, whatever its type.
+fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    use aya::programs::Program;
+    let program = ebpf.program_mut(name).with_context(|| format!("the eBPF object has no program {name}"))?;
+    let loaded = match program {
+        Program::SchedClassifier(program) => program.load(),
+        Program::CgroupSkb(program) => program.load(),
+        Program::RawTracePoint(program) => program.load(),
+        _ => anyhow::bail!("{name}: a program type `cniguard check` does not load"),
+    };
+    loaded.with_context(|| format!("loading {name}"))
 }

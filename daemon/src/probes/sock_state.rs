@@ -62,6 +62,8 @@ pub struct SockState {
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: NAME,
     what: "BGP session state and Typha connections",
+    loses: "cniguard_bgp_session_* and cniguard_tcp_connections_total: BGP session state and Typha connections",
+    programs: &["sock_state"],
     needs: &[Need::Btf],
     required: false,
     prepare: None,

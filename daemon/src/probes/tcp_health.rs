@@ -116,6 +116,8 @@ impl SignalSource for TcpHealth {
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: NAME,
     what: "TCP retransmits, resets and RTT",
+    loses: "cniguard_tcp_retransmits/resets/srtt: TCP health, and the regression trigger's retransmit ratio",
+    programs: &["tcp_retransmit", "tcp_retransmit_synack", "tcp_receive_reset", "tcp_send_reset", "tcp_rtt"],
     needs: &[Need::Btf],
     required: false,
     prepare: Some(find_arguments),

@@ -57,6 +57,8 @@ pub struct Underlay {
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: NAME,
     what: "VXLAN and BGP on the underlay",
+    loses: "cniguard_vxlan_* and cniguard_bgp_messages_*: which overlay carries traffic, BGP messages",
+    programs: &["underlay_ingress", "underlay_egress"],
     needs: &[],
     required: true,
     prepare: None,
