@@ -37,6 +37,7 @@ const PHASE_EVERY: Duration = Duration::from_secs(2);
 /// # Errors
 /// If the listen address is taken, or the eBPF object cannot be loaded.
 pub async fn run(settings: Settings) -> Result<()> {
+    let mut panics = watch_panics();
     let kernel = Kernel::running();
     let metrics = DaemonMetrics::new(VERSION, &kernel.release);
     let ready = Arc::new(AtomicBool::new(false));
@@ -90,16 +91,49 @@ pub async fn run(settings: Settings) -> Result<()> {
         probes_off = ?node.probes.off.iter().map(|(probe, _)| probe).collect::<Vec<_>>(),
         "cniguard ready"
     );
-    tokio::select! {
-        () = stop_signals.recv() => {}
-        _ = stop_rx.changed() => {}
-        result = node.follow(settings.resync_interval) => result?,
-    }
+    let outcome = tokio::select! {
+        () = stop_signals.recv() => Ok(()),
+        _ = stop_rx.changed() => Ok(()),
+        result = node.follow(settings.resync_interval) => result,
+        panic = panics.wait_for(Option::is_some) => Err(anyhow::anyhow!(
+            "{}; stopping so that cniguard restarts whole, never running on without a task",
+            panic.ok().and_then(|panic| panic.clone()).unwrap_or_default()
+        )),
+    };
     tracing::info!("stopping: detaching from {} interfaces", node.attachments.attached_count());
     node.attachments.detach_all().await;
     let _ = stop_tx.send(true);
+    outcome?;
     server.await.context("metrics server task")?.context("metrics server")?;
     Ok(())
+}
+
+/// Every panic, on any task or thread (the baseline thread, the checks, the triggers'
+/// evaluator, cluster watchers...), as a message naming the thread: `run` stops the daemon
+/// on the first, cleanly, with an error (the DaemonSet restarts it). A task silently gone
+/// would leave a daemon that looks healthy and judges nothing.
+fn watch_panics() -> watch::Receiver<Option<String>> {
+    static PANICS: std::sync::OnceLock<watch::Sender<Option<String>>> = std::sync::OnceLock::new();
+    PANICS
+        .get_or_init(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                previous(info);
+                let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+                if let Some(panics) = PANICS.get() {
+                    let message = format!("thread `{thread}` panicked: {info}");
+                    panics.send_if_modified(|first| {
+                        let unset = first.is_none();
+                        if unset {
+                            *first = Some(message);
+                        }
+                        unset
+                    });
+                }
+            }));
+            watch::channel(None).0
+        })
+        .subscribe()
 }
 
 /// What ties the node to the parts around it: `/status` (served before the node starts),
@@ -269,6 +303,7 @@ impl Node {
         )?;
         attachments.reconcile(watcher.list().await.context("listing interfaces")?).await;
         let rejected = crate::state_file::rejections(&registry)?;
+        namespaces::register_metrics(&registry)?;
         let node = node_name();
         let state_file = |name, format| StateFile::new(state_dir, name, format, &node, rejected.clone());
         let phase = PhaseTracker::start(
@@ -361,8 +396,14 @@ fn start_judgement(
         None => None,
     };
     let Some(trigger_settings) = &settings.triggers else { return Ok((checks, None)) };
-    let triggers: SharedTriggers =
-        Arc::new(std::sync::Mutex::new(Triggers::load(trigger_settings.rules.clone(), triggers_file)));
+    // A carried trigger time before the node's phase record cannot be true.
+    let not_before =
+        phase.baselines.lock().unwrap_or_else(std::sync::PoisonError::into_inner).phase().map(|r| r.since);
+    let triggers: SharedTriggers = Arc::new(std::sync::Mutex::new(Triggers::load(
+        trigger_settings.rules.clone(),
+        triggers_file,
+        not_before,
+    )));
     let (results, baselines, phase) =
         (checks.clone().unwrap_or_default(), phase.baselines.clone(), phase.latest.clone());
     let events = links.events.clone();
@@ -439,5 +480,25 @@ impl StopSignals {
             _ = self.term.recv() => tracing::info!("SIGTERM received"),
             _ = self.int.recv() => tracing::info!("SIGINT received"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A thread that panics (as the baseline thread did on a window of i64::MAX seconds)
+    /// is reported, by name, to what stops the daemon; the first panic is the one kept.
+    #[test]
+    fn a_panicking_thread_is_reported() {
+        let panics = super::watch_panics();
+        for name in ["baselines", "later"] {
+            let thread = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(|| panic!("overflow when adding duration to instant"))
+                .unwrap();
+            assert!(thread.join().is_err());
+        }
+        let first = panics.borrow().clone().expect("the panic was reported");
+        assert!(first.starts_with("thread `baselines` panicked: "), "{first}");
+        assert!(first.contains("overflow when adding duration to instant"), "{first}");
     }
 }

@@ -53,8 +53,10 @@ pub struct ChecksSettings {
 /// What is wrong with a `[checks]` or `[localhost.check]` table, and in which field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChecksError {
-    #[error("interval and timeout must be at least 1 second, the timeout at most the interval")]
-    IntervalAndTimeout { field: &'static str },
+    #[error(
+        "interval {interval} s and timeout {timeout} s are out of range: the interval must be 1 to {MAX_INTERVAL_SECONDS} seconds, the timeout 1 second to the interval"
+    )]
+    IntervalAndTimeout { field: &'static str, interval: u64, timeout: u64 },
     #[error("invalid pattern `{pattern}`: {reason}")]
     Pattern { field: &'static str, pattern: String, reason: String },
     #[error("`{0}` is not an IPv4 address and port like 10.43.0.10:53")]
@@ -72,7 +74,7 @@ impl ChecksError {
     #[must_use]
     pub fn field(&self) -> &'static str {
         match self {
-            Self::IntervalAndTimeout { field }
+            Self::IntervalAndTimeout { field, .. }
             | Self::Pattern { field, .. }
             | Self::HttpPath { field, .. } => field,
             Self::Resolver(_) => "checks.resolver",
@@ -116,15 +118,20 @@ impl ChecksConfig {
     }
 }
 
-/// A periodic check's interval and timeout: both at least a second, the timeout at most the
-/// interval (a check must end before the next one starts).
+/// The longest check interval: results older than 3 intervals are stale, and the checks keep
+/// an hour of them.
+pub const MAX_INTERVAL_SECONDS: u64 = 3600;
+
+/// A periodic check's interval and timeout: both at least a second, the interval at most
+/// [`MAX_INTERVAL_SECONDS`], the timeout at most the interval (a check must end before the
+/// next one starts).
 pub(crate) fn interval_and_timeout(
     field: &'static str,
     interval: u64,
     timeout: u64,
 ) -> Result<(), ChecksError> {
-    if interval == 0 || timeout == 0 || timeout > interval {
-        return Err(ChecksError::IntervalAndTimeout { field });
+    if !(1..=MAX_INTERVAL_SECONDS).contains(&interval) || timeout == 0 || timeout > interval {
+        return Err(ChecksError::IntervalAndTimeout { field, interval, timeout });
     }
     Ok(())
 }

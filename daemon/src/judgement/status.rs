@@ -40,6 +40,9 @@ pub struct CheckStatus {
     pub target: String,
     pub peer: String,
     pub latest: Option<bool>,
+    /// The latest result is older than 3 check intervals: no data for the triggers.
+    #[serde(default)]
+    pub stale: bool,
     pub success_ratio_5m: Option<f64>,
     pub last_failure: Option<String>,
 }
@@ -84,6 +87,7 @@ impl Sources {
                         String::new()
                     },
                     latest: state.latest(),
+                    stale: state.is_stale(Instant::now()),
                     success_ratio_5m: state.success_ratio(since),
                     last_failure: state.last_failure.map(|failure| failure.label().to_owned()),
                 })
@@ -174,6 +178,7 @@ pub fn render(status: &Status) -> String {
         );
         for check in &status.checks {
             let latest = match check.latest {
+                _ if check.stale => "STALE",
                 Some(true) => "ok",
                 Some(false) => "FAILED",
                 None => "-",
@@ -240,6 +245,7 @@ mod tests {
                 target: "coredns".into(),
                 peer: "coredns".into(),
                 latest: Some(false),
+                stale: false,
                 success_ratio_5m: Some(0.5),
                 last_failure: Some("timeout".into()),
             }],
