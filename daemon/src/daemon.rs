@@ -316,9 +316,12 @@ impl Node {
             &watcher,
         )
         .await?;
-        if let Some(health_check) = &settings.health_check {
-            crate::checks::health::start(health_check.clone(), inventory.clone(), &registry)?;
-        }
+        let localhost = match &settings.health_check {
+            Some(health_check) => {
+                Some(crate::checks::health::start(health_check.clone(), inventory.clone(), &registry)?)
+            }
+            None => None,
+        };
         let (checks, triggers) = start_judgement(
             settings,
             &registry,
@@ -332,6 +335,7 @@ impl Node {
             phase: phase.latest.clone(),
             triggers,
             checks,
+            localhost,
         });
         let namespaces =
             Namespaces { handle: watcher.handle().clone(), mode: settings.netns_scope, inventory, scope };

@@ -10,6 +10,7 @@
 
 pub mod engine;
 pub mod health;
+pub mod listeners;
 pub mod settings;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

@@ -67,6 +67,12 @@ pub enum ChecksError {
     DuplicateTarget(String),
     #[error("`{path}` must start with /")]
     HttpPath { field: &'static str, path: String },
+    #[error("list at least one port, and no port 0")]
+    CheckPorts,
+    #[error("port {0} is listed as both gRPC and HTTP")]
+    BothProtocols(u16),
+    #[error("`{0}` is not a loopback address (127.0.0.1 or ::1)")]
+    NotLoopback(std::net::IpAddr),
 }
 
 impl ChecksError {
@@ -78,6 +84,9 @@ impl ChecksError {
             | Self::Pattern { field, .. }
             | Self::HttpPath { field, .. } => field,
             Self::Resolver(_) => "checks.resolver",
+            Self::CheckPorts => "localhost.check.ports",
+            Self::BothProtocols(_) => "localhost.check.grpc_ports",
+            Self::NotLoopback(_) => "localhost.check.address",
             Self::Target(_) | Self::DuplicateTarget(_) => "checks.targets",
         }
     }

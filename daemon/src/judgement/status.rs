@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::SharedResults;
+use crate::checks::health::{LocalhostStatus, SharedLocalhost};
 use crate::judgement::phase::{SharedPhase, unix_now};
 use crate::judgement::triggers::{SharedTriggers, TriggerReport};
 
@@ -26,6 +27,10 @@ pub struct Status {
     pub triggers: Vec<TriggerReport>,
     /// Empty when `[checks] enabled = false`.
     pub checks: Vec<CheckStatus>,
+    /// Each checked pod's localhost ports, and why a failing one fails; empty when
+    /// `[localhost.check] enabled = false`.
+    #[serde(default)]
+    pub localhost: Vec<LocalhostStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +58,7 @@ pub struct Sources {
     pub phase: SharedPhase,
     pub triggers: Option<SharedTriggers>,
     pub checks: Option<SharedResults>,
+    pub localhost: Option<SharedLocalhost>,
 }
 
 pub type SharedSources = Arc<OnceLock<Sources>>;
@@ -93,6 +99,9 @@ impl Sources {
                 })
                 .collect()
         });
+        let localhost = self.localhost.as_ref().map_or_else(Vec::new, |localhost| {
+            localhost.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+        });
         Status {
             node: self.node.clone(),
             version: crate::VERSION.to_owned(),
@@ -100,6 +109,7 @@ impl Sources {
             rollback_recommended,
             triggers,
             checks,
+            localhost,
         }
     }
 }
@@ -195,7 +205,33 @@ pub fn render(status: &Status) -> String {
             );
         }
     }
+    render_localhost(&mut out, &status.localhost);
     out
+}
+
+/// One line per checked pod and port: healthy, or why not.
+fn render_localhost(out: &mut String, localhost: &[LocalhostStatus]) {
+    if localhost.is_empty() {
+        return;
+    }
+    let _ =
+        writeln!(out, "\n{:<40} {:>5} {:<8} {:<11}  CAUSE", "LOCALHOST (POD)", "PORT", "PROTOCOL", "LATEST");
+    for port in localhost {
+        // The failure as the checks name it: refused, timeout, grpc_status...
+        let latest = if port.healthy { "ok" } else { port.failure.as_deref().unwrap_or("failed") };
+        let listening = if port.healthy {
+            String::new()
+        } else if port.listening_on.is_empty() {
+            " (listening: none)".to_owned()
+        } else {
+            format!(" (listening: {})", port.listening_on.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "{:<40} {:>5} {:<8} {latest:<11}  {}{listening}",
+            port.netns, port.port, port.protocol, port.explanation
+        );
+    }
 }
 
 fn number(value: f64) -> String {
@@ -249,6 +285,16 @@ mod tests {
                 success_ratio_5m: Some(0.5),
                 last_failure: Some("timeout".into()),
             }],
+            localhost: vec![LocalhostStatus {
+                netns: "cgt-7-pod".into(),
+                port: 9000,
+                protocol: "http".into(),
+                healthy: false,
+                failure: Some("refused".into()),
+                cause: "ipv6_loopback_only".into(),
+                explanation: "listens on ::1 only; the client uses 127.0.0.1".into(),
+                listening_on: vec!["[::1]:9000".into()],
+            }],
         };
         let text = render(&status);
         assert!(
@@ -261,5 +307,11 @@ mod tests {
         }
         let check = text.lines().find(|line| line.starts_with("dns ")).unwrap();
         assert!(check.contains("FAILED") && check.contains("50.0%") && check.ends_with("timeout"), "{check}");
+        let pod = text.lines().find(|line| line.starts_with("cgt-7-pod")).unwrap();
+        assert!(
+            pod.contains(" 9000 http     refused ")
+                && pod.ends_with("listens on ::1 only; the client uses 127.0.0.1 (listening: [::1]:9000)"),
+            "{pod}"
+        );
     }
 }

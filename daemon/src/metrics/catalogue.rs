@@ -114,6 +114,8 @@ define! {
         "1 if the last active health check in the namespace succeeded";
     LOCALHOST_PROBE_SECONDS: Gauge "cniguard_localhost_probe_seconds" ["netns", "port"]
         "Duration of the last active health check (connect to answer)";
+    LOCALHOST_FAILURE_CAUSE: Gauge "cniguard_localhost_failure_cause" ["netns", "port", "cause"]
+        "1 for what the last active health check met: none, nothing_listens, pod_address_only, ipv6_loopback_only, ipv4_loopback_only, slow, filtered, not_ready, other";
 
     // probes/drops.rs
     DROPS_TOTAL: Counter "cniguard_drops_total" ["reason", "interface", "netns", "protocol"]
@@ -175,7 +177,7 @@ define! {
     CHECK_SECONDS: Histogram "cniguard_check_seconds" ["check", "target"]
         "How long active checks took, from the pod's namespace";
     CHECK_FAILURES_TOTAL: Counter "cniguard_check_failures_total" ["check", "target", "reason"]
-        "Failed active checks by reason: timeout, refused, unreachable, reset, http_status, resolve, dns_rcode, dns_empty, other";
+        "Failed active checks by reason: timeout, refused, unreachable, reset, http_status, grpc_status, protocol, resolve, dns_rcode, dns_empty, other";
     CHECK_STALE: Gauge "cniguard_check_stale" ["check", "target"]
         "1 while the target's latest active check result is older than 3 check intervals: no data for the triggers";
 
