@@ -7,10 +7,10 @@
 use aya_ebpf::{
     bindings::{
         BPF_F_CURRENT_NETNS, BPF_TCP_CLOSE_WAIT, BPF_TCP_CLOSING, BPF_TCP_ESTABLISHED, BPF_TCP_FIN_WAIT1,
-        BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, TC_ACT_UNSPEC, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
+        BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, BPF_TCP_NEW_SYN_RECV, TC_ACT_UNSPEC, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
     },
-    helpers::{bpf_ktime_get_ns, bpf_sk_lookup_tcp, bpf_sk_release},
+    helpers::{bpf_ktime_get_ns, bpf_sk_release, bpf_skc_lookup_tcp},
     macros::{classifier, map},
     maps::{Array, HashMap, PerCpuHashMap, RingBuf},
     programs::TcContext,
@@ -211,8 +211,10 @@ fn notify(ctx: &TcContext, direction: Direction, peer: [u8; 4], established: boo
 }
 
 /// Whether the segment counts under its peer's address: always while no filter is on, else
-/// only if this namespace has a TCP socket for its four-tuple past the handshake (a
-/// listener, which any SYN or stray segment would find, does not count).
+/// only if this namespace has a TCP socket for its four-tuple past the SYN: established, or
+/// a request socket waiting for the handshake's last ACK (a passive peer's OPEN often rides
+/// on that ACK, and tc sees it before TCP does). A listener, which any SYN or stray segment
+/// would find, does not count; `skc` lookup, so a request socket is not turned into it.
 #[inline(always)]
 fn established(ctx: &TcContext, peer: [u8; 4], local: [u8; 4], peer_port: u16, local_port: u16) -> bool {
     if BGP_FILTER.get(0).is_none_or(|on| *on != BGP_FILTER_ON) {
@@ -232,7 +234,7 @@ fn established(ctx: &TcContext, peer: [u8; 4], local: [u8; 4], peer_port: u16, l
     // SAFETY: the context is this program's __sk_buff; the tuple is on the stack, its IPv4
     // part as long as the size given; a socket found is released below on every path.
     let sock = unsafe {
-        bpf_sk_lookup_tcp(
+        bpf_skc_lookup_tcp(
             ctx.skb.skb.cast(),
             &raw mut tuple,
             size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32,
@@ -250,6 +252,7 @@ fn established(ctx: &TcContext, peer: [u8; 4], local: [u8; 4], peer_port: u16, l
     matches!(
         state,
         BPF_TCP_ESTABLISHED
+            | BPF_TCP_NEW_SYN_RECV
             | BPF_TCP_FIN_WAIT1
             | BPF_TCP_FIN_WAIT2
             | BPF_TCP_CLOSE_WAIT
