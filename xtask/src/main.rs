@@ -4,6 +4,7 @@ mod bench;
 mod checks;
 mod cmd;
 mod demo;
+mod image;
 mod lab;
 mod run;
 mod setup;
@@ -30,6 +31,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The image from this checkout (static binary, the Containerfile's final stage) into
+    /// target/image/: its root filesystem, config and an OCI archive for `k3s ctr`.
+    Image,
     /// Per-packet cost of the classifiers next to an empty one (BPF_PROG_TEST_RUN).
     Bench,
     /// The migration lab: a K3s-like cluster in namespaces, cut over from Flannel to Calico.
@@ -44,6 +48,7 @@ fn main() -> Result<()> {
         Task::Setup(args) => setup::run(&args),
         Task::Test => checks::run(),
         Task::Run { args } => run::run(&args),
+        Task::Image => image::run(),
         Task::Bench => bench::run(),
         Task::Lab { command } => lab::run(command),
     }

@@ -33,6 +33,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "prometheus-alertmanager",
         "delivers the rollback alert to `cniguard rollback-hook` in its tests and the lab",
     ),
+    ("buildah", "`cargo xtask image`: the Containerfile's final stage from the binary built here"),
+    (
+        "runc",
+        "the container tests: the DaemonSets' pods as an OCI runtime runs them (crun and podman run are refused by this machine's cgroups)",
+    ),
 ];
 
 /// Debian packages that hold a compiler able to build `core` for the BPF target.
