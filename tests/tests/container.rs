@@ -189,6 +189,7 @@ fn each_capability_removed_in_turn_is_named_and_nothing_else() {
         let edits = Edits { remove_capability: Some(capability.clone()), ..Edits::default() };
         let (code, text) = check_in_pod(&image, &edits);
         let failing = not_passing(&text);
+        readme_row_agrees(&capability, code, &failing);
         match capability.as_str() {
             "BPF" | "PERFMON" => {
                 assert_eq!((code, failing.len()), (0, 0), "without {capability}:\n{text}");
@@ -205,6 +206,28 @@ fn each_capability_removed_in_turn_is_named_and_nothing_else() {
             "SYS_ADMIN" => assert_eq!((code, failing.len()), (0, 0), "without SYS_ADMIN:\n{text}"),
             other => panic!("the manifest adds {other}, which this test does not know"),
         }
+    }
+}
+
+/// The README's row for `capability` taken out says the exit code observed and, when a
+/// line fails, its first words (`FAIL  CAP_NET_ADMIN`).
+fn readme_row_agrees(capability: &str, code: i32, failing: &[String]) {
+    let readme = std::fs::read_to_string(cniguard_tests::pod::workspace().join("README.md")).unwrap();
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with(&format!("| `{capability}` |")))
+        .unwrap_or_else(|| panic!("README: no capability table row for {capability}"));
+    let check = row.split(" | ").nth(1).unwrap_or_default();
+    assert!(
+        check.ends_with(&format!("({code})")),
+        "README row for {capability}: exit {code} observed\n{row}"
+    );
+    if let Some(first) = failing.first() {
+        let words: Vec<&str> = first.split_whitespace().take(2).collect();
+        assert!(
+            check.contains(&words.join("  ")),
+            "README row for {capability} should name {words:?}\n{row}"
+        );
     }
 }
 
@@ -239,7 +262,7 @@ fn status_field(pid: u32, field: &str) -> String {
 }
 
 /// The memory limit of `pid`'s cgroup: cgroup v1's memory controller on this machine
-/// (whose cgroup v2 has no controllers), else v2's `memory.max`.
+/// (whose cgroup v2 has no memory controller), else v2's `memory.max`.
 fn memory_limit(pid: u32) -> String {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     for line in cgroups.lines() {
