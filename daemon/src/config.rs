@@ -28,6 +28,11 @@ use crate::probes::underlay::DEFAULT_VXLAN_PORTS;
 pub const DEFAULT_INTERFACES: &[&str] = &["veth*", "cali*", "cni0", "flannel.1", "vxlan.calico"];
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cniguard";
+/// The longest `resync_interval_seconds`: the safety net must come round within the hour.
+pub const MAX_RESYNC_SECONDS: u64 = 3600;
+/// The most `vxlan_ports`: half the eBPF port map, the other half for the ports of the
+/// node's own VXLAN devices (found through netlink).
+pub const MAX_VXLAN_PORTS: usize = probe_common::underlay::VXLAN_PORTS_MAX_ENTRIES as usize / 2;
 
 /// The configuration file's contents. `#[serde(default)]`: every field may be left out.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -192,10 +197,23 @@ impl Settings {
             origin: if err.field().starts_with("--") { err.field() } else { origin(&err.field()) },
             message: err.to_string(),
         };
-        if file.resync_interval_seconds == 0 {
+        if !(1..=MAX_RESYNC_SECONDS).contains(&file.resync_interval_seconds) {
             return Err(ConfigError {
                 origin: origin("resync_interval_seconds"),
-                message: "must be at least 1 (seconds)".into(),
+                message: format!(
+                    "{} is out of range: must be 1 to {MAX_RESYNC_SECONDS} seconds",
+                    file.resync_interval_seconds
+                ),
+            });
+        }
+        if file.vxlan_ports.len() > MAX_VXLAN_PORTS {
+            return Err(ConfigError {
+                origin: origin("vxlan_ports"),
+                message: format!(
+                    "{} ports is out of range: at most {MAX_VXLAN_PORTS} (the eBPF port map holds {}; the rest is for the node's own VXLAN devices)",
+                    file.vxlan_ports.len(),
+                    probe_common::underlay::VXLAN_PORTS_MAX_ENTRIES
+                ),
             });
         }
         let cidrs = crate::probes::cidr::parse_all(&file.cidrs).map_err(|err| section(err.into()))?;
@@ -412,6 +430,85 @@ mod tests {
             .find(|rule| rule.name == crate::judgement::triggers::TriggerName::DnsFailing)
             .unwrap();
         assert_eq!((dns.for_seconds, dns.threshold), (20.0, 0.05), "only what is set changes");
+    }
+
+    /// Values outside sane ranges are refused at load, naming the field and the range.
+    #[test]
+    fn values_out_of_range_are_refused_with_the_range() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "resync_interval_seconds = 1000000000000\n",
+                "resync_interval_seconds`",
+                "must be 1 to 3600 seconds",
+            ),
+            (
+                "[baseline]\nwindow_seconds = 9223372036854775807\n",
+                "baseline.window_seconds`",
+                "9223372036854775807 is out of range: must be 1 to 3600 seconds",
+            ),
+            ("[baseline]\nwindows = 0\n", "baseline.windows`", "must be 1 to 10000 windows"),
+            ("[baseline]\nwindows = 10001\n", "baseline.windows`", "10001 is out of range"),
+            (
+                "[checks]\nenabled = true\ninterval_seconds = 1000000000000\n",
+                "checks.timeout_seconds`",
+                "the interval must be 1 to 3600 seconds",
+            ),
+            (
+                "[localhost.check]\nenabled = true\ninterval_seconds = 3601\n",
+                "localhost.check.timeout_seconds`",
+                "interval 3601 s and timeout 2 s are out of range",
+            ),
+            (
+                "[triggers]\nevaluate_seconds = 1000000000000\n",
+                "triggers.evaluate_seconds`",
+                "must be 1 to 600 seconds",
+            ),
+            (
+                "[triggers.connectivity_lost]\nfor_seconds = 86401\n",
+                "triggers.connectivity_lost.for_seconds`",
+                "86401 is out of range: must be 0 to 86400 seconds",
+            ),
+            (
+                "[triggers.dns_failing]\nclear_seconds = 1000000000000\n",
+                "triggers.dns_failing.clear_seconds`",
+                "must be 0 to 86400",
+            ),
+            (
+                "[triggers.pod_to_pod_not_restored]\nwindow_seconds = 3601\n",
+                "triggers.pod_to_pod_not_restored.window_seconds`",
+                "must be 1 to 3600 seconds",
+            ),
+            (
+                "[triggers.pod_to_pod_not_restored]\nrestore_deadline_seconds = 86401\n",
+                "restore_deadline_seconds`",
+                "must be 0 to 86400",
+            ),
+            (
+                "[cluster]\nmode = \"off\"\nevent_interval_seconds = 1000000000000\n",
+                "cluster.event_interval_seconds`",
+                "1000000000000 is out of range: must be 1 to 3600 seconds",
+            ),
+        ];
+        for (text, field, message) in cases {
+            let err = Settings::load_text(text).unwrap_err();
+            assert!(err.origin.ends_with(field), "{text}: {}", err.origin);
+            assert!(err.message.contains(message), "{text}: {}", err.message);
+        }
+        let ports: Vec<String> = (1..=33).map(|port| port.to_string()).collect();
+        let err = Settings::load_text(&format!("vxlan_ports = [{}]\n", ports.join(", "))).unwrap_err();
+        assert!(err.origin.ends_with("field `vxlan_ports`"), "{}", err.origin);
+        assert!(
+            err.message.contains("33 ports is out of range: at most 32 (the eBPF port map holds 64"),
+            "{}",
+            err.message
+        );
+        // The bounds themselves are fine.
+        let ports: Vec<String> = (1..=32).map(|port| port.to_string()).collect();
+        let edges = format!(
+            "resync_interval_seconds = 3600\nvxlan_ports = [{}]\n[baseline]\nwindow_seconds = 3600\nwindows = 10000\n[triggers]\nevaluate_seconds = 600\n[triggers.connectivity_lost]\nfor_seconds = 86400\n",
+            ports.join(", ")
+        );
+        Settings::load_text(&edges).unwrap();
     }
 
     /// `config` is the TOML root: it composes the rooms' own sections, and no room reaches

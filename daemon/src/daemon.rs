@@ -37,6 +37,7 @@ const PHASE_EVERY: Duration = Duration::from_secs(2);
 /// # Errors
 /// If the listen address is taken, or the eBPF object cannot be loaded.
 pub async fn run(settings: Settings) -> Result<()> {
+    let mut panics = watch_panics();
     let kernel = Kernel::running();
     let metrics = DaemonMetrics::new(VERSION, &kernel.release);
     let ready = Arc::new(AtomicBool::new(false));
@@ -60,25 +61,26 @@ pub async fn run(settings: Settings) -> Result<()> {
     }));
 
     let state_dir = state_dir(&settings)?;
-    let registry = metrics.registry.clone();
-    let (discovered_tx, discovered) = watch::channel(Vec::new());
-    let links = Links { status, discovered, events: Arc::default() };
-    let mut node = Node::start(&settings, &kernel, metrics, state_dir.as_deref(), &links).await?;
+    // What the node and cluster mode share, made first so that neither waits for the other.
+    let phase = SharedPhase::default();
+    let inventory = SharedInventory::default();
     // Cluster mode (a no-op in node-local mode): pod labels, the cluster's view of the
     // phase, check targets (`cluster.targets()`) and trigger Events (`cluster.events()`).
     let cluster = crate::cluster::Cluster::start(
         &settings.cluster,
         crate::cluster::ClusterContext {
             node: node_name(),
-            registry,
-            phase: node.phase.latest.clone(),
-            inventory: node.namespaces.inventory.clone(),
+            registry: metrics.registry.clone(),
+            phase: phase.clone(),
+            inventory: inventory.clone(),
             rewriter,
         },
     )
     .await?;
-    let _ = links.events.set(cluster.events());
+    let (discovered_tx, discovered) = watch::channel(Vec::new());
     crate::checks::follow_cluster_targets(cluster.targets(), discovered_tx);
+    let links = Links { status, discovered, events: cluster.events(), phase, inventory };
+    let mut node = Node::start(&settings, &kernel, metrics, state_dir.as_deref(), &links).await?;
     ready.store(true, Ordering::Release);
     tracing::info!(
         listen = %settings.listen,
@@ -89,24 +91,60 @@ pub async fn run(settings: Settings) -> Result<()> {
         probes_off = ?node.probes.off.iter().map(|(probe, _)| probe).collect::<Vec<_>>(),
         "cniguard ready"
     );
-    tokio::select! {
-        () = stop_signals.recv() => {}
-        _ = stop_rx.changed() => {}
-        result = node.follow(settings.resync_interval) => result?,
-    }
+    let outcome = tokio::select! {
+        () = stop_signals.recv() => Ok(()),
+        _ = stop_rx.changed() => Ok(()),
+        result = node.follow(settings.resync_interval) => result,
+        panic = panics.wait_for(Option::is_some) => Err(anyhow::anyhow!(
+            "{}; stopping so that cniguard restarts whole, never running on without a task",
+            panic.ok().and_then(|panic| panic.clone()).unwrap_or_default()
+        )),
+    };
     tracing::info!("stopping: detaching from {} interfaces", node.attachments.attached_count());
     node.attachments.detach_all().await;
     let _ = stop_tx.send(true);
+    outcome?;
     server.await.context("metrics server task")?.context("metrics server")?;
     Ok(())
 }
 
-/// What ties the node's judgement to the parts that start later or elsewhere: `/status`,
-/// the check targets cluster mode discovers, and the Events trigger changes become.
+/// Every panic, on any task or thread (the baseline thread, the checks, the triggers'
+/// evaluator, cluster watchers...), as a message naming the thread: `run` stops the daemon
+/// on the first, cleanly, with an error (the DaemonSet restarts it). A task silently gone
+/// would leave a daemon that looks healthy and judges nothing.
+fn watch_panics() -> watch::Receiver<Option<String>> {
+    static PANICS: std::sync::OnceLock<watch::Sender<Option<String>>> = std::sync::OnceLock::new();
+    PANICS
+        .get_or_init(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                previous(info);
+                let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+                if let Some(panics) = PANICS.get() {
+                    let message = format!("thread `{thread}` panicked: {info}");
+                    panics.send_if_modified(|first| {
+                        let unset = first.is_none();
+                        if unset {
+                            *first = Some(message);
+                        }
+                        unset
+                    });
+                }
+            }));
+            watch::channel(None).0
+        })
+        .subscribe()
+}
+
+/// What ties the node to the parts around it: `/status` (served before the node starts),
+/// the check targets cluster mode discovers, the Events trigger changes become, and the
+/// phase and namespace inventory cluster mode reads.
 struct Links {
     status: crate::judgement::status::SharedSources,
     discovered: watch::Receiver<Vec<crate::checks::Target>>,
-    events: Arc<std::sync::OnceLock<crate::cluster::EventRecorder>>,
+    events: crate::cluster::EventRecorder,
+    phase: SharedPhase,
+    inventory: SharedInventory,
 }
 
 /// Every probe of this node, loaded and attached, and what keeps them current.
@@ -131,6 +169,7 @@ impl PhaseTracker {
     /// Loads the baselines, reads the phase once and starts the baseline sampler.
     async fn start(
         settings: BaselineSettings,
+        latest: SharedPhase,
         registry: &prometheus::Registry,
         inventory: &SharedInventory,
         signals: Signals,
@@ -139,7 +178,6 @@ impl PhaseTracker {
     ) -> Result<Self> {
         let baselines: SharedBaselines =
             Arc::new(std::sync::Mutex::new(Baselines::load(file, settings.windows)));
-        let latest = SharedPhase::default();
         registry.register(Box::new(PhaseCollector::new(latest.clone())))?;
         registry.register(Box::new(BaselineCollector::new(baselines.clone())))?;
         let phase = Self { baselines: baselines.clone(), latest };
@@ -236,7 +274,7 @@ impl Node {
         let watcher = LinkWatcher::start().context("subscribing to netlink link notifications")?;
         let addresses: LocalAddresses = Arc::default();
         refresh_addresses(&watcher, &addresses).await;
-        let inventory = SharedInventory::default();
+        let inventory = links.inventory.clone();
         let signals = Signals::default();
         let probe_settings = probe_settings(settings);
         let probes = registry::start_all(&mut ProbeContext {
@@ -265,10 +303,12 @@ impl Node {
         )?;
         attachments.reconcile(watcher.list().await.context("listing interfaces")?).await;
         let rejected = crate::state_file::rejections(&registry)?;
+        namespaces::register_metrics(&registry)?;
         let node = node_name();
         let state_file = |name, format| StateFile::new(state_dir, name, format, &node, rejected.clone());
         let phase = PhaseTracker::start(
             settings.baseline,
+            links.phase.clone(),
             &registry,
             &inventory,
             signals,
@@ -276,9 +316,12 @@ impl Node {
             &watcher,
         )
         .await?;
-        if let Some(health_check) = &settings.health_check {
-            crate::checks::health::start(health_check.clone(), inventory.clone(), &registry)?;
-        }
+        let localhost = match &settings.health_check {
+            Some(health_check) => {
+                Some(crate::checks::health::start(health_check.clone(), inventory.clone(), &registry)?)
+            }
+            None => None,
+        };
         let (checks, triggers) = start_judgement(
             settings,
             &registry,
@@ -292,6 +335,7 @@ impl Node {
             phase: phase.latest.clone(),
             triggers,
             checks,
+            localhost,
         });
         let namespaces =
             Namespaces { handle: watcher.handle().clone(), mode: settings.netns_scope, inventory, scope };
@@ -329,6 +373,7 @@ impl Node {
                     refresh_addresses(&self.watcher, &self.addresses).await;
                     self.namespaces.refresh(&self.attachments).await;
                 },
+                () = self.attachments.retry_due() => self.attachments.retry().await,
                 _ = phase_tick.tick() => self.phase.refresh(&self.watcher).await,
                 _ = namespace_rescan.tick(), if namespaces_changed => {
                     namespaces_changed = false;
@@ -355,8 +400,14 @@ fn start_judgement(
         None => None,
     };
     let Some(trigger_settings) = &settings.triggers else { return Ok((checks, None)) };
-    let triggers: SharedTriggers =
-        Arc::new(std::sync::Mutex::new(Triggers::load(trigger_settings.rules.clone(), triggers_file)));
+    // A carried trigger time before the node's phase record cannot be true.
+    let not_before =
+        phase.baselines.lock().unwrap_or_else(std::sync::PoisonError::into_inner).phase().map(|r| r.since);
+    let triggers: SharedTriggers = Arc::new(std::sync::Mutex::new(Triggers::load(
+        trigger_settings.rules.clone(),
+        triggers_file,
+        not_before,
+    )));
     let (results, baselines, phase) =
         (checks.clone().unwrap_or_default(), phase.baselines.clone(), phase.latest.clone());
     let events = links.events.clone();
@@ -367,9 +418,7 @@ fn start_judgement(
         move |rules| triggers::gather(rules, &results, &baselines, &phase),
         // In cluster mode, each change is also an Event on the Node.
         move |transition| {
-            if let Some(events) = events.get() {
-                events.record_trigger(transition.trigger.label(), transition.active, &transition.detail);
-            }
+            events.record_trigger(transition.trigger.label(), transition.active, &transition.detail);
         },
     )?;
     Ok((checks, Some(triggers)))
@@ -435,5 +484,25 @@ impl StopSignals {
             _ = self.term.recv() => tracing::info!("SIGTERM received"),
             _ = self.int.recv() => tracing::info!("SIGINT received"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A thread that panics (as the baseline thread did on a window of i64::MAX seconds)
+    /// is reported, by name, to what stops the daemon; the first panic is the one kept.
+    #[test]
+    fn a_panicking_thread_is_reported() {
+        let panics = super::watch_panics();
+        for name in ["baselines", "later"] {
+            let thread = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(|| panic!("overflow when adding duration to instant"))
+                .unwrap();
+            assert!(thread.join().is_err());
+        }
+        let first = panics.borrow().clone().expect("the panic was reported");
+        assert!(first.starts_with("thread `baselines` panicked: "), "{first}");
+        assert!(first.contains("overflow when adding duration to instant"), "{first}");
     }
 }

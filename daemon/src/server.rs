@@ -1,8 +1,15 @@
 //! The HTTP endpoints: `/metrics` (Prometheus text format), `/healthz`, `/readyz`, and
 //! `/status` (JSON, read by `cniguard status`).
+//!
+//! Bounded against slow or many clients: at most [`MAX_CONNECTIONS`] at once (more are
+//! closed at once and counted in `cniguard_http_connections_refused_total`), request
+//! headers within [`HEADER_TIMEOUT`] (also the idle limit between keep-alive requests), and
+//! a connection lives at most [`CONNECTION_LIFETIME`], then gets [`GRACE`] to finish its
+//! answer. The endpoints read no request body.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -12,6 +19,15 @@ use axum::routing::get;
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder as _, Registry, TextEncoder};
 use tokio::net::TcpListener;
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A request's headers must arrive within this, and so must the next request's.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection is asked to close after this long, answer in flight or not.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_mins(2);
+/// What a closing connection (at its lifetime's end, or on shutdown) gets to finish.
+pub const GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Endpoints {
@@ -35,13 +51,60 @@ pub async fn serve(
     endpoints: Endpoints,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let refused = crate::metrics::catalogue::HTTP_CONNECTIONS_REFUSED_TOTAL
+        .int_counter_vec()
+        .map_err(std::io::Error::other)?;
+    let _ = endpoints.registry.register(Box::new(refused.clone()));
+    let refused = refused.with_label_values::<&str>(&[]);
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .with_state(endpoints);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors, most likely: wait, never spin or give up.
+                    tracing::warn!("accepting an HTTP connection failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refused.inc();
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut stopping = stopping.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = stopping.wait_for(|stop| *stop) => {}
+                () = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(GRACE, connection).await;
+        });
+    }
+    let _ = stop.send(true);
+    #[allow(clippy::cast_possible_truncation, reason = "MAX_CONNECTIONS is 64")]
+    let all = MAX_CONNECTIONS as u32;
+    let _ = tokio::time::timeout(GRACE + Duration::from_secs(1), permits.acquire_many(all)).await;
+    Ok(())
 }
 
 async fn metrics(State(endpoints): State<Endpoints>) -> impl IntoResponse {

@@ -4,7 +4,8 @@
 //! synced, renamed over the old one); at start-up a file that does not parse, has another
 //! format or version, or was written on another node is renamed aside, logged and counted
 //! in `cniguard_state_file_rejected_total`, and the daemon starts afresh: never silently
-//! trusted.
+//! trusted. So is a file that cannot be read, or is larger than 16 MiB (never read whole);
+//! one that cannot even be set aside is never written over.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::metrics::catalogue;
 
 const VERSION: u32 = 1;
+
+/// The largest state file read: the biggest real one (baselines of 10,000 windows) is a
+/// few MiB.
+pub const MAX_BYTES: u64 = 16 << 20;
 
 #[derive(Serialize)]
 struct Envelope<'a, T> {
@@ -40,6 +45,8 @@ pub struct StateFile {
     format: &'static str,
     node: String,
     rejected: IntCounterVec,
+    /// Set when an untrusted file could not be set aside: it is never written over.
+    blocked: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StateFile {
@@ -58,6 +65,7 @@ impl StateFile {
             format,
             node: node.to_owned(),
             rejected,
+            blocked: std::sync::Arc::default(),
         }
     }
 
@@ -71,31 +79,36 @@ impl StateFile {
     /// parses but cannot be right (a negative count...).
     pub fn load<T: DeserializeOwned>(&self, check: impl Fn(&T) -> Result<(), String>) -> Option<T> {
         let path = self.path.as_deref()?;
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(err) => {
-                self.rejected.with_label_values(&["unreadable"]).inc();
-                tracing::warn!(path = %path.display(), "cannot read the state file ({err}): starting afresh");
-                return None;
-            }
+        let rejected = match read_bounded(path) {
+            Ok(None) => return None,
+            Ok(Some(bytes)) => match self.trusted(&bytes, &check) {
+                Ok(body) => {
+                    tracing::info!(path = %path.display(), "state loaded");
+                    return Some(body);
+                }
+                Err(rejected) => rejected,
+            },
+            Err(rejected) => rejected,
         };
-        match self.trusted(&bytes, &check) {
-            Ok(body) => {
-                tracing::info!(path = %path.display(), "state loaded");
-                Some(body)
-            }
-            Err((reason, why)) => {
-                self.rejected.with_label_values(&[reason]).inc();
-                let aside = set_aside(path);
-                tracing::warn!(
+        let (reason, why) = rejected;
+        self.rejected.with_label_values(&[reason]).inc();
+        match set_aside(path) {
+            Ok(aside) => tracing::warn!(
+                path = %path.display(),
+                aside = %aside.display(),
+                "the state file is not trusted ({why}): set aside, starting afresh"
+            ),
+            Err(err) => {
+                // Never written over: it may be all that explains what went wrong.
+                self.blocked.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(
                     path = %path.display(),
-                    aside = %aside.display(),
-                    "the state file is not trusted ({why}): set aside, starting afresh"
+                    "the state file is not trusted ({why}) and cannot be set aside ({err}): \
+                     state is kept in memory only until it is moved away"
                 );
-                None
             }
         }
+        None
     }
 
     fn trusted<T: DeserializeOwned>(
@@ -124,6 +137,10 @@ impl StateFile {
     /// Writes `body` atomically; a failure is logged, the daemon goes on.
     pub fn save<T: Serialize>(&self, body: &T) {
         let Some(path) = &self.path else { return };
+        if self.blocked.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::debug!(path = %path.display(), "not saved: an untrusted file is still in the way");
+            return;
+        }
         let envelope = Envelope { format: self.format, version: VERSION, node: &self.node, body };
         if let Err(err) = write_atomically(path, &envelope) {
             tracing::warn!(path = %path.display(), "cannot save state: {err:#}");
@@ -131,8 +148,34 @@ impl StateFile {
     }
 }
 
+/// The file's bytes (`None` if there is none), or why it is rejected unread: it cannot be
+/// read, or it is larger than [`MAX_BYTES`] (never read whole: the daemon's memory limit is
+/// 256 MiB).
+fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, (&'static str, String)> {
+    use std::io::Read as _;
+    let unreadable = |err: std::io::Error| ("unreadable", format!("cannot read it: {err}"));
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(unreadable(err)),
+    };
+    let too_large =
+        |size: u64| ("too_large", format!("{size} bytes, more than the {MAX_BYTES} a state file may have"));
+    let size = file.metadata().map_err(unreadable)?.len();
+    if size > MAX_BYTES {
+        return Err(too_large(size));
+    }
+    let mut bytes = Vec::new();
+    // Bounded even if the file grows while it is read.
+    file.take(MAX_BYTES + 1).read_to_end(&mut bytes).map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(Some(bytes))
+}
+
 /// Renames `path` to `<path>.rejected-<unix seconds>[-n]`; returns the new name.
-fn set_aside(path: &Path) -> PathBuf {
+fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
     let seconds =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let mut aside = path.with_extension(format!("json.rejected-{seconds}"));
@@ -143,10 +186,8 @@ fn set_aside(path: &Path) -> PathBuf {
         }
         aside = path.with_extension(format!("json.rejected-{seconds}-{attempt}"));
     }
-    if let Err(err) = std::fs::rename(path, &aside) {
-        tracing::warn!(path = %path.display(), "cannot set the state file aside: {err}");
-    }
-    aside
+    std::fs::rename(path, &aside)?;
+    Ok(aside)
 }
 
 fn write_atomically<T: Serialize>(path: &Path, value: &T) -> Result<()> {
@@ -233,5 +274,55 @@ mod tests {
         assert_eq!(rejected.with_label_values(&["corrupt"]).get(), 2);
         let aside = std::fs::read_dir(dir.path()).unwrap().filter_map(Result::ok);
         assert_eq!(aside.filter(|e| e.file_name().to_string_lossy().contains(".rejected-")).count(), 3);
+    }
+
+    fn set_aside_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains(".rejected-"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A file that cannot be read (here a directory in its place: EISDIR, even for root) is
+    /// set aside with what it holds, then a fresh file is written beside it.
+    #[test]
+    fn an_unreadable_file_is_set_aside_never_written_over() {
+        let dir = TempDir::new("state-unreadable");
+        let rejected = IntCounterVec::new(Opts::new("r", "r"), &["reason"]).unwrap();
+        let mine = file(dir.path(), "node-a", &rejected);
+        std::fs::create_dir(dir.path().join("things.json")).unwrap();
+        std::fs::write(dir.path().join("things.json/evidence"), b"kept").unwrap();
+        assert_eq!(mine.load::<Vec<f64>>(|_| Ok(())), None);
+        assert_eq!(rejected.with_label_values(&["unreadable"]).get(), 1);
+        let aside = set_aside_names(dir.path());
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(std::fs::read(dir.path().join(&aside[0]).join("evidence")).unwrap(), b"kept");
+        mine.save(&vec![3.0_f64]);
+        assert_eq!(mine.load::<Vec<f64>>(|_| Ok(())), Some(vec![3.0]));
+    }
+
+    /// A file over 16 MiB is set aside by its size, unread; one at exactly 16 MiB is read
+    /// (and, being zeros, is corrupt).
+    #[test]
+    fn a_huge_file_is_set_aside_unread() {
+        let dir = TempDir::new("state-huge");
+        let rejected = IntCounterVec::new(Opts::new("r", "r"), &["reason"]).unwrap();
+        let mine = file(dir.path(), "node-a", &rejected);
+        let path = dir.path().join("things.json");
+        // Sparse: 300 MiB of nothing on disk, as the issue's file.
+        std::fs::File::create(&path).unwrap().set_len(300 << 20).unwrap();
+        assert_eq!(mine.load::<Vec<f64>>(|_| Ok(())), None);
+        assert_eq!(rejected.with_label_values(&["too_large"]).get(), 1);
+        assert_eq!(rejected.with_label_values(&["corrupt"]).get(), 0, "never parsed");
+        let aside = set_aside_names(dir.path());
+        assert_eq!(std::fs::metadata(dir.path().join(&aside[0])).unwrap().len(), 300 << 20);
+        std::fs::File::create(&path).unwrap().set_len(MAX_BYTES).unwrap();
+        assert_eq!(mine.load::<Vec<f64>>(|_| Ok(())), None);
+        assert_eq!(rejected.with_label_values(&["too_large"]).get(), 1);
+        assert_eq!(rejected.with_label_values(&["corrupt"]).get(), 1);
     }
 }

@@ -77,3 +77,35 @@ fn missing_config_file_is_named() {
     assert_one_line(&stderr);
     assert!(stderr.contains("/nonexistent/cniguard.toml: cannot read the config file"), "{stderr}");
 }
+
+/// A baseline window of i64::MAX seconds once panicked the baseline thread while the daemon
+/// ran on blind; it is refused at load, with the range.
+#[test]
+fn out_of_range_values_are_refused_with_the_range() {
+    let file = ConfigFile::new("range", "[baseline]\nwindow_seconds = 9223372036854775807\n");
+    let (code, stderr) = cniguard_run(&["--config", file.as_str()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_one_line(&stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}: field `baseline.window_seconds`: 9223372036854775807 is out of range: must be 1 to 3600 seconds",
+            file.as_str()
+        )),
+        "{stderr}"
+    );
+    let ports: Vec<String> = (1..=100).map(|port| port.to_string()).collect();
+    let file = ConfigFile::new("ports", &format!("vxlan_ports = [{}]\n", ports.join(", ")));
+    let (code, stderr) = cniguard_run(&["--config", file.as_str()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_one_line(&stderr);
+    assert!(stderr.contains("field `vxlan_ports`: 100 ports is out of range: at most 32"), "{stderr}");
+    let file = ConfigFile::new("evaluate", "[triggers]\nevaluate_seconds = 1000000000000\n");
+    let (code, stderr) = cniguard_run(&["--config", file.as_str()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(
+            "field `triggers.evaluate_seconds`: 1000000000000 is out of range: must be 1 to 600 seconds"
+        ),
+        "{stderr}"
+    );
+}

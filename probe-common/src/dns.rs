@@ -9,6 +9,8 @@ pub const DNS_HEADER_LEN: usize = 12;
 pub const PENDING_MAX_ENTRIES: u32 = 16_384;
 pub const DNS_COUNTS_MAX_ENTRIES: u32 = 4096;
 pub const DNS_LATENCY_MAX_ENTRIES: u32 = 1024;
+/// Servers the pods have queried: only their answers are counted under their address.
+pub const DNS_SERVERS_MAX_ENTRIES: u32 = 1024;
 
 /// The transport a DNS message travelled over.
 #[repr(u8)]
@@ -49,7 +51,10 @@ pub enum DnsOutcome {
     Query = 1,
     /// An answer that matched an outstanding query; `rcode` holds its response code.
     Response = 2,
-    /// An answer to no outstanding query: late (after the timeout) or unsolicited.
+    /// An answer to no outstanding query: late (after the timeout) or unsolicited. Counted
+    /// under its server only when the pods have queried that server; every other source
+    /// (unsolicited, perhaps spoofed) shares server 0.0.0.0, so a spoofer cannot fill the
+    /// map with sources.
     Unmatched = 3,
     /// A query whose outstanding-query entry could not be stored (the map is full).
     Untracked = 4,

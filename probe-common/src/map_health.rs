@@ -26,10 +26,11 @@ pub enum MapId {
     DnsPending = 15,
     DnsCounts = 16,
     DnsLatency = 17,
+    DnsServers = 18,
 }
 
 impl MapId {
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::IfaceStats,
         Self::VxlanStats,
@@ -49,6 +50,7 @@ impl MapId {
         Self::DnsPending,
         Self::DnsCounts,
         Self::DnsLatency,
+        Self::DnsServers,
     ];
 
     /// The `map` label value of `cniguard_map_full_total`.
@@ -73,6 +75,7 @@ impl MapId {
             Self::DnsPending => "dns_pending",
             Self::DnsCounts => "dns_counts",
             Self::DnsLatency => "dns_latency",
+            Self::DnsServers => "dns_servers",
         }
     }
 }

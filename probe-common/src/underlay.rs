@@ -16,6 +16,11 @@ pub const VXLAN_FLAG_VNI: u8 = 0x08;
 
 pub const VXLAN_STATS_MAX_ENTRIES: u32 = 16_384;
 pub const BGP_STATS_MAX_ENTRIES: u32 = 4096;
+/// `BGP_FILTER[0]`: when 1, a BGP segment counts under its peer's address only if it
+/// belongs to a TCP socket of this namespace past its handshake (looked up in the kernel:
+/// a spoofer cannot mint one); every other source shares peer 0.0.0.0. The daemon sets it;
+/// at 0 (crafted frames in BPF_PROG_TEST_RUN) every source counts under its address.
+pub const BGP_FILTER_ON: u32 = 1;
 /// Room for VXLAN ports the daemon recognises (configured plus those of local devices).
 pub const VXLAN_PORTS_MAX_ENTRIES: u32 = 64;
 
@@ -109,7 +114,8 @@ impl BgpMessageKind {
     }
 }
 
-/// BGP messages by peer, direction and kind.
+/// BGP messages by peer, direction and kind; peer 0.0.0.0 holds those of segments that
+/// belong to no established socket when the filter is on.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BgpKey {
@@ -132,7 +138,9 @@ pub struct BgpNotificationEvent {
     pub direction: u8,
     pub code: u8,
     pub subcode: u8,
-    pub _pad: u8,
+    /// 1 when the segment belongs to a socket of this node past its handshake (or no filter
+    /// is on); 0 for a source that could be spoofed.
+    pub established: u8,
 }
 
 assert_size!(VxlanKey, 16);

@@ -19,8 +19,8 @@ use probe_common::{
     Direction,
     counters::Histogram,
     dns::{
-        DNS_COUNTS_MAX_ENTRIES, DNS_HEADER_LEN, DNS_LATENCY_MAX_ENTRIES, DNS_PORT, DnsCountKey, DnsOutcome,
-        DnsTransport, PENDING_MAX_ENTRIES, Pending, PendingKey,
+        DNS_COUNTS_MAX_ENTRIES, DNS_HEADER_LEN, DNS_LATENCY_MAX_ENTRIES, DNS_PORT, DNS_SERVERS_MAX_ENTRIES,
+        DnsCountKey, DnsOutcome, DnsTransport, PENDING_MAX_ENTRIES, Pending, PendingKey,
     },
     map_health::MapId,
 };
@@ -38,6 +38,11 @@ static DNS_PENDING: HashMap<PendingKey, Pending> = HashMap::with_max_entries(PEN
 #[map]
 static DNS_COUNTS: PerCpuHashMap<DnsCountKey, u64> =
     PerCpuHashMap::with_max_entries(DNS_COUNTS_MAX_ENTRIES, 0);
+
+/// The servers pods have sent queries to. Answers from any other address are unsolicited:
+/// counted without a per-source key, so spoofed sources cannot fill `DNS_COUNTS`.
+#[map]
+static DNS_SERVERS: HashMap<[u8; 4], u8> = HashMap::with_max_entries(DNS_SERVERS_MAX_ENTRIES, 0);
 
 /// Query-to-answer time by server address.
 #[map]
@@ -193,6 +198,9 @@ fn count(server: [u8; 4], ifindex: u32, outcome: DnsOutcome, rcode: u8) {
 #[inline(always)]
 fn sent(key: &PendingKey, ifindex: u32) {
     count(key.server, ifindex, DnsOutcome::Query, 0);
+    if DNS_SERVERS.get_ptr(key.server).is_none() && DNS_SERVERS.insert(key.server, 1, 0).is_err() {
+        record_full(MapId::DnsServers);
+    }
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let pending = Pending { sent_ns: unsafe { bpf_ktime_get_ns() }, ifindex, _pad: 0 };
     // A retry with the same id and port keeps the first attempt's time: what the pod waits.
@@ -214,17 +222,24 @@ fn answered(key: &PendingKey, rcode: u8, transport: DnsTransport) {
         // A TCP answer longer than one segment continues in segments that look like
         // nothing: only UDP, one message per datagram, says "unmatched" for sure.
         if transport == DnsTransport::Udp {
-            count(key.server, 0, DnsOutcome::Unmatched, 0);
+            count(unmatched_server(&key.server), 0, DnsOutcome::Unmatched, 0);
         }
         return;
     };
     // Userspace may have just expired it: then it is a timeout, and this answer is late.
     if DNS_PENDING.remove(key).is_err() {
-        count(key.server, 0, DnsOutcome::Unmatched, 0);
+        count(unmatched_server(&key.server), 0, DnsOutcome::Unmatched, 0);
         return;
     }
     count(key.server, 0, DnsOutcome::Response, rcode);
     // SAFETY: as above.
     let now = unsafe { bpf_ktime_get_ns() };
     record_latency(&DNS_LATENCY, &key.server, now.saturating_sub(sent_ns), MapId::DnsLatency);
+}
+
+/// The key an unmatched answer from `server` counts under: its address if the pods have
+/// queried it, else 0.0.0.0 (one key for every unsolicited source).
+#[inline(always)]
+fn unmatched_server(server: &[u8; 4]) -> [u8; 4] {
+    if DNS_SERVERS.get_ptr(server).is_some() { *server } else { [0; 4] }
 }

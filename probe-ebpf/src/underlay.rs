@@ -5,10 +5,14 @@
 //! costs an Ethernet, an IPv4 and a port read, and nothing else.
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC,
-    helpers::bpf_ktime_get_ns,
+    bindings::{
+        BPF_F_CURRENT_NETNS, BPF_TCP_CLOSE_WAIT, BPF_TCP_CLOSING, BPF_TCP_ESTABLISHED, BPF_TCP_FIN_WAIT1,
+        BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, TC_ACT_UNSPEC, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+    },
+    helpers::{bpf_ktime_get_ns, bpf_sk_lookup_tcp, bpf_sk_release},
     macros::{classifier, map},
-    maps::{HashMap, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuHashMap, RingBuf},
     programs::TcContext,
 };
 use probe_common::{
@@ -16,9 +20,9 @@ use probe_common::{
     counters::PacketCount,
     map_health::MapId,
     underlay::{
-        BGP_HEADER_LEN, BGP_PORT, BGP_STATS_MAX_ENTRIES, BgpKey, BgpMessageKind, BgpNotificationEvent,
-        MAX_BGP_MESSAGES_PER_SEGMENT, VXLAN_FLAG_VNI, VXLAN_HEADER_LEN, VXLAN_PORTS_MAX_ENTRIES,
-        VXLAN_STATS_MAX_ENTRIES, VxlanKey, VxlanMalformedKey,
+        BGP_FILTER_ON, BGP_HEADER_LEN, BGP_PORT, BGP_STATS_MAX_ENTRIES, BgpKey, BgpMessageKind,
+        BgpNotificationEvent, MAX_BGP_MESSAGES_PER_SEGMENT, VXLAN_FLAG_VNI, VXLAN_HEADER_LEN,
+        VXLAN_PORTS_MAX_ENTRIES, VXLAN_STATS_MAX_ENTRIES, VxlanKey, VxlanMalformedKey,
     },
 };
 
@@ -41,6 +45,11 @@ static VXLAN_MALFORMED: PerCpuHashMap<VxlanMalformedKey, u64> = PerCpuHashMap::w
 
 #[map]
 static BGP_STATS: PerCpuHashMap<BgpKey, u64> = PerCpuHashMap::with_max_entries(BGP_STATS_MAX_ENTRIES, 0);
+
+/// `[0]`: whether only segments of established sockets count under their peer's address
+/// (`BGP_FILTER_ON`); set by the daemon.
+#[map]
+static BGP_FILTER: Array<u32> = Array::with_max_entries(1, 0);
 
 /// When a BGP message last arrived from each peer (`bpf_ktime_get_ns`, per CPU: the daemon
 /// takes the latest).
@@ -71,13 +80,13 @@ fn observe(ctx: &TcContext, direction: Direction) {
     if ip.later_fragment {
         return;
     }
-    let peer = match direction {
-        Direction::Ingress => ip.source,
-        Direction::Egress => ip.destination,
+    let (peer, local) = match direction {
+        Direction::Ingress => (ip.source, ip.destination),
+        Direction::Egress => (ip.destination, ip.source),
     };
     match ip.protocol {
         IPPROTO_UDP => vxlan(ctx, direction, peer, ip.l4, ip.end),
-        IPPROTO_TCP => bgp(ctx, direction, peer, ip.l4, ip.end),
+        IPPROTO_TCP => bgp(ctx, direction, peer, local, ip.l4, ip.end),
         _ => {}
     }
 }
@@ -110,7 +119,7 @@ fn vxlan(ctx: &TcContext, direction: Direction, peer: [u8; 4], l4: usize, end: u
 }
 
 #[inline(always)]
-fn bgp(ctx: &TcContext, direction: Direction, peer: [u8; 4], l4: usize, end: usize) {
+fn bgp(ctx: &TcContext, direction: Direction, peer: [u8; 4], local: [u8; 4], l4: usize, end: usize) {
     if l4 + TCP_MIN_HLEN > end {
         return;
     }
@@ -120,6 +129,15 @@ fn bgp(ctx: &TcContext, direction: Direction, peer: [u8; 4], l4: usize, end: usi
     if source != BGP_PORT && destination != BGP_PORT {
         return;
     }
+    // A segment to port 179 needs no handshake: its source may be spoofed. Only segments of
+    // an established socket key their peer; the rest share 0.0.0.0.
+    let (peer_port, local_port) = match direction {
+        Direction::Ingress => (source, destination),
+        Direction::Egress => (destination, source),
+    };
+    let established = established(ctx, peer, local, peer_port, local_port);
+    let event_peer = peer;
+    let peer = if established { peer } else { [0; 4] };
     let Ok(data_offset) = ctx.load::<u8>(l4 + 12) else { return };
     let mut offset = l4 + usize::from(data_offset >> 4) * 4;
     if offset >= end {
@@ -153,11 +171,11 @@ fn bgp(ctx: &TcContext, direction: Direction, peer: [u8; 4], l4: usize, end: usi
         count_bgp(direction, peer, kind);
         seen_message = true;
         if kind == BgpMessageKind::Notification {
-            notify(ctx, direction, peer, offset);
+            notify(ctx, direction, event_peer, established, offset);
         }
         offset += length;
     }
-    if seen_message && direction == Direction::Ingress {
+    if seen_message && established && direction == Direction::Ingress {
         // SAFETY: bpf_ktime_get_ns has no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
         if BGP_LAST_SEEN.insert(peer, now, 0).is_err() {
@@ -175,12 +193,67 @@ fn count_bgp(direction: Direction, peer: [u8; 4], kind: BgpMessageKind) {
 /// Sends the NOTIFICATION at `offset` (error code and subcode follow the header) to
 /// userspace; one cut short is still reported, with code and subcode 0.
 #[inline(always)]
-fn notify(ctx: &TcContext, direction: Direction, peer: [u8; 4], offset: usize) {
+fn notify(ctx: &TcContext, direction: Direction, peer: [u8; 4], established: bool, offset: usize) {
     let [code, subcode] = ctx.load::<[u8; 2]>(offset + BGP_HEADER_LEN).unwrap_or([0, 0]);
     // SAFETY: the kernel hands this program its __sk_buff.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let event = BgpNotificationEvent { peer, ifindex, direction: direction as u8, code, subcode, _pad: 0 };
+    let event = BgpNotificationEvent {
+        peer,
+        ifindex,
+        direction: direction as u8,
+        code,
+        subcode,
+        established: u8::from(established),
+    };
     if BGP_EVENTS.output::<BgpNotificationEvent>(&event, 0).is_err() {
         record_full(MapId::BgpEvents);
     }
+}
+
+/// Whether the segment counts under its peer's address: always while no filter is on, else
+/// only if this namespace has a TCP socket for its four-tuple past the handshake (a
+/// listener, which any SYN or stray segment would find, does not count).
+#[inline(always)]
+fn established(ctx: &TcContext, peer: [u8; 4], local: [u8; 4], peer_port: u16, local_port: u16) -> bool {
+    if BGP_FILTER.get(0).is_none_or(|on| *on != BGP_FILTER_ON) {
+        return true;
+    }
+    // The lookup sees the segment as arriving: source the peer, destination this node.
+    let mut tuple = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: u32::from_ne_bytes(peer),
+                daddr: u32::from_ne_bytes(local),
+                sport: peer_port.to_be(),
+                dport: local_port.to_be(),
+            },
+        },
+    };
+    // SAFETY: the context is this program's __sk_buff; the tuple is on the stack, its IPv4
+    // part as long as the size given; a socket found is released below on every path.
+    let sock = unsafe {
+        bpf_sk_lookup_tcp(
+            ctx.skb.skb.cast(),
+            &raw mut tuple,
+            size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
+    };
+    if sock.is_null() {
+        return false;
+    }
+    // SAFETY: a socket the helper returned, not yet released.
+    let state = unsafe { (*sock).state };
+    // SAFETY: as above; released once.
+    unsafe { bpf_sk_release(sock.cast()) };
+    matches!(
+        state,
+        BPF_TCP_ESTABLISHED
+            | BPF_TCP_FIN_WAIT1
+            | BPF_TCP_FIN_WAIT2
+            | BPF_TCP_CLOSE_WAIT
+            | BPF_TCP_LAST_ACK
+            | BPF_TCP_CLOSING
+    )
 }

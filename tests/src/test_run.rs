@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use aya::Pod;
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, HashMap, PerCpuHashMap, RingBuf};
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use probe_common::Direction;
@@ -92,6 +92,18 @@ impl Classifiers {
         for port in ports {
             map.insert(port, 1, 0)?;
         }
+        Ok(())
+    }
+
+    /// Turns on the underlay program's BGP socket filter, as the daemon does: segments of no
+    /// socket past its handshake (every crafted frame) count under peer 0.0.0.0.
+    ///
+    /// # Errors
+    /// If the map is missing.
+    pub fn set_bgp_filter(&mut self) -> Result<()> {
+        let mut map: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut("BGP_FILTER").context("no BGP_FILTER")?)?;
+        map.set(0, probe_common::underlay::BGP_FILTER_ON, 0)?;
         Ok(())
     }
 

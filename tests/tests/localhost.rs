@@ -3,7 +3,9 @@
 //! namespace and the host's own loopback) doing the same thing at the same time. Exact
 //! sample counts, attributed to the pod alone; latency in the bucket of the injected
 //! delay; refused, timed out and reset connections; the active check agreeing with the
-//! passive measurement.
+//! passive measurement; and against the real MLServer (Seldon v2's ports), the check reading
+//! healthy in HTTP on 9000 and gRPC on 9500, unhealthy with the model unloaded or the
+//! server stopped, and every failure's cause read from the pod's listening sockets.
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use cniguard_lab::binaries::Binaries;
 use cniguard_lab::cniguard::Daemon;
 use cniguard_lab::exposition::Scrape;
+use cniguard_lab::mlserver;
 use cniguard_lab::netns::{NetNs, veth_pair};
 use cniguard_lab::require_root;
 use cniguard_tests::netfilter::nft;
@@ -291,7 +294,8 @@ fn refused_timed_out_and_reset_connections_are_counted() {
 #[test]
 fn the_active_check_agrees_with_the_passive_measurement() {
     require_root!();
-    let config = "[localhost.check]\nenabled = true\nnamespaces = [\"cgt-*-pod\"]\ninterval_seconds = 1\ntimeout_seconds = 1\n";
+    // The HTTP/1.1 stand-in on 9500, spoken to in HTTP (the default speaks gRPC there).
+    let config = "[localhost.check]\nenabled = true\nnamespaces = [\"cgt-*-pod\"]\nports = [9500]\ngrpc_ports = []\nhttp_ports = [9500]\ninterval_seconds = 1\ntimeout_seconds = 1\n";
     let node = Node::new(config);
     let _server = node.workload(
         Some(&node.pod),
@@ -314,6 +318,165 @@ fn the_active_check_agrees_with_the_passive_measurement() {
     let checks = histogram_count(&scrape, RESPONSE, &pod, "9500", None);
     assert_eq!(histogram_count(&scrape, RESPONSE, &pod, "9500", Some("0.005")), 0);
     assert_eq!(histogram_count(&scrape, CONNECT, &pod, "9500", None), checks);
+}
+
+/// The real MLServer in `ns`, serving the lab's model from a folder of its own; killed on
+/// drop.
+fn real_mlserver(node: &Node, name: &str, server: &mlserver::Server) -> Process {
+    let dir = node.stats.join(name);
+    server.write(&dir).unwrap();
+    let mut command = node.pod.command(mlserver::beside_test_executable().unwrap()).unwrap();
+    command
+        .args(mlserver::start_args(&dir))
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Process { child: command.spawn().unwrap(), stats: dir.join("none.json") }
+}
+
+/// The one cause the check names for the pod's port.
+fn cause(scrape: &Scrape, netns: &str, port: &str) -> Option<String> {
+    let labels = [("netns", netns), ("port", port)];
+    let mut causes = scrape.series("cniguard_localhost_failure_cause", &labels);
+    let first = causes.next()?;
+    assert!(causes.next().is_none(), "one cause at a time: {}", scrape.text);
+    assert!((first.value - 1.0).abs() < f64::EPSILON, "a cause is 1: {}", scrape.text);
+    first.labels.get("cause").cloned()
+}
+
+fn refusals(scrape: &Scrape, netns: &str, port: &str) -> u64 {
+    scrape.count(
+        "cniguard_localhost_connect_failures_total",
+        &[("netns", netns), ("port", port), ("reason", "refused")],
+    )
+}
+
+fn check(scrape: &Scrape, netns: &str, port: &str) -> Option<f64> {
+    scrape.value("cniguard_localhost_probe_success", &[("netns", netns), ("port", port)])
+}
+
+/// Both Seldon ports' check results and causes, for the waits below.
+fn reads(scrape: &Scrape, netns: &str, success: f64, expected: &str) -> bool {
+    ["9000", "9500"].iter().all(|port| {
+        check(scrape, netns, port) == Some(success) && cause(scrape, netns, port).as_deref() == Some(expected)
+    })
+}
+
+fn counter(stats: &serde_json::Value, field: &str) -> u64 {
+    stats[field].as_u64().unwrap_or_else(|| panic!("{field} in {stats}"))
+}
+
+const STREAMS: u64 = 7;
+const CALLS_PER_STREAM: u64 = 13;
+const HTTP_CALLS: u64 = 11;
+const REFUSED: u64 = 7;
+
+#[test]
+fn the_real_mlserver_reads_healthy_on_both_ports_and_each_failure_names_its_cause() {
+    require_root!();
+    // Seldon's ports in their protocols (the defaults), the model's readiness, and 8081
+    // for the IPv6-only server below.
+    let config = "[localhost.check]\nenabled = true\nnamespaces = [\"cgt-*-pod\"]\nports = [9000, 9500, 8081]\nmodel = \"slow\"\ninterval_seconds = 1\ntimeout_seconds = 1\n";
+    let node = Node::new(config);
+    let pod = node.pod.name().to_owned();
+    // IPv6 on the pod's loopback only (the lab's namespaces have it off): ::1 for below.
+    node.pod.sysctl("net.ipv6.conf.lo.disable_ipv6", "0").unwrap();
+
+    // Nothing yet: nothing listens on either port.
+    node.daemon.wait_for("nothing listens", |s| reads(s, &pod, 0.0, "nothing_listens")).unwrap();
+
+    let loopback = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
+    let server = real_mlserver(&node, "mlserver-v4", &mlserver::Server::seldon(loopback, 3));
+    let scrape = node.daemon.wait_for("healthy on 9000 and 9500", |s| reads(s, &pod, 1.0, "none")).unwrap();
+    assert_eq!(cause(&scrape, &pod, "8081").as_deref(), Some("nothing_listens"));
+    let status: serde_json::Value = serde_json::from_str(&node.daemon.get("/status").unwrap().1).unwrap();
+    let protocols: Vec<(u64, &str)> = status["localhost"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|port| (port["port"].as_u64().unwrap(), port["protocol"].as_str().unwrap()))
+        .collect();
+    assert_eq!(protocols, vec![(8081, "grpc"), (9000, "http"), (9500, "grpc")]);
+
+    // The agent's calls, as Seldon's agent makes them: exact counts from the real server.
+    let agent = node.workload(
+        Some(&node.pod),
+        "seldon-agent",
+        &[
+            "seldon-agent",
+            "--grpc",
+            "127.0.0.1:9500",
+            "--http",
+            "127.0.0.1:9000",
+            "--streams",
+            &STREAMS.to_string(),
+            "--calls",
+            &CALLS_PER_STREAM.to_string(),
+            "--http-calls",
+            &HTTP_CALLS.to_string(),
+            "--rounds",
+            "1",
+        ],
+    );
+    let calls = agent.finish();
+    for (field, expected) in [
+        ("server_ready", 1),
+        ("model_loads", 1),
+        ("grpc_connections_opened", 1),
+        ("grpc_calls", STREAMS * CALLS_PER_STREAM),
+        ("grpc_ok", STREAMS * CALLS_PER_STREAM),
+        ("grpc_errors", 0),
+        ("grpc_failures", 0),
+        ("http_connections_opened", 1),
+        ("http_calls", HTTP_CALLS),
+        ("http_ok", HTTP_CALLS),
+        ("http_errors", 0),
+        ("http_failures", 0),
+    ] {
+        assert_eq!(counter(&calls, field), expected, "{field}: {calls}");
+    }
+
+    // The model unloaded: the server still says ready, the model does not.
+    let http = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 9000));
+    let (code, _) = node.pod.http(http, "POST", "/v2/repository/models/slow/unload", &[], "").unwrap();
+    assert_eq!(code, 200);
+    node.daemon.wait_for("not ready on both", |s| reads(s, &pod, 0.0, "not_ready")).unwrap();
+    let (code, _) = node.pod.http(http, "POST", "/v2/repository/models/slow/load", &[], "").unwrap();
+    assert_eq!(code, 200);
+    node.daemon.wait_for("ready again", |s| reads(s, &pod, 1.0, "none")).unwrap();
+
+    // The server stopped.
+    drop(server);
+    node.daemon.wait_for("stopped: nothing listens", |s| reads(s, &pod, 0.0, "nothing_listens")).unwrap();
+
+    // A server on ::1 only, called on 127.0.0.1: refused, and why. The stand-in, because
+    // MLServer 1.7.1 cannot bind ::1: it hands gRPC `::1:8081` ("Failed to bind").
+    let _ipv6_server = node.workload(
+        Some(&node.pod),
+        "ipv6-server",
+        &["mlserver", "--listen", "[::1]:8080", "--listen", "[::1]:8081"],
+    );
+    let scrape = node
+        .daemon
+        .wait_for("listens on ::1 only", |s| cause(s, &pod, "8081").as_deref() == Some("ipv6_loopback_only"))
+        .unwrap();
+    assert_eq!(check(&scrape, &pod, "8081"), Some(0.0));
+    let status: serde_json::Value = serde_json::from_str(&node.daemon.get("/status").unwrap().1).unwrap();
+    let row = status["localhost"].as_array().unwrap().iter().find(|p| p["port"] == 8081).unwrap().clone();
+    assert_eq!(row["listening_on"], serde_json::json!(["[::1]:8081"]), "{row}");
+    assert_eq!(row["failure"], "refused", "{row}");
+    // The client on 127.0.0.1:8080 (not checked: the only connections there are its own).
+    let refused = node
+        .workload(
+            Some(&node.pod),
+            "refused-agent",
+            &["agent", "--target", "127.0.0.1:8080", "--rate", "50", "--count", &REFUSED.to_string()],
+        )
+        .finish();
+    assert_eq!((counter(&refused, "refused"), counter(&refused, "ok")), (REFUSED, 0), "{refused}");
+    let scrape = node.daemon.wait_for("the refusals counted", |s| refusals(s, &pod, "8080") == REFUSED);
+    assert_eq!(refusals(&scrape.unwrap(), &pod, "8080"), REFUSED);
 }
 
 /// Closes `stream` with a RST rather than a FIN, as a crashing server's kernel would when

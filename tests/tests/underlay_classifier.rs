@@ -302,3 +302,34 @@ fn egress_counts_the_destination_as_peer() {
         );
     });
 }
+
+/// With the daemon's socket filter on, a segment that belongs to no socket of the namespace
+/// (as every spoofed one) is counted, but under peer 0.0.0.0, leaves no last-seen time,
+/// and its NOTIFICATION is reported as not established.
+#[test]
+fn segments_of_no_socket_share_the_unknown_peer() {
+    require_root!();
+    let ns = NetNs::new("underlay-filter").unwrap();
+    ns.run(|| {
+        let mut classifiers = Classifiers::load(&["underlay_ingress"]).unwrap();
+        classifiers.set_bgp_filter().unwrap();
+        let mut payload = bgp_message(4, &[]);
+        payload.extend(bgp_message(3, &[6, 2]));
+        let frame = tcp(&payload);
+        for _ in 0..3 {
+            assert_eq!(classifiers.run("underlay_ingress", &frame).unwrap(), PASS_THROUGH);
+        }
+        let bgp: Vec<(BgpKey, u64)> = classifiers.all_counts("BGP_STATS").unwrap();
+        let bgp: BTreeMap<([u8; 4], u8), u64> = bgp.into_iter().map(|(k, v)| ((k.peer, k.kind), v)).collect();
+        assert_eq!(bgp, BTreeMap::from([(([0; 4], 3), 3), (([0; 4], 4), 3)]));
+        let last_seen: Vec<([u8; 4], u64)> = classifiers.all_counts("BGP_LAST_SEEN").unwrap();
+        assert!(last_seen.is_empty(), "{last_seen:?}");
+        let notifications: Vec<BgpNotificationEvent> = classifiers.drain("BGP_EVENTS").unwrap();
+        assert_eq!(notifications.len(), 3);
+        assert!(
+            notifications
+                .iter()
+                .all(|n| n.peer == NODE_3 && n.established == 0 && (n.code, n.subcode) == (6, 2))
+        );
+    });
+}

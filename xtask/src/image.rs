@@ -18,11 +18,11 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 
 use crate::cmd;
+use crate::static_build::TARGET;
 use crate::workspace::workspace_root;
 
 /// The image's name, as the DaemonSets' `image:` names it.
 pub const IMAGE: &str = "cniguard:0.1.0";
-const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// Where the image's files go.
 pub fn image_dir() -> PathBuf {
@@ -47,24 +47,11 @@ pub fn build(dir: &Path) -> Result<()> {
         bail!("cargo xtask image builds for {TARGET}; this machine is {}", std::env::consts::ARCH);
     }
     let root = workspace_root();
-    cmd::run(
-        Command::new("cargo").current_dir(&root).env("RUSTFLAGS", "-C target-feature=+crt-static").args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "cniguard",
-            "--bin",
-            "cniguard",
-            "--target",
-            TARGET,
-        ]),
-    )?;
+    let built = crate::static_build::build(&root)?.join("cniguard");
     let _ = std::fs::remove_dir_all(dir);
     let context = dir.join("context");
     std::fs::create_dir_all(&context).with_context(|| format!("creating {}", context.display()))?;
     let binary = context.join("cniguard");
-    let built = root.join("target").join(TARGET).join("release").join("cniguard");
     cmd::run(Command::new("strip").arg("-o").arg(&binary).arg(&built))?;
     let dynamic = cmd::output(Command::new("readelf").arg("-d").arg(&binary)).unwrap_or_default();
     if dynamic.contains("NEEDED") {

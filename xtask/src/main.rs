@@ -5,9 +5,11 @@ mod checks;
 mod cmd;
 mod demo;
 mod image;
+mod kernels;
 mod lab;
 mod run;
 mod setup;
+mod static_build;
 mod workspace;
 
 use anyhow::Result;
@@ -36,6 +38,9 @@ enum Task {
     Image,
     /// Per-packet cost of the classifiers next to an empty one (BPF_PROG_TEST_RUN).
     Bench,
+    /// Every probe on Debian's 5.10, 6.1 and 6.12 kernels, each booted under QEMU: a kernel
+    /// by probe table (also part of `test`).
+    Kernels,
     /// The migration lab: a K3s-like cluster in namespaces, cut over from Flannel to Calico.
     Lab {
         #[command(subcommand)]
@@ -50,6 +55,7 @@ fn main() -> Result<()> {
         Task::Run { args } => run::run(&args),
         Task::Image => image::run(),
         Task::Bench => bench::run(),
+        Task::Kernels => setup::run(&setup::SetupArgs { build_only: false }).and_then(|()| kernels::run()),
         Task::Lab { command } => lab::run(command),
     }
 }

@@ -11,6 +11,11 @@
 //! Whichever applies is linked as the rustup toolchain [`BPF_TOOLCHAIN`], which
 //! `daemon/build.rs` hands to aya-build, so the rest of the build never needs to know the
 //! route. Every step checks first and only installs what is missing.
+//!
+//! Besides the Debian packages the tests run as real peers, the tests and the lab run the
+//! real MLServer: `mlserver` pinned at [`cniguard_lab::mlserver::VERSION`], from PyPI, into
+//! a virtualenv at `target/mlserver-venv` made with the machine's `python3` (about two
+//! minutes the first time; Debian's `python3-venv` where the venv module is missing).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,6 +43,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "runc",
         "the container tests: the DaemonSets' pods as an OCI runtime runs them (crun and podman run are refused by this machine's cgroups)",
     ),
+    ("qemu-system-x86", "boots Debian's kernels for the kernel matrix (`cargo xtask kernels`, TCG)"),
+    ("busybox-static", "the kernel matrix guests' init, shell, mount and insmod"),
+    ("xz-utils", "decompresses the kernel matrix's `.ko.xz` modules"),
+    ("zstd", "decompresses the kernel matrix's `.ko.zst` modules"),
+    ("binutils", "readelf: checks that the kernel matrix's cniguard is statically linked"),
 ];
 
 /// Debian packages that hold a compiler able to build `core` for the BPF target.
@@ -70,6 +80,7 @@ pub fn run(args: &SetupArgs) -> Result<()> {
     install_bpf_linker(llvm_major)?;
     if !args.build_only {
         install_dashboard_validator(&mut apt)?;
+        install_mlserver(&mut apt)?;
     }
     mount_kernel_filesystems()?;
     println!("setup: done (eBPF toolchain `{BPF_TOOLCHAIN}`, LLVM {llvm_major})");
@@ -248,6 +259,46 @@ fn install_dashboard_validator(apt: &mut Apt) -> Result<()> {
         "--no-fund",
     ]))?;
     std::fs::write(&marker, lock).with_context(|| format!("writing {}", marker.display()))
+}
+
+/// The real MLServer, pinned, in its own virtualenv under `target/` (never the system's
+/// site-packages): `pip install mlserver==<VERSION>` runs only when the virtualenv's marker
+/// names another version or its `mlserver` is missing.
+fn install_mlserver(apt: &mut Apt) -> Result<()> {
+    use cniguard_lab::mlserver::{VENV, VERSION};
+    let requirement = format!("mlserver=={VERSION}");
+    let venv = crate::workspace::workspace_root().join("target").join(VENV);
+    let marker = venv.join(".cniguard-installed");
+    if venv.join("bin").join("mlserver").is_file()
+        && std::fs::read_to_string(&marker).is_ok_and(|installed| installed.trim() == requirement)
+    {
+        println!("setup: {requirement} present in {}", venv.display());
+        return Ok(());
+    }
+    if !cmd::on_path("python3") {
+        apt.install(&["python3".into()], "Python for the real MLServer")?;
+    }
+    let has_venv = |python: &str| {
+        Command::new(python)
+            .args(["-c", "import venv, ensurepip"])
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !has_venv("python3") {
+        apt.install(&["python3-venv".into()], "the venv module, for MLServer's virtualenv")?;
+    }
+    println!(
+        "setup: installing {requirement} from PyPI into {} (the real MLServer the lab and the localhost tests run; about 2 minutes)",
+        venv.display()
+    );
+    cmd::run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
+    cmd::run(
+        Command::new(venv.join("bin").join("python"))
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input"])
+            .arg(&requirement),
+    )?;
+    std::fs::write(&marker, format!("{requirement}\n"))
+        .with_context(|| format!("writing {}", marker.display()))
 }
 
 /// bpffs (for pinned maps), mounted where the kernel expects it. (The tracepoint probes are

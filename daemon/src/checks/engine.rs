@@ -1,8 +1,9 @@
 //! The one check engine: how cniguard talks to something from inside a pod's network
 //! namespace. Both the active checks (`checks::targets`, other nodes' pods, services, DNS)
 //! and the localhost health check (`checks::health`, the runbook's
-//! `curl 127.0.0.1:9500/v2/health/ready`) are built from these pieces: enter the
-//! namespace, connect with a deadline, speak HTTP or DNS, and name the failure.
+//! `curl 127.0.0.1:9000/v2/health/ready` and its gRPC twin on 9500) are built from these
+//! pieces: enter the namespace, connect with a deadline, speak HTTP/1, gRPC (HTTP/2, through
+//! the `h2` crate) or DNS, and name the failure.
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
@@ -17,6 +18,10 @@ pub enum Failure {
     Unreachable,
     Reset,
     HttpStatus,
+    /// A gRPC answer with a non-zero `grpc-status`, or not ready.
+    GrpcStatus,
+    /// An answer in another protocol than the one spoken (HTTP/1 to an HTTP/2-only port).
+    Protocol,
     Resolve,
     DnsRcode,
     DnsEmpty,
@@ -32,6 +37,8 @@ impl Failure {
             Self::Unreachable => "unreachable",
             Self::Reset => "reset",
             Self::HttpStatus => "http_status",
+            Self::GrpcStatus => "grpc_status",
+            Self::Protocol => "protocol",
             Self::Resolve => "resolve",
             Self::DnsRcode => "dns_rcode",
             Self::DnsEmpty => "dns_empty",
@@ -103,7 +110,10 @@ impl HttpGet<'_> {
             }
         }
         // "HTTP/1.x 2.."
-        if head.starts_with(b"HTTP/1.") && head[9] == b'2' { Ok(()) } else { Err(Failure::HttpStatus) }
+        if !head.starts_with(b"HTTP/1.") {
+            return Err(Failure::Protocol);
+        }
+        if head[9] == b'2' { Ok(()) } else { Err(Failure::HttpStatus) }
     }
 
     /// [`Self::status`], then the rest of the answer until the server closes: the time
@@ -113,6 +123,94 @@ impl HttpGet<'_> {
         let mut rest = Vec::new();
         stream.read_to_end(&mut rest).map_err(|err| Failure::of(&err))?;
         status
+    }
+}
+
+/// One gRPC unary call over HTTP/2 with prior knowledge (how gRPC clients talk to a
+/// plaintext port; the Seldon agent to MLServer's 9500), through the `h2` crate: `message`
+/// is the request's protobuf encoding; the answer is the response message's, once
+/// `grpc-status` said 0. `stream` is connected already (inside the pod's namespace: a socket
+/// stays in the namespace it was made in, whichever thread uses it).
+pub async fn grpc_unary(
+    stream: TcpStream,
+    authority: &str,
+    method: &str,
+    message: &[u8],
+    deadline: Instant,
+) -> Result<bytes::Bytes, Failure> {
+    let call = async {
+        stream.set_nonblocking(true).map_err(|err| Failure::of(&err))?;
+        let stream = tokio::net::TcpStream::from_std(stream).map_err(|err| Failure::of(&err))?;
+        let (client, connection) = h2::client::handshake(stream).await.map_err(|err| h2_failure(&err))?;
+        let driver = tokio::spawn(connection);
+        let answer = grpc_exchange(client, authority, method, message).await;
+        driver.abort();
+        answer
+    };
+    tokio::time::timeout_at(deadline.into(), call).await.unwrap_or(Err(Failure::Timeout))
+}
+
+async fn grpc_exchange(
+    client: h2::client::SendRequest<bytes::Bytes>,
+    authority: &str,
+    method: &str,
+    message: &[u8],
+) -> Result<bytes::Bytes, Failure> {
+    let mut client = client.ready().await.map_err(|err| h2_failure(&err))?;
+    let request = http::Request::post(format!("http://{authority}{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("user-agent", "cniguard")
+        .body(())
+        .map_err(|_| Failure::Other)?;
+    let (response, mut body) = client.send_request(request, false).map_err(|err| h2_failure(&err))?;
+    body.send_data(grpc_frame(message), true).map_err(|err| h2_failure(&err))?;
+    let response = response.await.map_err(|err| h2_failure(&err))?;
+    if response.status() != http::StatusCode::OK {
+        return Err(Failure::Protocol);
+    }
+    // A trailers-only answer (an error) carries grpc-status in its headers.
+    if response.headers().get("grpc-status").is_some_and(|status| status != "0") {
+        return Err(Failure::GrpcStatus);
+    }
+    let mut answer = response.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = answer.data().await {
+        let chunk = chunk.map_err(|err| h2_failure(&err))?;
+        let _ = answer.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = answer.trailers().await.map_err(|err| h2_failure(&err))?;
+    if trailers.as_ref().and_then(|t| t.get("grpc-status")).is_none_or(|status| status != "0") {
+        return Err(Failure::GrpcStatus);
+    }
+    grpc_message(&data).ok_or(Failure::Protocol)
+}
+
+/// A message as gRPC frames it: uncompressed, its length, the bytes.
+#[must_use]
+pub fn grpc_frame(message: &[u8]) -> bytes::Bytes {
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0);
+    frame.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame.into()
+}
+
+/// The one message of a unary answer's framed body.
+fn grpc_message(body: &[u8]) -> Option<bytes::Bytes> {
+    let (head, rest) = body.split_at_checked(5)?;
+    let length = usize::try_from(u32::from_be_bytes([head[1], head[2], head[3], head[4]])).ok()?;
+    (head[0] == 0 && rest.len() == length).then(|| bytes::Bytes::copy_from_slice(rest))
+}
+
+fn h2_failure(err: &h2::Error) -> Failure {
+    match err.get_io() {
+        Some(io) => Failure::of(io),
+        // Not HTTP/2 from the other end (an HTTP/1 server answering the preface), or a
+        // stream reset: the port does not speak gRPC, or not now.
+        None if err.is_go_away() || err.is_reset() => Failure::Reset,
+        None => Failure::Protocol,
     }
 }
 
@@ -199,6 +297,17 @@ pub(crate) fn a_records(message: &[u8]) -> Vec<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_frames_are_length_prefixed() {
+        assert_eq!(&grpc_frame(&[8, 1])[..], &[0, 0, 0, 0, 2, 8, 1]);
+        assert_eq!(grpc_message(&[0, 0, 0, 0, 2, 8, 1]).as_deref(), Some(&[8_u8, 1][..]));
+        assert_eq!(grpc_message(&[0, 0, 0, 0, 0]).as_deref(), Some(&[][..]));
+        // Compressed, short or long: not a message this client asked for.
+        assert_eq!(grpc_message(&[1, 0, 0, 0, 0]), None);
+        assert_eq!(grpc_message(&[0, 0, 0, 0, 3, 8, 1]), None);
+        assert_eq!(grpc_message(&[0, 0, 0]), None);
+    }
 
     #[test]
     fn answers_are_read_for_their_a_records() {

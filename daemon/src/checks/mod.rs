@@ -5,10 +5,12 @@
 //! (`service`), and names through the cluster resolver (`dns`). The packets leave through
 //! the pod's own veth and cross the CNI exactly as that pod's traffic does (Flannel's
 //! bridge and VXLAN, or Calico's routes, BGP and VXLAN), so a check fails when pod traffic
-//! would.
+//! would. A target whose latest result is older than 3 intervals (no round has run: the
+//! `from` pod is gone) is stale: no data for the triggers, shown in `cniguard_check_stale`.
 
 pub mod engine;
 pub mod health;
+pub mod listeners;
 pub mod settings;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -31,7 +33,11 @@ use self::engine::HttpGet;
 use self::settings::ChecksSettings;
 
 /// How long a check's results are remembered (the longest window a trigger looks at).
-const HISTORY: Duration = Duration::from_hours(1);
+pub const HISTORY: Duration = Duration::from_hours(1);
+
+/// A target whose latest result is older than this many intervals is stale: no data for
+/// the triggers (the `from` pod is gone, rounds stopped), shown in `cniguard_check_stale`.
+pub const STALE_AFTER_INTERVALS: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -165,12 +171,22 @@ pub struct TargetState {
     /// (when, succeeded), oldest first, over the last hour.
     pub history: VecDeque<(Instant, bool)>,
     pub last_failure: Option<Failure>,
+    /// How old the latest result may be before it is stale ([`STALE_AFTER_INTERVALS`]
+    /// check intervals).
+    pub stale_after: Duration,
 }
 
 impl TargetState {
     #[must_use]
     pub fn latest(&self) -> Option<bool> {
         self.history.back().map(|(_, ok)| *ok)
+    }
+
+    /// Whether the latest result is older than `stale_after` at `now` (or there is none):
+    /// then it is no data, never a failure or a success.
+    #[must_use]
+    pub fn is_stale(&self, now: Instant) -> bool {
+        self.history.back().is_none_or(|(at, _)| now.saturating_duration_since(*at) > self.stale_after)
     }
 
     /// Successes over results since `since`; `None` without results.
@@ -190,6 +206,7 @@ struct CheckMetrics {
     success: GaugeVec,
     seconds: HistogramVec,
     failures: IntCounterVec,
+    stale: GaugeVec,
 }
 
 impl CheckMetrics {
@@ -199,10 +216,12 @@ impl CheckMetrics {
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ])?;
         let failures = catalogue::CHECK_FAILURES_TOTAL.int_counter_vec()?;
+        let stale = catalogue::CHECK_STALE.gauge_vec()?;
         registry.register(Box::new(success.clone()))?;
         registry.register(Box::new(seconds.clone()))?;
         registry.register(Box::new(failures.clone()))?;
-        Ok(Self { success, seconds, failures })
+        registry.register(Box::new(stale.clone()))?;
+        Ok(Self { success, seconds, failures, stale })
     }
 }
 
@@ -219,6 +238,7 @@ pub fn start(
     let metrics = CheckMetrics::register(registry)?;
     let results = SharedResults::default();
     let shared = results.clone();
+    let stale_after = settings.interval * STALE_AFTER_INTERVALS;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -230,7 +250,7 @@ pub fn start(
             let round =
                 tokio::task::spawn_blocking(move || run_round(&settings, discovered, &inventory)).await;
             match round {
-                Ok(Ok(outcomes)) => record(&metrics, &shared, outcomes),
+                Ok(Ok(outcomes)) => record(&metrics, &shared, outcomes, Instant::now(), stale_after),
                 Ok(Err(why)) => {
                     if why != warned {
                         tracing::warn!("active checks not run: {why}");
@@ -239,6 +259,7 @@ pub fn start(
                 }
                 Err(err) => tracing::warn!("active checks failed: {err}"),
             }
+            mark_stale(&metrics, &shared, Instant::now());
         }
     });
     Ok(results)
@@ -357,8 +378,13 @@ fn read_targets_file(path: &Path, has_resolver: bool) -> Result<Vec<Target>, Str
         .collect()
 }
 
-fn record(metrics: &CheckMetrics, shared: &SharedResults, outcomes: Vec<Outcome>) {
-    let now = Instant::now();
+fn record(
+    metrics: &CheckMetrics,
+    shared: &SharedResults,
+    outcomes: Vec<Outcome>,
+    now: Instant,
+    stale_after: Duration,
+) {
     let mut results = shared.lock().unwrap_or_else(PoisonError::into_inner);
     let current: BTreeSet<String> = outcomes.iter().map(|(target, _, _)| target.name.clone()).collect();
     // Targets no longer configured leave /metrics and the triggers.
@@ -370,6 +396,7 @@ fn record(metrics: &CheckMetrics, shared: &SharedResults, outcomes: Vec<Outcome>
     for (name, check) in gone {
         let _ = metrics.success.remove_label_values(&[check.label(), &name]);
         let _ = metrics.seconds.remove_label_values(&[check.label(), &name]);
+        let _ = metrics.stale.remove_label_values(&[check.label(), &name]);
         results.remove(&name);
     }
     for (target, took, failure) in outcomes {
@@ -384,14 +411,25 @@ fn record(metrics: &CheckMetrics, shared: &SharedResults, outcomes: Vec<Outcome>
             peer: target.peer.clone(),
             history: VecDeque::new(),
             last_failure: None,
+            stale_after,
         });
         state.check = target.check;
+        state.stale_after = stale_after;
         state.peer.clone_from(&target.peer);
         state.history.push_back((now, failure.is_none()));
         while state.history.front().is_some_and(|(at, _)| now.duration_since(*at) > HISTORY) {
             state.history.pop_front();
         }
         state.last_failure = failure;
+    }
+}
+
+/// `cniguard_check_stale` for every target at `now`: 1 while its latest result is stale.
+fn mark_stale(metrics: &CheckMetrics, shared: &SharedResults, now: Instant) {
+    let results = shared.lock().unwrap_or_else(PoisonError::into_inner);
+    for (name, state) in results.iter() {
+        let stale = state.is_stale(now);
+        metrics.stale.with_label_values(&[state.check.label(), name]).set(f64::from(u8::from(stale)));
     }
 }
 
@@ -464,9 +502,42 @@ mod tests {
             peer: "node-2".into(),
             history: VecDeque::from([(start, false), (later, true), (later, true), (later, false)]),
             last_failure: None,
+            stale_after: Duration::from_secs(30),
         };
         assert_eq!(state.success_ratio(later), Some(2.0 / 3.0));
         assert_eq!(state.success_ratio(later + Duration::from_secs(1)), None);
         assert_eq!(state.latest(), Some(false));
+    }
+
+    /// Results recorded at t and never again (the `from` pod vanished): fresh for 3
+    /// intervals (30 s at 10 s), stale after, and `cniguard_check_stale` says so.
+    #[test]
+    #[allow(clippy::float_cmp, reason = "the gauge is exactly 0 or 1")]
+    fn results_go_stale_after_three_intervals() {
+        let registry = Registry::new();
+        let metrics = CheckMetrics::register(&registry).unwrap();
+        let shared = SharedResults::default();
+        let start = Instant::now();
+        let target = Target::parse(
+            &toml::from_str("check = \"pod_to_pod\"\nname = \"node-2\"\naddress = \"10.244.2.10:9465\"")
+                .unwrap(),
+            false,
+        )
+        .unwrap();
+        let stale_after = Duration::from_secs(10) * STALE_AFTER_INTERVALS;
+        record(
+            &metrics,
+            &shared,
+            vec![(target, Duration::from_millis(3), Some(Failure::Timeout))],
+            start,
+            stale_after,
+        );
+        let stale = || metrics.stale.with_label_values(&["pod_to_pod", "node-2"]).get();
+        mark_stale(&metrics, &shared, start + Duration::from_secs(30));
+        assert_eq!(stale(), 0.0, "30 s old: still fresh");
+        assert!(!shared.lock().unwrap()["node-2"].is_stale(start + Duration::from_secs(30)));
+        mark_stale(&metrics, &shared, start + Duration::from_secs(31));
+        assert_eq!(stale(), 1.0, "31 s old: stale");
+        assert!(shared.lock().unwrap()["node-2"].is_stale(start + Duration::from_secs(31)));
     }
 }

@@ -53,8 +53,10 @@ pub struct ChecksSettings {
 /// What is wrong with a `[checks]` or `[localhost.check]` table, and in which field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChecksError {
-    #[error("interval and timeout must be at least 1 second, the timeout at most the interval")]
-    IntervalAndTimeout { field: &'static str },
+    #[error(
+        "interval {interval} s and timeout {timeout} s are out of range: the interval must be 1 to {MAX_INTERVAL_SECONDS} seconds, the timeout 1 second to the interval"
+    )]
+    IntervalAndTimeout { field: &'static str, interval: u64, timeout: u64 },
     #[error("invalid pattern `{pattern}`: {reason}")]
     Pattern { field: &'static str, pattern: String, reason: String },
     #[error("`{0}` is not an IPv4 address and port like 10.43.0.10:53")]
@@ -65,6 +67,12 @@ pub enum ChecksError {
     DuplicateTarget(String),
     #[error("`{path}` must start with /")]
     HttpPath { field: &'static str, path: String },
+    #[error("list at least one port, and no port 0")]
+    CheckPorts,
+    #[error("port {0} is listed as both gRPC and HTTP")]
+    BothProtocols(u16),
+    #[error("`{0}` is not a loopback address (127.0.0.1 or ::1)")]
+    NotLoopback(std::net::IpAddr),
 }
 
 impl ChecksError {
@@ -72,10 +80,13 @@ impl ChecksError {
     #[must_use]
     pub fn field(&self) -> &'static str {
         match self {
-            Self::IntervalAndTimeout { field }
+            Self::IntervalAndTimeout { field, .. }
             | Self::Pattern { field, .. }
             | Self::HttpPath { field, .. } => field,
             Self::Resolver(_) => "checks.resolver",
+            Self::CheckPorts => "localhost.check.ports",
+            Self::BothProtocols(_) => "localhost.check.grpc_ports",
+            Self::NotLoopback(_) => "localhost.check.address",
             Self::Target(_) | Self::DuplicateTarget(_) => "checks.targets",
         }
     }
@@ -116,15 +127,20 @@ impl ChecksConfig {
     }
 }
 
-/// A periodic check's interval and timeout: both at least a second, the timeout at most the
-/// interval (a check must end before the next one starts).
+/// The longest check interval: results older than 3 intervals are stale, and the checks keep
+/// an hour of them.
+pub const MAX_INTERVAL_SECONDS: u64 = 3600;
+
+/// A periodic check's interval and timeout: both at least a second, the interval at most
+/// [`MAX_INTERVAL_SECONDS`], the timeout at most the interval (a check must end before the
+/// next one starts).
 pub(crate) fn interval_and_timeout(
     field: &'static str,
     interval: u64,
     timeout: u64,
 ) -> Result<(), ChecksError> {
-    if interval == 0 || timeout == 0 || timeout > interval {
-        return Err(ChecksError::IntervalAndTimeout { field });
+    if !(1..=MAX_INTERVAL_SECONDS).contains(&interval) || timeout == 0 || timeout > interval {
+        return Err(ChecksError::IntervalAndTimeout { field, interval, timeout });
     }
     Ok(())
 }

@@ -148,8 +148,14 @@ impl ClusterSettings {
                 "an empty selector would make every pod a check target",
             ));
         }
-        if config.event_interval_seconds == 0 {
-            return Err(ClusterError::new(field("event_interval_seconds"), "must be at least 1 (seconds)"));
+        if !(1..=3600).contains(&config.event_interval_seconds) {
+            return Err(ClusterError::new(
+                field("event_interval_seconds"),
+                format!(
+                    "{} is out of range: must be 1 to 3600 seconds (an Event at least hourly)",
+                    config.event_interval_seconds
+                ),
+            ));
         }
         let api = match (config.mode, kubeconfig) {
             (ClusterMode::Off, _) => None,

@@ -48,11 +48,17 @@ pub struct BaselineSettings {
     pub windows: usize,
 }
 
+/// The longest window: an hour (the checks keep an hour of results, and a longer window
+/// would judge the cutover too late).
+pub const MAX_WINDOW_SECONDS: u64 = 3600;
+/// The most windows a baseline keeps: the state file stays a few MiB.
+pub const MAX_WINDOWS: usize = 10_000;
+
 /// What is wrong with the `[baseline]` table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BaselineError {
-    #[error("must be at least 1")]
-    Zero { field: &'static str },
+    #[error("{value} is out of range: must be 1 to {max}{unit}")]
+    Range { field: &'static str, value: u64, max: u64, unit: &'static str },
 }
 
 impl BaselineError {
@@ -60,18 +66,29 @@ impl BaselineError {
     #[must_use]
     pub fn field(&self) -> &'static str {
         match self {
-            Self::Zero { field } => field,
+            Self::Range { field, .. } => field,
         }
     }
 }
 
 impl BaselineConfig {
     pub fn validate(&self) -> Result<BaselineSettings, BaselineError> {
-        if self.windows == 0 {
-            return Err(BaselineError::Zero { field: "baseline.windows" });
+        let windows = u64::try_from(self.windows).unwrap_or(u64::MAX);
+        if !(1..=MAX_WINDOWS as u64).contains(&windows) {
+            return Err(BaselineError::Range {
+                field: "baseline.windows",
+                value: windows,
+                max: MAX_WINDOWS as u64,
+                unit: " windows",
+            });
         }
-        if self.window_seconds == 0 {
-            return Err(BaselineError::Zero { field: "baseline.window_seconds" });
+        if !(1..=MAX_WINDOW_SECONDS).contains(&self.window_seconds) {
+            return Err(BaselineError::Range {
+                field: "baseline.window_seconds",
+                value: self.window_seconds,
+                max: MAX_WINDOW_SECONDS,
+                unit: " seconds",
+            });
         }
         Ok(BaselineSettings {
             window: std::time::Duration::from_secs(self.window_seconds),
@@ -230,7 +247,8 @@ impl Baselines {
                 push(self.stored.signals.entry(*signal).or_default(), *value, self.windows);
             }
             // Every reason seen so far gets this window's value, 0 when it had none.
-            let reasons: Vec<String> =
+            // Once each: a reason both stored and in this window is one sample, not two.
+            let reasons: std::collections::BTreeSet<String> =
                 self.stored.drop_reasons.keys().chain(window.drop_reasons.keys()).cloned().collect();
             for reason in reasons {
                 let value = window.drop_reasons.get(&reason).copied().unwrap_or(0.0);
@@ -569,6 +587,37 @@ mod tests {
         let text = encode(&BaselineCollector::new(Arc::new(Mutex::new(restarted))).collect());
         assert!(text.contains("cniguard_baseline_ratio{signal=\"drops_per_second\"} 3"), "{text}");
         assert!(text.contains("cniguard_baseline_drops_ratio{reason=\"NETFILTER_DROP\"} 3"), "{text}");
+    }
+
+    /// Each window adds exactly one sample per reason: a reason already stored and seen
+    /// again, one that appears late, and one that goes quiet.
+    #[test]
+    fn per_reason_baselines_take_one_sample_per_window() {
+        let dir = crate::state_file::TempDir::new("baseline-reasons");
+        let mut baselines = Baselines::load(file(dir.path()), 3);
+        baselines.observe_phase(Phase::Flannel);
+        let start = Instant::now();
+        let at = |seconds: u64| start + std::time::Duration::from_secs(seconds);
+        let totals = |netfilter: f64, reset: Option<f64>| {
+            let mut totals = Totals::default();
+            totals.drops.insert("NETFILTER_DROP".into(), netfilter);
+            if let Some(reset) = reset {
+                totals.drops.insert("TCP_RESET".into(), reset);
+            }
+            totals
+        };
+        baselines.close_window(at(0), totals(0.0, None));
+        // 20 drops in 10 s, then 40, then 60: 2, 4 and 6 per second.
+        baselines.close_window(at(10), totals(20.0, None));
+        baselines.close_window(at(20), totals(60.0, Some(10.0)));
+        baselines.close_window(at(30), totals(120.0, Some(10.0)));
+        assert_eq!(baselines.stored.drop_reasons["NETFILTER_DROP"], [2.0, 4.0, 6.0]);
+        assert_eq!(baselines.stored.drop_reasons["TCP_RESET"], [1.0, 0.0]);
+        assert_eq!(baselines.stored.signals[&DROPS_PER_SECOND], [2.0, 5.0, 6.0]);
+        let text = encode(&BaselineCollector::new(Arc::new(Mutex::new(baselines))).collect());
+        // The mean of the last 3 windows: (2 + 4 + 6) / 3, and (1 + 0) / 2.
+        assert!(text.contains("cniguard_baseline_drops_per_second{reason=\"NETFILTER_DROP\"} 4\n"), "{text}");
+        assert!(text.contains("cniguard_baseline_drops_per_second{reason=\"TCP_RESET\"} 0.5\n"), "{text}");
     }
 
     #[test]

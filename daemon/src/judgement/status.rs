@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::SharedResults;
+use crate::checks::health::{LocalhostStatus, SharedLocalhost};
 use crate::judgement::phase::{SharedPhase, unix_now};
 use crate::judgement::triggers::{SharedTriggers, TriggerReport};
 
@@ -26,6 +27,10 @@ pub struct Status {
     pub triggers: Vec<TriggerReport>,
     /// Empty when `[checks] enabled = false`.
     pub checks: Vec<CheckStatus>,
+    /// Each checked pod's localhost ports, and why a failing one fails; empty when
+    /// `[localhost.check] enabled = false`.
+    #[serde(default)]
+    pub localhost: Vec<LocalhostStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +45,9 @@ pub struct CheckStatus {
     pub target: String,
     pub peer: String,
     pub latest: Option<bool>,
+    /// The latest result is older than 3 check intervals: no data for the triggers.
+    #[serde(default)]
+    pub stale: bool,
     pub success_ratio_5m: Option<f64>,
     pub last_failure: Option<String>,
 }
@@ -50,6 +58,7 @@ pub struct Sources {
     pub phase: SharedPhase,
     pub triggers: Option<SharedTriggers>,
     pub checks: Option<SharedResults>,
+    pub localhost: Option<SharedLocalhost>,
 }
 
 pub type SharedSources = Arc<OnceLock<Sources>>;
@@ -84,10 +93,14 @@ impl Sources {
                         String::new()
                     },
                     latest: state.latest(),
+                    stale: state.is_stale(Instant::now()),
                     success_ratio_5m: state.success_ratio(since),
                     last_failure: state.last_failure.map(|failure| failure.label().to_owned()),
                 })
                 .collect()
+        });
+        let localhost = self.localhost.as_ref().map_or_else(Vec::new, |localhost| {
+            localhost.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
         });
         Status {
             node: self.node.clone(),
@@ -96,6 +109,7 @@ impl Sources {
             rollback_recommended,
             triggers,
             checks,
+            localhost,
         }
     }
 }
@@ -174,6 +188,7 @@ pub fn render(status: &Status) -> String {
         );
         for check in &status.checks {
             let latest = match check.latest {
+                _ if check.stale => "STALE",
                 Some(true) => "ok",
                 Some(false) => "FAILED",
                 None => "-",
@@ -190,7 +205,33 @@ pub fn render(status: &Status) -> String {
             );
         }
     }
+    render_localhost(&mut out, &status.localhost);
     out
+}
+
+/// One line per checked pod and port: healthy, or why not.
+fn render_localhost(out: &mut String, localhost: &[LocalhostStatus]) {
+    if localhost.is_empty() {
+        return;
+    }
+    let _ =
+        writeln!(out, "\n{:<40} {:>5} {:<8} {:<11}  CAUSE", "LOCALHOST (POD)", "PORT", "PROTOCOL", "LATEST");
+    for port in localhost {
+        // The failure as the checks name it: refused, timeout, grpc_status...
+        let latest = if port.healthy { "ok" } else { port.failure.as_deref().unwrap_or("failed") };
+        let listening = if port.healthy {
+            String::new()
+        } else if port.listening_on.is_empty() {
+            " (listening: none)".to_owned()
+        } else {
+            format!(" (listening: {})", port.listening_on.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "{:<40} {:>5} {:<8} {latest:<11}  {}{listening}",
+            port.netns, port.port, port.protocol, port.explanation
+        );
+    }
 }
 
 fn number(value: f64) -> String {
@@ -240,8 +281,19 @@ mod tests {
                 target: "coredns".into(),
                 peer: "coredns".into(),
                 latest: Some(false),
+                stale: false,
                 success_ratio_5m: Some(0.5),
                 last_failure: Some("timeout".into()),
+            }],
+            localhost: vec![LocalhostStatus {
+                netns: "cgt-7-pod".into(),
+                port: 9000,
+                protocol: "http".into(),
+                healthy: false,
+                failure: Some("refused".into()),
+                cause: "ipv6_loopback_only".into(),
+                explanation: "listens on ::1 only; the client uses 127.0.0.1".into(),
+                listening_on: vec!["[::1]:9000".into()],
             }],
         };
         let text = render(&status);
@@ -255,5 +307,11 @@ mod tests {
         }
         let check = text.lines().find(|line| line.starts_with("dns ")).unwrap();
         assert!(check.contains("FAILED") && check.contains("50.0%") && check.ends_with("timeout"), "{check}");
+        let pod = text.lines().find(|line| line.starts_with("cgt-7-pod")).unwrap();
+        assert!(
+            pod.contains(" 9000 http     refused ")
+                && pod.ends_with("listens on ::1 only; the client uses 127.0.0.1 (listening: [::1]:9000)"),
+            "{pod}"
+        );
     }
 }

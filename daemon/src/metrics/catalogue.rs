@@ -61,9 +61,15 @@ define! {
     LABEL_OVERFLOW_TOTAL: Counter "cniguard_label_overflow_total" ["metric"]
         "Peers counted as peer=\"other\" because a metric reached max_peers";
     STATE_FILE_REJECTED_TOTAL: Counter "cniguard_state_file_rejected_total" ["reason"]
-        "State files set aside at start-up: corrupt, foreign (another node or format) or unreadable";
+        "State files set aside at start-up: corrupt, foreign (another node or format), unreadable or too_large (over 16 MiB)";
     MAP_FULL_TOTAL: Counter "cniguard_map_full_total" ["map"]
         "Map inserts refused because the map was full";
+    HTTP_CONNECTIONS_REFUSED_TOTAL: Counter "cniguard_http_connections_refused_total" []
+        "Connections to /metrics and the other endpoints closed at once because the connection limit was reached";
+    LOG_LINES_SUPPRESSED_TOTAL: Counter "cniguard_log_lines_suppressed_total" ["event"]
+        "Per-event log lines not written because their event type was over its log budget";
+    NETNS_ENTER_FAILURES_TOTAL: Counter "cniguard_netns_enter_failures_total" ["reason"]
+        "Failed entries into network namespaces (setns): permission (no CAP_SYS_ADMIN), gone, other";
 
     // probes/iface_stats.rs
     INTERFACE_PACKETS_TOTAL: Counter "cniguard_interface_packets_total" ["interface", "direction", "protocol"]
@@ -108,6 +114,8 @@ define! {
         "1 if the last active health check in the namespace succeeded";
     LOCALHOST_PROBE_SECONDS: Gauge "cniguard_localhost_probe_seconds" ["netns", "port"]
         "Duration of the last active health check (connect to answer)";
+    LOCALHOST_FAILURE_CAUSE: Gauge "cniguard_localhost_failure_cause" ["netns", "port", "cause"]
+        "1 for what the last active health check met: none, nothing_listens, pod_address_only, ipv6_loopback_only, ipv4_loopback_only, slow, filtered, not_ready, other";
 
     // probes/drops.rs
     DROPS_TOTAL: Counter "cniguard_drops_total" ["reason", "interface", "netns", "protocol"]
@@ -169,7 +177,9 @@ define! {
     CHECK_SECONDS: Histogram "cniguard_check_seconds" ["check", "target"]
         "How long active checks took, from the pod's namespace";
     CHECK_FAILURES_TOTAL: Counter "cniguard_check_failures_total" ["check", "target", "reason"]
-        "Failed active checks by reason: timeout, refused, unreachable, reset, http_status, resolve, dns_rcode, dns_empty, other";
+        "Failed active checks by reason: timeout, refused, unreachable, reset, http_status, grpc_status, protocol, resolve, dns_rcode, dns_empty, other";
+    CHECK_STALE: Gauge "cniguard_check_stale" ["check", "target"]
+        "1 while the target's latest active check result is older than 3 check intervals: no data for the triggers";
 
     // judgement/triggers.rs
     ROLLBACK_TRIGGER_ACTIVE: Gauge "cniguard_rollback_trigger_active" ["trigger", "severity"]

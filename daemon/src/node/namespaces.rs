@@ -11,7 +11,8 @@ use std::fs::File;
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 
 use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
@@ -133,6 +134,62 @@ fn candidates() -> Result<Vec<Namespace>> {
     Ok(namespaces)
 }
 
+/// `cniguard_netns_enter_failures_total{reason}`: every failed entry into a namespace, by
+/// anyone (the active checks, the localhost health check, the namespace scan, the baseline's
+/// per-namespace counters, interface names): `permission` (setns refused: no
+/// CAP_SYS_ADMIN), `gone` (the namespace vanished), `other`.
+static ENTER_FAILURES: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    crate::metrics::catalogue::NETNS_ENTER_FAILURES_TOTAL.int_counter_vec().expect("a valid catalogue row")
+});
+
+/// Registers `cniguard_netns_enter_failures_total`.
+///
+/// # Errors
+/// On a duplicate metric name.
+pub fn register_metrics(registry: &prometheus::Registry) -> prometheus::Result<()> {
+    registry.register(Box::new(ENTER_FAILURES.clone()))
+}
+
+/// What is lost while namespaces cannot be entered (`cniguard check` and the log say it).
+pub const LOST_WITHOUT_SETNS: &str = "the active checks ([checks]), the localhost health check ([localhost.check]) and the per-namespace counters (pods' netns labels, TCP segments sent per pod for the retransmit baseline, interface names inside pods; with netns_scope = \"node\", every pod)";
+
+/// Counts a failed entry; the first refused for lack of permission is logged with what is lost.
+fn enter_failed(path: &Path, err: &std::io::Error) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let reason = match err.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => "permission",
+        Some(libc::ENOENT | libc::ESRCH | libc::EINVAL) => "gone",
+        _ => "other",
+    };
+    ENTER_FAILURES.with_label_values(&[reason]).inc();
+    if reason == "permission" && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::error!(
+            path = %path.display(),
+            "cannot enter pod network namespaces ({err}; setns needs CAP_SYS_ADMIN): lost are {LOST_WITHOUT_SETNS}; counted in cniguard_netns_enter_failures_total"
+        );
+    } else {
+        tracing::debug!(path = %path.display(), reason, "cannot enter the namespace: {err}");
+    }
+}
+
+/// Whether this process may enter network namespaces: enters its own, on a scratch thread
+/// (setns needs CAP_SYS_ADMIN even into the namespace it is in). Not counted.
+///
+/// # Errors
+/// The error setns(2) gave.
+pub fn can_enter() -> std::io::Result<()> {
+    let file = File::open("/proc/self/ns/net")?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))
+    })
+}
+
 /// The cookie of the namespace this thread is in: from a socket created here.
 fn own_cookie() -> std::io::Result<u64> {
     let socket =
@@ -159,7 +216,11 @@ fn cookie_of(path: &Path) -> std::io::Result<u64> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+                if let Err(err) = nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET) {
+                    let err = std::io::Error::from(err);
+                    enter_failed(path, &err);
+                    return Err(err);
+                }
                 own_cookie()
             })
             .join()
@@ -245,15 +306,74 @@ fn name_in(path: &Path, ifindex: u32) -> Option<String> {
 /// Runs `f` on a thread that has entered the namespace at `path` (sockets it opens and the
 /// /proc/thread-self/net files it reads are that namespace's); `None` if it cannot enter.
 pub fn in_namespace<R: Send>(path: &Path, f: impl FnOnce() -> R + Send) -> Option<R> {
-    let file = File::open(path).ok()?;
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) => {
+            enter_failed(path, &err);
+            return None;
+        }
+    };
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+                if let Err(err) = nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET) {
+                    enter_failed(path, &std::io::Error::from(err));
+                    return None;
+                }
                 Some(f())
             })
             .join()
             .ok()
             .flatten()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drops CAP_SYS_ADMIN from the calling thread's effective set (capabilities are per
+    /// thread; threads it starts inherit the reduced set).
+    fn drop_sys_admin_on_this_thread() {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        let mut header = Header { version: 0x2008_0522, pid: 0 };
+        let mut data = [Data::default(); 2];
+        // SAFETY: capget/capset read and write one header and two data structs (version 3).
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()), 0);
+            data[0].effective &= !(1 << 21);
+            assert_eq!(libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()), 0);
+        }
+    }
+
+    /// Without CAP_SYS_ADMIN, entering a namespace (here the test's own) is refused: nothing
+    /// runs in it, and exactly one `permission` failure is counted; with it, none.
+    #[test]
+    fn a_refused_setns_is_counted() {
+        let own = Path::new("/proc/self/ns/net");
+        let permission = || ENTER_FAILURES.with_label_values(&["permission"]).get();
+        let before = permission();
+        let ran = std::thread::spawn(move || {
+            drop_sys_admin_on_this_thread();
+            (can_enter().map_err(|err| err.raw_os_error()), in_namespace(own, || 42))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(ran, (Err(Some(libc::EPERM)), None));
+        assert_eq!(permission() - before, 1, "one refused entry, one count (can_enter counts none)");
+        let gone = ENTER_FAILURES.with_label_values(&["gone"]).get();
+        assert_eq!(in_namespace(Path::new("/proc/0/ns/net"), || 42), None);
+        assert_eq!(ENTER_FAILURES.with_label_values(&["gone"]).get() - gone, 1);
+    }
 }

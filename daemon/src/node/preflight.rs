@@ -136,7 +136,33 @@ pub fn run() -> Report {
             capabilities,
         ));
     }
+    findings.push(setns_finding(crate::node::namespaces::can_enter()));
     Report { findings, kernel }
+}
+
+/// Whether pods' network namespaces can be entered (setns, CAP_SYS_ADMIN): without it the
+/// daemon runs, but blind inside every pod; the finding says what is lost.
+fn setns_finding(entered: std::io::Result<()>) -> Finding {
+    match entered {
+        Ok(()) => Finding {
+            status: Status::Pass,
+            requirement: "pod netns",
+            detail: "can enter pods' network namespaces (setns with CAP_SYS_ADMIN)".to_owned(),
+            fix: None,
+        },
+        Err(err) => Finding {
+            status: Status::Warn,
+            requirement: "pod netns",
+            detail: format!(
+                "cannot enter pods' network namespaces (setns: {err}; it needs CAP_SYS_ADMIN): lost are {}",
+                crate::node::namespaces::LOST_WITHOUT_SETNS
+            ),
+            fix: Some(
+                "run as root with CAP_SYS_ADMIN, or in Kubernetes securityContext.capabilities.add: [\"SYS_ADMIN\"] (deploy/daemonset.yaml has it)"
+                    .to_owned(),
+            ),
+        },
+    }
 }
 
 fn kernel_finding(kernel: &Kernel) -> Finding {
@@ -245,6 +271,22 @@ mod tests {
         assert!(line.starts_with("FAIL  CAP_BPF"), "{line}");
         assert!(line.contains("setcap cap_bpf+ep"), "{line}");
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn refused_setns_says_what_is_lost() {
+        let line = setns_finding(Err(std::io::Error::from_raw_os_error(libc::EPERM))).to_string();
+        assert!(line.starts_with("warn  pod netns"), "{line}");
+        for lost in [
+            "active checks",
+            "localhost health check",
+            "per-namespace counters",
+            "capabilities.add: [\"SYS_ADMIN\"]",
+        ] {
+            assert!(line.contains(lost), "{lost} in {line}");
+        }
+        assert!(!line.contains('\n'));
+        assert_eq!(setns_finding(Ok(())).status, Status::Pass);
     }
 
     #[test]

@@ -6,9 +6,16 @@
 //! never finds an old copy. With netlink (cls_bpf on a clsact qdisc) filters outlive the
 //! process, so filters carrying our program names are removed before attaching again, and
 //! a clsact qdisc is removed on detach only if this daemon added it and nothing else uses it.
+//! A clsact that a killed daemon left behind holding only cniguard's filters is removed
+//! when an interface is first touched, so the new daemon adds (and owns) it afresh.
+//!
+//! An attach that fails for any reason but a vanished interface is an error: it is logged
+//! as one and retried after [`RETRY_FIRST`], doubling up to [`RETRY_MAX`], not only at the
+//! next resync.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
@@ -38,6 +45,15 @@ pub enum TcAttachMode {
 
 /// The tc filter priority cniguard asks for in netlink mode: the first to run.
 const FIRST_FILTER_PRIORITY: u16 = 1;
+/// The first retry of a failed attach, and the longest wait between retries.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A failed attach waiting for its next attempt.
+struct Retry {
+    failures: u32,
+    at: tokio::time::Instant,
+}
 
 /// What is attached to one interface.
 struct Attached {
@@ -66,6 +82,8 @@ pub struct Attachments {
     all_names: AttachedInterfaces,
     metrics: DaemonMetrics,
     netlink: Handle,
+    /// Failed attaches by interface and probe.
+    retries: HashMap<(u32, &'static str), Retry>,
 }
 
 impl Attachments {
@@ -109,7 +127,21 @@ impl Attachments {
             all_names,
             metrics,
             netlink,
+            retries: HashMap::new(),
         })
+    }
+
+    /// Resolves when a failed attach is due for another attempt; never if none failed.
+    pub async fn retry_due(&self) {
+        match self.retries.values().map(|r| r.at).min() {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Attempts the failed attaches that are due (and anything else out of line).
+    pub async fn retry(&mut self) {
+        self.sync().await;
     }
 
     /// How the programs attach: `tcx` or `netlink`.
@@ -190,6 +222,8 @@ impl Attachments {
             }
         }
         // What should be and is not yet.
+        self.retries.retain(|(index, _), _| self.interfaces.contains_key(index));
+        let now = tokio::time::Instant::now();
         let wanted: Vec<(Interface, Arc<dyn InterfaceProbe>)> = self
             .interfaces
             .values()
@@ -198,10 +232,16 @@ impl Attachments {
                     .iter()
                     .filter(|probe| probe.wants(interface, &self.interfaces))
                     .filter(|probe| !self.attached.get(&interface.index).is_some_and(|a| a.has(probe.name())))
+                    .filter(|probe| {
+                        self.retries.get(&(interface.index, probe.name())).is_none_or(|r| r.at <= now)
+                    })
                     .map(|probe| (interface.clone(), probe.clone()))
             })
             .collect();
         for (interface, probe) in wanted {
+            if !self.use_tcx && !self.attached.contains_key(&interface.index) {
+                self.remove_leftovers(&interface).await;
+            }
             self.attach(&interface, probe.as_ref());
         }
         for probe in &self.probes {
@@ -222,17 +262,39 @@ impl Attachments {
         });
         match self.attach_probe(probe, interface, &mut attached) {
             Ok(links) => {
+                self.retries.remove(&(interface.index, probe.name()));
                 self.metrics.probe_attached.with_label_values(&[&interface.name, probe.name()]).set(1);
                 attached.links.push((probe.name(), links));
                 tracing::info!(interface = %interface.name, index = interface.index, probe = probe.name(), mode = self.mode(), "attached");
             }
             Err(err) => {
-                let failure = AttachFailure::from_errno(errno(&err));
+                let failure = match AttachFailure::from_errno(errno(&err)) {
+                    // An errno that says "no such device" is taken at its word only if the
+                    // kernel, asked again, no longer knows the name: out of file descriptors,
+                    // aya reports an interface it cannot look up as unknown.
+                    AttachFailure::InterfaceGone if !vanished(interface) => AttachFailure::Other,
+                    failure => failure,
+                };
                 self.metrics.attach_errors.with_label_values(&[probe.name(), failure.label()]).inc();
                 if failure == AttachFailure::InterfaceGone {
+                    self.retries.remove(&(interface.index, probe.name()));
                     tracing::debug!(interface = %interface.name, probe = probe.name(), "interface went away before attach: {err:#}");
                 } else {
-                    tracing::warn!(interface = %interface.name, probe = probe.name(), reason = failure.label(), "attach failed: {err:#}");
+                    let failures =
+                        self.retries.get(&(interface.index, probe.name())).map_or(0, |r| r.failures) + 1;
+                    let wait = retry_wait(failures);
+                    self.retries.insert(
+                        (interface.index, probe.name()),
+                        Retry { failures, at: tokio::time::Instant::now() + wait },
+                    );
+                    tracing::error!(
+                        interface = %interface.name,
+                        probe = probe.name(),
+                        reason = failure.label(),
+                        failures,
+                        retry_in_seconds = wait.as_secs(),
+                        "attach failed: {err:#}"
+                    );
                 }
             }
         }
@@ -253,8 +315,10 @@ impl Attachments {
         let mut links = Vec::new();
         for program in probe.programs() {
             let hook = hook(program.direction);
-            // A copy left by a daemon that was killed in netlink mode; NotFound is the norm.
-            let _ = tc::qdisc_detach_program(name, hook, program.function);
+            if !self.use_tcx {
+                // A copy left by a daemon that was killed in netlink mode; NotFound is the norm.
+                let _ = tc::qdisc_detach_program(name, hook, program.function);
+            }
             if !self.use_tcx && !attached.added_clsact {
                 attached.added_clsact = add_clsact(name)?;
             }
@@ -307,6 +371,30 @@ impl Attachments {
         }
     }
 
+    /// Netlink mode, an interface this daemon holds nothing on yet: removes every filter of
+    /// cniguard's programs a killed daemon left there and, if that left the clsact qdisc
+    /// empty, the qdisc too (the attach then adds it again, as this daemon's). A qdisc
+    /// with another program's filter stays.
+    async fn remove_leftovers(&self, interface: &Interface) {
+        let mut removed = 0;
+        for probe in &self.probes {
+            for program in probe.programs() {
+                if tc::qdisc_detach_program(&interface.name, hook(program.direction), program.function)
+                    .is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        if removed == 0 {
+            return;
+        }
+        tracing::info!(interface = %interface.name, filters = removed, "removed filters a previous cniguard left");
+        if let Err(err) = self.remove_clsact_if_unused(interface.index).await {
+            tracing::warn!(interface = %interface.name, "could not check or remove the clsact qdisc a previous cniguard left: {err:#}");
+        }
+    }
+
     /// Removes the clsact qdisc from `index` unless another filter still hangs on it.
     async fn remove_clsact_if_unused(&self, index: u32) -> Result<()> {
         let index = i32::try_from(index)?;
@@ -328,6 +416,20 @@ impl Attachments {
         delete.message_mut().header.handle = TcHandle { major: 0xffff, minor: 0 };
         delete.execute().await?;
         Ok(())
+    }
+}
+
+/// How long to wait before attempt `failures + 1`: [`RETRY_FIRST`], doubling, at most
+/// [`RETRY_MAX`].
+fn retry_wait(failures: u32) -> Duration {
+    RETRY_FIRST.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(RETRY_MAX)
+}
+
+/// Whether `interface` is really gone: the kernel no longer has its name at its index.
+fn vanished(interface: &Interface) -> bool {
+    match nix::net::if_::if_nametoindex(interface.name.as_str()) {
+        Ok(index) => index != interface.index,
+        Err(errno) => errno == nix::errno::Errno::ENODEV,
     }
 }
 
@@ -380,5 +482,17 @@ fn tc_errno(err: &tc::TcError) -> Option<i32> {
         tc::TcError::NetlinkError(err) => err.raw_os_error(),
         tc::TcError::IoError(err) => err.raw_os_error(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_from_one_second_to_thirty() {
+        let waits: Vec<u64> = (1..=8).map(|n| retry_wait(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(retry_wait(u32::MAX), RETRY_MAX);
     }
 }

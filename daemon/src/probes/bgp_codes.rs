@@ -1,5 +1,9 @@
 //! Names of BGP NOTIFICATION error codes and subcodes (RFC 4271 section 4.5, RFC 4486,
-//! RFC 7313, RFC 8538), for labels and log lines.
+//! RFC 7313, RFC 8538), for labels and log lines. Labels take only the named values plus
+//! `other`, so random codes on the wire cannot grow the series without bound.
+
+/// The label value of a code or subcode without a name.
+pub const OTHER: &str = "other";
 
 /// The `code` label value.
 #[must_use]
@@ -12,15 +16,19 @@ pub fn code_name(code: u8) -> &'static str {
         5 => "fsm_error",
         6 => "cease",
         7 => "route_refresh_message_error",
-        _ => "unknown",
+        _ => OTHER,
     }
 }
 
-/// The `subcode` label value: its name where the code defines one, else the number.
+/// The `subcode` label value: its name where the code defines one, else `other`.
 #[must_use]
-pub fn subcode_name(code: u8, subcode: u8) -> String {
-    let name = match (code, subcode) {
-        (_, 0) => Some("unspecific"),
+pub fn subcode_name(code: u8, subcode: u8) -> &'static str {
+    subcode_known(code, subcode).unwrap_or(OTHER)
+}
+
+fn subcode_known(code: u8, subcode: u8) -> Option<&'static str> {
+    match (code, subcode) {
+        (1..=7, 0) => Some("unspecific"),
         (1, 1) => Some("connection_not_synchronized"),
         (1, 2) => Some("bad_message_length"),
         (1, 3) => Some("bad_message_type"),
@@ -52,14 +60,18 @@ pub fn subcode_name(code: u8, subcode: u8) -> String {
         (6, 10) => Some("bfd_down"),
         (7, 1) => Some("invalid_message_length"),
         _ => None,
-    };
-    name.map_or_else(|| subcode.to_string(), str::to_owned)
+    }
 }
 
-/// A readable reason for a log line: `cease / administrative shutdown`.
+/// A readable reason for a log line: `cease / administrative shutdown`; numbers where
+/// there is no name.
 #[must_use]
 pub fn describe(code: u8, subcode: u8) -> String {
-    format!("{} / {}", code_name(code).replace('_', " "), subcode_name(code, subcode).replace('_', " "))
+    let code_text =
+        if code_name(code) == OTHER { format!("code {code}") } else { code_name(code).replace('_', " ") };
+    let subcode_text = subcode_known(code, subcode)
+        .map_or_else(|| format!("subcode {subcode}"), |name| name.replace('_', " "));
+    format!("{code_text} / {subcode_text}")
 }
 
 #[cfg(test)]
@@ -71,7 +83,20 @@ mod tests {
         assert_eq!(code_name(6), "cease");
         assert_eq!(subcode_name(6, 2), "administrative_shutdown");
         assert_eq!(describe(6, 2), "cease / administrative shutdown");
-        assert_eq!(subcode_name(6, 200), "200");
-        assert_eq!(code_name(99), "unknown");
+        assert_eq!(subcode_name(6, 200), OTHER);
+        assert_eq!(code_name(99), OTHER);
+        assert_eq!(subcode_name(99, 0), OTHER, "an unknown code has no unspecific subcode");
+        assert_eq!(describe(99, 7), "code 99 / subcode 7");
+    }
+
+    #[test]
+    fn every_code_and_subcode_maps_into_a_bounded_label_set() {
+        let mut pairs = std::collections::BTreeSet::new();
+        for code in 0..=u8::MAX {
+            for subcode in 0..=u8::MAX {
+                pairs.insert((code_name(code), subcode_name(code, subcode)));
+            }
+        }
+        assert_eq!(pairs.len(), 45);
     }
 }

@@ -3,10 +3,13 @@
 //! skb_drop_reason`: the numbers differ between kernels). A sampled few drops are resolved
 //! to the kernel function they happened in (/proc/kallsyms), logged, and counted for the
 //! busiest locations.
+//!
+//! Entries of interfaces and namespaces that are gone are taken out of the map every
+//! [`RECLAIM_EVERY`]: their series leave /metrics with them, and churn cannot fill the map.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
@@ -18,7 +21,7 @@ use prometheus::proto::MetricFamily;
 use tokio::io::unix::AsyncFd;
 
 use super::registry::{Need, ProbeSpec, Started};
-use super::shared::{attach_raw_tracepoint, summed};
+use super::shared::{LogBudget, attach_raw_tracepoint, summed};
 use crate::judgement::signals::{SignalSource, Totals};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::btf::Btf;
@@ -27,8 +30,11 @@ use crate::node::namespaces::{self, InterfaceResolver, SharedInventory};
 pub const NAME: &str = "drops";
 const LABELS: &[&str] = &["reason", "interface", "netns", "protocol"];
 const LOCATION_LABELS: &[&str] = &["reason", "function"];
-/// How often the same reason at the same function is logged.
+/// Sampled drop log lines: this many at once, then one per minute (the rest counted).
+const LOG_BURST: u32 = 10;
 const LOG_EVERY: Duration = Duration::from_mins(1);
+/// How often entries of gone interfaces and namespaces are reclaimed.
+pub const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Drops {
     _link: RawTracePointLink,
@@ -38,6 +44,8 @@ pub struct Drops {
     top_locations: usize,
     inventory: SharedInventory,
     interfaces: InterfaceResolver,
+    /// Namespaces seen in the inventory: once one leaves it, its entries go.
+    known_namespaces: Mutex<HashSet<u64>>,
 }
 
 impl Drops {
@@ -78,15 +86,85 @@ impl Drops {
             top_locations,
             inventory,
             interfaces,
+            known_namespaces: Mutex::default(),
         });
-        follow(events, probe.clone(), Symbols::load())?;
+        let budget = LogBudget::new("drop", LOG_BURST, LOG_EVERY, &metrics.registry)?;
+        follow(events, probe.clone(), Symbols::load(), budget)?;
+        let reclaimer = probe.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RECLAIM_EVERY);
+            loop {
+                tick.tick().await;
+                let reclaimer = reclaimer.clone();
+                // Entering namespaces blocks: off the runtime's threads.
+                let _ = tokio::task::spawn_blocking(move || reclaimer.reclaim()).await;
+            }
+        });
         metrics.registry.register(Box::new(DropsCollector::new(probe.clone())))?;
         Ok(probe)
+    }
+
+    /// Removes the entries of interfaces that no longer exist and of namespaces that left
+    /// the inventory. The kernel is asked (by index, in the namespace), so an interface
+    /// too new for the daemon's table is never taken for gone.
+    fn reclaim(&self) {
+        let keys: Vec<DropKey> = self
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .filter_map(Result::ok)
+            .collect();
+        let mut by_namespace: HashMap<u64, Vec<DropKey>> = HashMap::new();
+        for key in keys.into_iter().filter(|k| k.netns != 0) {
+            by_namespace.entry(key.netns).or_default().push(key);
+        }
+        let inventory = namespaces::read(&self.inventory).clone();
+        let mut known = self.known_namespaces.lock().unwrap_or_else(PoisonError::into_inner);
+        known.extend(inventory.by_cookie.keys().copied());
+        let mut stale = Vec::new();
+        for (cookie, keys) in by_namespace {
+            let Some(namespace) = inventory.by_cookie.get(&cookie) else {
+                if known.contains(&cookie) {
+                    stale.extend(keys);
+                }
+                continue;
+            };
+            let indexes: HashSet<u32> = keys.iter().map(|k| k.ifindex).filter(|i| *i != 0).collect();
+            let gone = |indexes: HashSet<u32>| -> HashSet<u32> {
+                indexes.into_iter().filter(|i| !interface_exists(*i)).collect()
+            };
+            let gone = if namespace.own {
+                Some(gone(indexes))
+            } else {
+                namespaces::in_namespace(&namespace.path, move || gone(indexes))
+            };
+            let Some(gone) = gone else { continue };
+            stale.extend(keys.into_iter().filter(|k| gone.contains(&k.ifindex)));
+        }
+        known.retain(|cookie| inventory.by_cookie.contains_key(cookie));
+        drop(known);
+        if stale.is_empty() {
+            return;
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        for key in &stale {
+            let _ = counts.remove(key);
+        }
+        tracing::debug!(entries = stale.len(), "drop counts of gone interfaces and namespaces reclaimed");
     }
 
     fn reason(&self, reason: u32) -> String {
         self.reasons.get(&reason).cloned().unwrap_or_else(|| reason.to_string())
     }
+}
+
+/// Whether the calling thread's namespace has an interface `index`. (nix's
+/// `if_indextoname` answers an empty name for a missing one: libc is asked directly.)
+fn interface_exists(index: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
+    !unsafe { libc::if_indextoname(index, name.as_mut_ptr()) }.is_null()
 }
 
 /// The `protocol` label value of an ethertype (in host order).
@@ -135,13 +213,12 @@ impl Symbols {
 }
 
 /// Counts and logs the sampled drops, for as long as the daemon runs.
-fn follow(ring: RingBuf<MapData>, probe: Arc<Drops>, symbols: Symbols) -> Result<()> {
+fn follow(ring: RingBuf<MapData>, probe: Arc<Drops>, symbols: Symbols, budget: LogBudget) -> Result<()> {
     // SAFETY: the ring buffer owns its fd, which stays open and the same while it lives, and
     // the AsyncFd owns the ring buffer.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|err| anyhow::anyhow!("polling the drop ring buffer: {err}"))?;
     tokio::spawn(async move {
-        let mut logged: HashMap<(String, String), Instant> = HashMap::new();
         loop {
             let Ok(mut guard) = ring.readable_mut().await else { return };
             while let Some(item) = guard.get_inner_mut().next() {
@@ -159,22 +236,19 @@ fn follow(ring: RingBuf<MapData>, probe: Arc<Drops>, symbols: Symbols) -> Result
                     .locations
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .entry((reason.clone(), function.clone()))
+                    .entry((reason.clone(), function))
                     .or_default() += 1;
-                let key = (reason.clone(), function);
-                if logged.get(&key).is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-                    logged.insert(key, Instant::now());
-                    let netns = namespaces::read(&probe.inventory)
-                        .label(event.netns)
-                        .unwrap_or_else(|| "unknown".into());
-                    tracing::info!(
-                        reason,
-                        netns,
-                        ifindex = event.ifindex,
-                        protocol = protocol(event.protocol),
-                        "packet dropped at {place}"
-                    );
-                }
+                let Some(suppressed) = budget.allow() else { continue };
+                let netns =
+                    namespaces::read(&probe.inventory).label(event.netns).unwrap_or_else(|| "unknown".into());
+                tracing::info!(
+                    reason,
+                    netns,
+                    ifindex = event.ifindex,
+                    protocol = protocol(event.protocol),
+                    suppressed,
+                    "packet dropped at {place}"
+                );
             }
             guard.clear_ready();
         }

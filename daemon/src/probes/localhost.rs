@@ -42,13 +42,14 @@ const FAILURE_LABELS: &[&str] = &["netns", "port", "reason"];
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LocalhostConfig {
-    /// Server ports whose loopback connections are measured (MLServer: 9500, 8080, 8081).
+    /// Server ports whose loopback connections are measured: MLServer's as Seldon Core v2
+    /// runs it (HTTP 9000, gRPC 9500) and standalone (8080, 8081).
     pub ports: Vec<u16>,
     /// A SYN unanswered this long is a `timeout` failure.
     pub connect_timeout_seconds: u64,
     /// A connection silent this long is forgotten (its state reclaimed).
     pub idle_timeout_seconds: u64,
-    /// The active check, like the runbook's `curl 127.0.0.1:9500/v2/health/ready`
+    /// The active check, HTTP `GET /v2/health/ready` on 9000 and gRPC `ServerReady` on 9500
     /// (`checks::health` owns it).
     pub check: HealthCheckConfig,
 }
@@ -56,7 +57,7 @@ pub struct LocalhostConfig {
 impl Default for LocalhostConfig {
     fn default() -> Self {
         Self {
-            ports: vec![9500, 8080, 8081],
+            ports: vec![9000, 9500, 8080, 8081],
             connect_timeout_seconds: 3,
             idle_timeout_seconds: 600,
             check: HealthCheckConfig::default(),

@@ -186,3 +186,99 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
     u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
+
+/// A budget for per-event log lines (a NOTIFICATION, a sampled drop): `burst` lines at
+/// once, then one per `every`; lines over budget are not written but counted, in
+/// `cniguard_log_lines_suppressed_total{event}` and in the next line written
+/// (`suppressed = N`). A flood thus costs a few lines a minute, and says what it hid.
+pub struct LogBudget {
+    burst: u32,
+    every: std::time::Duration,
+    state: Mutex<BudgetState>,
+    suppressed: prometheus::IntCounter,
+}
+
+struct BudgetState {
+    tokens: u32,
+    refilled: std::time::Instant,
+    suppressed_since_last: u64,
+}
+
+impl LogBudget {
+    /// A budget for `event`, its suppressed count registered in `registry` (one series of
+    /// `cniguard_log_lines_suppressed_total` per event, each budget its own).
+    ///
+    /// # Errors
+    /// If `event` already has a budget in `registry`.
+    pub fn new(
+        event: &str,
+        burst: u32,
+        every: std::time::Duration,
+        registry: &prometheus::Registry,
+    ) -> Result<Self> {
+        let def = &crate::metrics::catalogue::LOG_LINES_SUPPRESSED_TOTAL;
+        let suppressed = prometheus::IntCounter::with_opts(
+            prometheus::Opts::new(def.name, def.help).const_label(def.labels[0], event),
+        )?;
+        registry.register(Box::new(suppressed.clone()))?;
+        Ok(Self {
+            burst,
+            every,
+            state: Mutex::new(BudgetState {
+                tokens: burst,
+                refilled: std::time::Instant::now(),
+                suppressed_since_last: 0,
+            }),
+            suppressed,
+        })
+    }
+
+    /// `Some(n)` if a line may be written now, `n` the lines suppressed since the last one;
+    /// `None` (and counted) if not.
+    pub fn allow(&self) -> Option<u64> {
+        self.allow_at(std::time::Instant::now())
+    }
+
+    fn allow_at(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let every = self.every.as_nanos().max(1);
+        let earned = now.saturating_duration_since(state.refilled).as_nanos() / every;
+        if earned > 0 {
+            let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+            state.tokens = state.tokens.saturating_add(earned).min(self.burst);
+            state.refilled = now;
+        }
+        if state.tokens == 0 {
+            state.suppressed_since_last += 1;
+            self.suppressed.inc();
+            return None;
+        }
+        state.tokens -= 1;
+        Some(std::mem::take(&mut state.suppressed_since_last))
+    }
+}
+
+#[cfg(test)]
+mod log_budget_tests {
+    use std::time::{Duration, Instant};
+
+    use super::LogBudget;
+
+    #[test]
+    fn a_flood_writes_the_burst_then_one_line_per_interval_with_the_count_it_hid() {
+        let registry = prometheus::Registry::new();
+        let budget = LogBudget::new("test", 3, Duration::from_secs(10), &registry).unwrap();
+        let other = LogBudget::new("other_test", 3, Duration::from_secs(10), &registry).unwrap();
+        assert_eq!(other.allow_at(Instant::now()), Some(0));
+        let start = Instant::now();
+        let allowed: Vec<Option<u64>> = (0..1000).map(|_| budget.allow_at(start)).collect();
+        assert_eq!(allowed.iter().filter(|a| a.is_some()).count(), 3);
+        assert_eq!(budget.suppressed.get(), 997);
+        let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+        assert!(text.contains("cniguard_log_lines_suppressed_total{event=\"test\"} 997"), "{text}");
+        assert!(text.contains("cniguard_log_lines_suppressed_total{event=\"other_test\"} 0"), "{text}");
+        assert_eq!(budget.allow_at(start + Duration::from_secs(10)), Some(997));
+        assert_eq!(budget.allow_at(start + Duration::from_secs(10)), None);
+        assert_eq!(budget.allow_at(start + Duration::from_secs(25)), Some(1));
+    }
+}

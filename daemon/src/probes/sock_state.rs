@@ -117,6 +117,13 @@ impl SockState {
                 }
             }
         }
+        {
+            // Real peers come first for label slots.
+            let sessions = sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            for peer in sessions.peers.iter().filter(|p| session_up(&sessions, **p)) {
+                peers.set_established(*peer, true);
+            }
+        }
         let transitions = catalogue::BGP_SESSION_TRANSITIONS_TOTAL.int_counter_vec()?;
         let connections = catalogue::TCP_CONNECTIONS_TOTAL.int_counter_vec()?;
         metrics.registry.register(Box::new(transitions.clone()))?;
@@ -188,6 +195,8 @@ impl EventHandler {
         }
         let is_up = session_up(&sessions, peer);
         if was_up != is_up {
+            // Real peers come first for label slots.
+            self.peers.set_established(peer, is_up);
             let state = if is_up { "established" } else { "down" };
             tracing::info!(peer = %peer, "BGP session {state}");
         }

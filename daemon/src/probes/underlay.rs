@@ -8,19 +8,21 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
-use aya::maps::{HashMap, MapData, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuHashMap, RingBuf};
 use probe_common::Direction;
 use probe_common::counters::PacketCount;
-use probe_common::underlay::{BgpKey, BgpMessageKind, BgpNotificationEvent, VxlanKey, VxlanMalformedKey};
+use probe_common::underlay::{
+    BGP_FILTER_ON, BgpKey, BgpMessageKind, BgpNotificationEvent, VxlanKey, VxlanMalformedKey,
+};
 use prometheus::IntCounterVec;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use tokio::io::unix::AsyncFd;
 
 use super::registry::{ProbeSpec, Started};
-use super::shared::monotonic_ns;
+use super::shared::{LogBudget, monotonic_ns};
 use super::{InterfaceProbe, TcProgram};
-use crate::metrics::labels::PeerLabels;
+use crate::metrics::labels::{self, PeerLabels};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::interfaces::AttachedInterfaces;
 use crate::node::interfaces::{Interface, InterfaceSelector, InterfaceTable};
@@ -41,6 +43,9 @@ const VXLAN_LABELS: &[&str] = &["interface", "direction", "port", "vni", "peer"]
 const MALFORMED_LABELS: &[&str] = &["interface", "port"];
 const BGP_LABELS: &[&str] = &["peer", "direction", "type"];
 const PEER_LABEL: &[&str] = &["peer"];
+/// NOTIFICATION log lines: this many at once, then one per minute (the rest counted).
+const NOTIFICATION_LOG_BURST: u32 = 10;
+const NOTIFICATION_LOG_EVERY: std::time::Duration = std::time::Duration::from_mins(1);
 
 pub struct Underlay {
     ports: Mutex<HashMap<MapData, u16, u8>>,
@@ -49,6 +54,8 @@ pub struct Underlay {
     malformed: Mutex<PerCpuHashMap<MapData, VxlanMalformedKey, u64>>,
     bgp: Mutex<PerCpuHashMap<MapData, BgpKey, u64>>,
     last_seen: Mutex<PerCpuHashMap<MapData, [u8; 4], u64>>,
+    /// `BGP_FILTER`, held open for the programs loaded after it.
+    _filter: Array<MapData, u32>,
     selector: InterfaceSelector,
     attached: AttachedInterfaces,
     peers: Arc<PeerLabels>,
@@ -91,6 +98,9 @@ impl Underlay {
     ) -> Result<Arc<dyn InterfaceProbe>> {
         let mut take =
             |name: &str| ebpf.take_map(name).with_context(|| format!("the eBPF object has no {name} map"));
+        // Key BGP messages by peer only for segments of sockets past their handshake.
+        let mut filter: Array<MapData, u32> = Array::try_from(take("BGP_FILTER")?)?;
+        filter.set(0, BGP_FILTER_ON, 0).context("turning on the BGP socket filter")?;
         let probe = Arc::new(Self {
             ports: Mutex::new(HashMap::try_from(take("VXLAN_PORTS")?)?),
             configured_ports,
@@ -98,6 +108,7 @@ impl Underlay {
             malformed: Mutex::new(PerCpuHashMap::try_from(take("VXLAN_MALFORMED")?)?),
             bgp: Mutex::new(PerCpuHashMap::try_from(take("BGP_STATS")?)?),
             last_seen: Mutex::new(PerCpuHashMap::try_from(take("BGP_LAST_SEEN")?)?),
+            _filter: filter,
             selector,
             attached: attached.clone(),
             peers: peers.clone(),
@@ -105,7 +116,19 @@ impl Underlay {
         probe.set_ports(&BTreeSet::new());
         let notifications = catalogue::BGP_NOTIFICATIONS_TOTAL.int_counter_vec()?;
         metrics.registry.register(Box::new(notifications.clone()))?;
-        read_notifications(RingBuf::try_from(take("BGP_EVENTS")?)?, notifications, attached.clone(), peers)?;
+        let budget = LogBudget::new(
+            "bgp_notification",
+            NOTIFICATION_LOG_BURST,
+            NOTIFICATION_LOG_EVERY,
+            &metrics.registry,
+        )?;
+        read_notifications(
+            RingBuf::try_from(take("BGP_EVENTS")?)?,
+            notifications,
+            budget,
+            attached.clone(),
+            peers,
+        )?;
         metrics.registry.register(Box::new(UnderlayCollector::new(probe.clone())))?;
         Ok(probe)
     }
@@ -171,10 +194,13 @@ impl InterfaceProbe for Underlay {
     }
 }
 
-/// Counts and logs every NOTIFICATION the programs report, for as long as the daemon runs.
+/// Counts every NOTIFICATION the programs report, and logs them within `budget`, for as
+/// long as the daemon runs. Those from sources without an established socket count under
+/// `peer="unknown"`.
 fn read_notifications(
     ring: RingBuf<MapData>,
     counter: IntCounterVec,
+    budget: LogBudget,
     attached: AttachedInterfaces,
     peers: Arc<PeerLabels>,
 ) -> Result<()> {
@@ -190,14 +216,22 @@ fn read_notifications(
                 let peer = Ipv4Addr::from(event.peer);
                 let (code, subcode) =
                     (bgp_codes::code_name(event.code), bgp_codes::subcode_name(event.code, event.subcode));
-                let label = peers.label(catalogue::BGP_NOTIFICATIONS_TOTAL.name, peer);
-                counter.with_label_values(&[label.as_str(), code, subcode.as_str()]).inc();
+                let label = if event.established == 0 {
+                    labels::UNKNOWN.to_owned()
+                } else {
+                    peers.label(catalogue::BGP_NOTIFICATIONS_TOTAL.name, peer)
+                };
+                counter.with_label_values(&[label.as_str(), code, subcode]).inc();
+                let Some(suppressed) = budget.allow() else { continue };
                 let interface = attached.name(event.ifindex).unwrap_or_else(|| event.ifindex.to_string());
                 let sent =
                     if event.direction == Direction::Ingress as u8 { "received from" } else { "sent to" };
+                let established = event.established != 0;
                 tracing::warn!(
                     peer = %peer,
                     interface,
+                    established,
+                    suppressed,
                     "BGP NOTIFICATION {sent} {peer}: {} (code {}, subcode {})",
                     bgp_codes::describe(event.code, event.subcode),
                     event.code,

@@ -10,6 +10,7 @@ pub mod cniguard;
 pub mod dataplane;
 pub mod exposition;
 pub mod lab;
+pub mod mlserver;
 pub mod names;
 pub mod netns;
 pub mod privileges;

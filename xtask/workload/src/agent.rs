@@ -213,6 +213,36 @@ impl Client {
     }
 }
 
+/// One HTTP/1.1 keep-alive connection of the Seldon agent's (`seldon_agent`): the same
+/// client as the health-check loop's, one request at a time.
+pub(crate) struct KeepAlive(Connection);
+
+impl KeepAlive {
+    pub(crate) async fn open(address: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(address).await?;
+        Ok(Self(Connection { stream, buffer: Vec::with_capacity(4096), requests: 0 }))
+    }
+
+    /// Sends `request` and reads the whole response: its status, and whether the
+    /// connection stays open. `Err(true)` when the peer reset or closed it.
+    pub(crate) async fn call(&mut self, request: &[u8]) -> Result<(u16, bool), (bool, String)> {
+        match self.0.exchange(request).await {
+            Ok(response) => Ok((response.status, response.keep_alive)),
+            Err(ExchangeError::Reset) => Err((true, "reset".into())),
+            Err(ExchangeError::Other(message)) => Err((false, message)),
+        }
+    }
+}
+
+/// A V2 inference `POST` with a JSON body, keep-alive.
+pub(crate) fn post_bytes(target: &str, path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: cniguard-workload\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 enum ExchangeError {
     /// The peer reset or closed the connection before the whole response.
     Reset,

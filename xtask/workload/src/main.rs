@@ -5,6 +5,7 @@
 mod agent;
 mod dns;
 mod mlserver;
+mod seldon_agent;
 mod stats;
 mod udp;
 
@@ -24,10 +25,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// A Seldon MLServer stand-in: V2 health and inference endpoints.
+    /// A Seldon MLServer stand-in: V2 health and inference endpoints over HTTP/1.1 (where
+    /// the real MLServer cannot do the job: a server on any address a test names, with
+    /// exact counts of what it answered, started in milliseconds).
     Mlserver(mlserver::Args),
     /// The Seldon agent: HTTP/1.1 requests to its MLServer at a fixed rate.
     Agent(agent::Args),
+    /// The Seldon v2 agent against the real MLServer: gRPC readiness, model load and
+    /// concurrent ModelInfer streams on one connection, HTTP/1.1 keep-alive infer.
+    SeldonAgent(seldon_agent::Args),
     /// DNS A queries over UDP at a fixed rate.
     DnsClient(dns::Args),
     /// UDP datagrams at a fixed rate.
@@ -99,6 +105,7 @@ fn main() -> ExitCode {
     let kind = match &cli.command {
         Command::Mlserver(_) => mlserver::KIND,
         Command::Agent(_) => agent::KIND,
+        Command::SeldonAgent(_) => seldon_agent::KIND,
         Command::DnsClient(_) => dns::KIND,
         Command::UdpSend(_) => udp::SEND_KIND,
         Command::UdpSink(_) => udp::SINK_KIND,
@@ -117,6 +124,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Mlserver(args) => mlserver::run(args, shutdown).await,
             Command::Agent(args) => agent::run(args, shutdown).await,
+            Command::SeldonAgent(args) => seldon_agent::run(args, shutdown).await,
             Command::DnsClient(args) => dns::run(args, shutdown).await,
             Command::UdpSend(args) => udp::send(args, shutdown).await,
             Command::UdpSink(args) => udp::sink(args, shutdown).await,

@@ -9,6 +9,13 @@
 //! kept in `<state dir>/triggers.json`: a restart never forgets a failure that has lasted
 //! 29 minutes.
 //!
+//! No data (no check results yet, or only stale ones; no baseline window yet) is not a
+//! reading: the trigger's state is left exactly as it is, neither advanced nor cleared, and
+//! the trigger shows `no_data` and does not recommend a rollback, even if it was active,
+//! until fresh inputs judge it again. So a state carried over a restart waits for the first
+//! fresh inputs, and a state read at start-up must be plausible (no time in the future or
+//! before the node's phase record) or the file is set aside.
+//!
 //! | trigger | runbook | value |
 //! |---|---|---|
 //! | `connectivity_lost` | network connectivity failures lasting more than 30 minutes | peer nodes whose every pod-to-pod check fails |
@@ -134,8 +141,22 @@ pub struct Inputs {
 }
 
 impl Rule {
-    /// The rule's value now, or `None` when there is nothing to judge it on (no checks
-    /// configured, no DNS queries in the window...): then it does not hold.
+    /// Whether the rule applies at all now: `pod_to_pod_not_restored` only once its restore
+    /// deadline after a phase change has passed. A rule that does not apply reads as a
+    /// value at zero (it clears); one that applies but has no reading has no data.
+    #[must_use]
+    pub fn applies(&self, inputs: &Inputs) -> bool {
+        match self.name {
+            TriggerName::PodToPodNotRestored => {
+                inputs.since_phase_change.is_some_and(|since| since >= self.restore_deadline_seconds)
+            }
+            _ => true,
+        }
+    }
+
+    /// The rule's value now, or `None` when it does not apply ([`Rule::applies`]) or there
+    /// is nothing to judge it on (no checks configured or fresh, no DNS queries in the
+    /// window...): then it does not hold.
     #[must_use]
     pub fn read(&self, inputs: &Inputs) -> Option<Reading> {
         match self.name {
@@ -250,12 +271,13 @@ impl TriggerState {
         self.active_since.is_some()
     }
 
-    /// Advances the state to `now` given the rule's reading; returns whether it became
-    /// active (`Some(true)`) or cleared (`Some(false)`).
+    /// Advances the state to `now` given the rule's reading (`None`: the rule does not
+    /// apply, which clears like a value at zero); returns whether it became active
+    /// (`Some(true)`) or cleared (`Some(false)`). No data is never stepped: see
+    /// [`Triggers::evaluate`].
     pub fn step(&mut self, rule: &Rule, reading: Option<&Reading>, now: f64) -> Option<bool> {
         let value = reading.map(|r| r.value);
         let holds = value.is_some_and(|v| v > rule.threshold);
-        // No data clears like a value at zero would: nothing left to judge it on.
         let clears = value.is_none_or(|v| v <= rule.clear_threshold);
         if holds {
             let since = *self.holding_since.get_or_insert(now);
@@ -287,7 +309,38 @@ impl TriggerState {
     pub fn pending_seconds(&self, now: f64) -> f64 {
         self.holding_since.map_or(0.0, |since| (now - since).max(0.0))
     }
+
+    /// Whether a state read from disk can be true at `now`, for a node whose phase record
+    /// starts at `not_before`: every time finite, not in the future, not before the record;
+    /// clearing only while active, and not before it became active.
+    fn plausible(&self, now: f64, not_before: Option<f64>) -> Result<(), String> {
+        for (field, time) in [
+            ("holding_since", self.holding_since),
+            ("active_since", self.active_since),
+            ("clearing_since", self.clearing_since),
+        ] {
+            let Some(time) = time else { continue };
+            if !time.is_finite() || time > now + CLOCK_SKEW_SECONDS {
+                return Err(format!("{field} {time} is in the future (now {now:.0})"));
+            }
+            if let Some(not_before) = not_before
+                && time < not_before
+            {
+                return Err(format!("{field} {time} is before the node's phase record ({not_before:.0})"));
+            }
+        }
+        match (self.active_since, self.clearing_since) {
+            (None, Some(_)) => Err("clearing_since without active_since".into()),
+            (Some(active), Some(clearing)) if clearing < active => {
+                Err(format!("clearing_since {clearing} is before active_since {active}"))
+            }
+            _ => Ok(()),
+        }
+    }
 }
+
+/// How far ahead of this node's clock a carried time may be (a clock stepped back by NTP).
+const CLOCK_SKEW_SECONDS: f64 = 60.0;
 
 /// Everything `cniguard status` shows about one trigger.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -308,6 +361,9 @@ pub struct Triggers {
     rules: Vec<Rule>,
     states: BTreeMap<TriggerName, TriggerState>,
     readings: BTreeMap<TriggerName, Option<Reading>>,
+    /// The rules the latest evaluation had no data for (all of them before the first): their
+    /// states are kept as they are, and none of them recommends a rollback.
+    no_data: std::collections::BTreeSet<TriggerName>,
     file: StateFile,
     evaluated_at: f64,
 }
@@ -316,11 +372,23 @@ pub struct Triggers {
 pub type SharedTriggers = std::sync::Arc<std::sync::Mutex<Triggers>>;
 
 impl Triggers {
-    /// Loads the states kept from before a restart (see `state_file`).
+    /// Loads the states kept from before a restart (see `state_file`), if plausible for a
+    /// node whose phase record starts at `not_before`.
     #[must_use]
-    pub fn load(rules: Vec<Rule>, file: StateFile) -> Self {
-        let states: BTreeMap<TriggerName, TriggerState> =
-            file.load(|_: &BTreeMap<TriggerName, TriggerState>| Ok(())).unwrap_or_default();
+    pub fn load(rules: Vec<Rule>, file: StateFile, not_before: Option<f64>) -> Self {
+        Self::load_at(rules, file, unix_now(), not_before)
+    }
+
+    /// [`Triggers::load`] at `now`.
+    #[must_use]
+    pub fn load_at(rules: Vec<Rule>, file: StateFile, now: f64, not_before: Option<f64>) -> Self {
+        let states: BTreeMap<TriggerName, TriggerState> = file
+            .load(|states: &BTreeMap<TriggerName, TriggerState>| {
+                states.iter().try_for_each(|(trigger, state)| {
+                    state.plausible(now, not_before).map_err(|why| format!("{}: {why}", trigger.label()))
+                })
+            })
+            .unwrap_or_default();
         for (trigger, state) in &states {
             if state.holding_since.is_some() || state.is_active() {
                 tracing::info!(
@@ -330,7 +398,8 @@ impl Triggers {
                 );
             }
         }
-        Self { rules, states, readings: BTreeMap::new(), file, evaluated_at: 0.0 }
+        let no_data = rules.iter().map(|rule| rule.name).collect();
+        Self { rules, states, readings: BTreeMap::new(), no_data, file, evaluated_at: now }
     }
 
     /// Evaluates every rule at `now`; returns what became active or cleared.
@@ -339,6 +408,14 @@ impl Triggers {
         let before = self.states.clone();
         for rule in &self.rules {
             let reading = rule.read(inputs);
+            if reading.is_none() && rule.applies(inputs) {
+                // No data: nothing to judge on, so the state (carried over a restart, or
+                // kept through a gap) is left as it is, neither advanced nor cleared.
+                self.no_data.insert(rule.name);
+                self.readings.insert(rule.name, None);
+                continue;
+            }
+            self.no_data.remove(&rule.name);
             let state = self.states.entry(rule.name).or_default();
             if let Some(active) = state.step(rule, reading.as_ref(), now) {
                 let detail = reading.as_ref().map_or_else(|| "no data".to_owned(), |r| r.detail.clone());
@@ -358,6 +435,7 @@ impl Triggers {
     pub fn rollback_recommended(&self) -> bool {
         self.rules.iter().any(|rule| {
             rule.severity == Severity::Rollback
+                && !self.no_data.contains(&rule.name)
                 && self.states.get(&rule.name).is_some_and(TriggerState::is_active)
         })
     }
@@ -370,7 +448,9 @@ impl Triggers {
             .map(|rule| {
                 let state = self.states.get(&rule.name).copied().unwrap_or_default();
                 let reading = self.readings.get(&rule.name).cloned().flatten();
+                let no_data = self.no_data.contains(&rule.name) && state != TriggerState::default();
                 let label = match (state.is_active(), state.holding_since, state.clearing_since) {
+                    _ if no_data => "no_data",
                     (true, _, Some(_)) => "clearing",
                     (true, _, None) => "active",
                     (false, Some(_), _) => "pending",
@@ -401,17 +481,29 @@ pub fn gather(
     baselines: &SharedBaselines,
     phase: &SharedPhase,
 ) -> Inputs {
+    gather_at(rules, checks, baselines, phase, Instant::now())
+}
+
+/// [`gather`] at `now`. A target whose latest result is stale (the `from` pod vanished,
+/// rounds stopped) is left out, as if it had no result: no data, never a failure.
+#[must_use]
+pub fn gather_at(
+    rules: &[Rule],
+    checks: &SharedResults,
+    baselines: &SharedBaselines,
+    phase: &SharedPhase,
+    now: Instant,
+) -> Inputs {
     let mut inputs = Inputs::default();
     let window = rules
         .iter()
         .find(|rule| rule.name == TriggerName::PodToPodNotRestored)
         .map_or(300.0, |rule| rule.window_seconds);
-    let window_start =
-        Instant::now().checked_sub(std::time::Duration::from_secs_f64(window)).unwrap_or_else(Instant::now);
+    let window_start = now.checked_sub(std::time::Duration::from_secs_f64(window)).unwrap_or(now);
     {
         let results = checks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (mut failures, mut total) = (0.0, 0.0);
-        for (name, state) in results.iter() {
+        for (name, state) in results.iter().filter(|(_, state)| !state.is_stale(now)) {
             let failed = state.latest() == Some(false);
             match state.check {
                 CheckKind::PodToPod => {
@@ -577,7 +669,7 @@ mod tests {
     fn fires_after_exactly_its_for_and_clears_after_its_clear_time() {
         let dir = crate::state_file::TempDir::new("triggers-for");
         let mut triggers =
-            Triggers::load(vec![rule(TriggerName::ConnectivityLost, 1800.0)], file(dir.path()));
+            Triggers::load(vec![rule(TriggerName::ConnectivityLost, 1800.0)], file(dir.path()), None);
         assert!(triggers.evaluate(&peers(true), 1000.0).is_empty());
         assert!(triggers.evaluate(&peers(true), 2799.0).is_empty(), "1799 s: still pending");
         assert_eq!(triggers.report()[0].pending_seconds, 1799.0);
@@ -601,16 +693,162 @@ mod tests {
     fn a_restart_keeps_the_pending_time() {
         let dir = crate::state_file::TempDir::new("triggers-restart");
         let mut triggers =
-            Triggers::load(vec![rule(TriggerName::ConnectivityLost, 1800.0)], file(dir.path()));
+            Triggers::load(vec![rule(TriggerName::ConnectivityLost, 1800.0)], file(dir.path()), None);
         triggers.evaluate(&peers(true), 1000.0);
         triggers.evaluate(&peers(true), 2740.0);
         drop(triggers);
         // 29 minutes in, the daemon restarts: one minute later the trigger fires.
         let mut restarted =
-            Triggers::load(vec![rule(TriggerName::ConnectivityLost, 1800.0)], file(dir.path()));
+            Triggers::load(vec![rule(TriggerName::ConnectivityLost, 1800.0)], file(dir.path()), None);
         assert!(restarted.evaluate(&peers(true), 2741.0).is_empty());
         assert_eq!(restarted.report()[0].pending_seconds, 1741.0);
         assert_eq!(restarted.evaluate(&peers(true), 2800.0).len(), 1);
+    }
+
+    /// The daemon's first evaluation after a restart runs before any check result or
+    /// baseline window exists: that is no data, and must leave the carried state as it is.
+    #[test]
+    fn a_restart_waits_for_fresh_inputs_and_keeps_the_carried_time() {
+        let dir = crate::state_file::TempDir::new("triggers-restart-no-data");
+        let rules = || vec![rule(TriggerName::ConnectivityLost, 1800.0)];
+        let mut triggers = Triggers::load(rules(), file(dir.path()), None);
+        triggers.evaluate(&peers(true), 1000.0);
+        triggers.evaluate(&peers(true), 2740.0);
+        drop(triggers);
+        let mut restarted = Triggers::load(rules(), file(dir.path()), None);
+        // Ten seconds of evaluations with nothing measured yet.
+        for now in [2745.0, 2750.0, 2755.0] {
+            assert!(restarted.evaluate(&Inputs::default(), now).is_empty());
+        }
+        let report = &restarted.report()[0];
+        assert_eq!((report.state.as_str(), report.pending_seconds), ("no_data", 1755.0));
+        // Not written over: the file still holds since when the failure holds.
+        let kept = Triggers::load(rules(), file(dir.path()), None);
+        assert_eq!(kept.states[&TriggerName::ConnectivityLost].holding_since, Some(1000.0));
+        // The first fresh results still fail: it fires 1800 s after the carried
+        // holding_since (1000), not 1800 s after the restart.
+        assert!(restarted.evaluate(&peers(true), 2799.0).is_empty());
+        assert_eq!(restarted.report()[0].pending_seconds, 1799.0);
+        let fired = restarted.evaluate(&peers(true), 2800.0);
+        assert_eq!(fired.len(), 1);
+        assert!(fired[0].active);
+        assert!(restarted.rollback_recommended());
+    }
+
+    /// Without data an active trigger keeps its state but recommends nothing; fresh
+    /// inputs judge it again from where it was.
+    #[test]
+    fn no_data_neither_fires_clears_nor_recommends() {
+        let dir = crate::state_file::TempDir::new("triggers-gap");
+        let mut triggers =
+            Triggers::load(vec![rule(TriggerName::ConnectivityLost, 60.0)], file(dir.path()), None);
+        triggers.evaluate(&peers(true), 1000.0);
+        assert_eq!(triggers.evaluate(&peers(true), 1060.0).len(), 1);
+        assert!(triggers.rollback_recommended());
+        assert!(triggers.evaluate(&Inputs::default(), 1070.0).is_empty());
+        assert!(!triggers.rollback_recommended(), "no rollback on no data");
+        assert_eq!(triggers.report()[0].state, "no_data");
+        // An hour without data clears nothing.
+        assert!(triggers.evaluate(&Inputs::default(), 4670.0).is_empty());
+        assert!(triggers.evaluate(&peers(true), 4680.0).is_empty(), "still active, no second transition");
+        assert!(triggers.rollback_recommended());
+        assert_eq!(triggers.report()[0].active_seconds, 3620.0);
+    }
+
+    fn forge(dir: &std::path::Path, state: &str) {
+        let text = format!(
+            "{{\"format\":\"{FORMAT}\",\"version\":1,\"node\":\"node-1\",\"body\":{{\"connectivity_lost\":{state}}}}}"
+        );
+        std::fs::write(dir.join("triggers.json"), text).unwrap();
+    }
+
+    /// A hand-edited `active_since: 2` is older than the node's phase record (since 5000):
+    /// the file is set aside, and nothing is recommended; a state from the future too.
+    #[test]
+    fn implausible_carried_states_are_set_aside() {
+        let rules = || vec![rule(TriggerName::ConnectivityLost, 1800.0)];
+        let rejected = |dir: &std::path::Path| {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".rejected-"))
+                .count()
+        };
+        for (forged, why) in [
+            ("{\"holding_since\":2.0,\"active_since\":2.0}", "older than the phase record"),
+            ("{\"holding_since\":20000.0}", "in the future"),
+            ("{\"holding_since\":6000.0,\"clearing_since\":7000.0}", "clearing while not active"),
+        ] {
+            let dir = crate::state_file::TempDir::new("triggers-forged");
+            forge(dir.path(), forged);
+            let mut triggers = Triggers::load_at(rules(), file(dir.path()), 10_000.0, Some(5000.0));
+            assert_eq!(triggers.states.get(&TriggerName::ConnectivityLost), None, "{why}");
+            assert_eq!(rejected(dir.path()), 1, "{why}: set aside");
+            assert!(!triggers.rollback_recommended(), "{why}");
+            // Failing checks now start the trigger afresh: pending, not active.
+            assert!(triggers.evaluate(&peers(true), 10_000.0).is_empty(), "{why}");
+            assert!(!triggers.rollback_recommended(), "{why}");
+            assert_eq!(triggers.report()[0].state, "pending", "{why}");
+        }
+        // A plausible active state is kept, but recommends a rollback only once inputs say so.
+        let dir = crate::state_file::TempDir::new("triggers-carried-active");
+        forge(dir.path(), "{\"holding_since\":6000.0,\"active_since\":7800.0}");
+        let mut triggers = Triggers::load_at(rules(), file(dir.path()), 10_000.0, Some(5000.0));
+        assert_eq!(rejected(dir.path()), 0);
+        assert!(!triggers.rollback_recommended(), "no inputs yet");
+        assert_eq!(triggers.report()[0].state, "no_data");
+        assert!(triggers.evaluate(&Inputs::default(), 10_010.0).is_empty());
+        assert!(!triggers.rollback_recommended(), "still no inputs");
+        assert!(triggers.evaluate(&peers(true), 10_020.0).is_empty());
+        assert!(triggers.rollback_recommended());
+        assert_eq!(triggers.report()[0].active_seconds, 2220.0);
+    }
+
+    /// The `from` pod vanished: the last results (every check to node-2 failing) stay in
+    /// the map, but 31 s after them (3 intervals of 10 s, plus one) they are no data.
+    #[test]
+    fn stale_results_feed_no_trigger() {
+        use std::collections::VecDeque;
+        use std::time::Duration;
+        let start = Instant::now();
+        let state = |peer: &str, ok: bool| crate::checks::TargetState {
+            check: CheckKind::PodToPod,
+            peer: peer.into(),
+            history: VecDeque::from([(start, ok)]),
+            last_failure: None,
+            stale_after: Duration::from_secs(30),
+        };
+        let checks = SharedResults::default();
+        checks.lock().unwrap().insert("node-2".into(), state("node-2", false));
+        checks.lock().unwrap().insert("node-3".into(), state("node-3", true));
+        let (baselines, phase) = (
+            std::sync::Arc::new(std::sync::Mutex::new(crate::judgement::baseline::Baselines::load(
+                StateFile::new(
+                    None,
+                    "b",
+                    "b",
+                    "node-1",
+                    prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason"]).unwrap(),
+                ),
+                3,
+            ))),
+            SharedPhase::default(),
+        );
+        let rules = vec![rule(TriggerName::ConnectivityLost, 30.0)];
+        let at =
+            |seconds| gather_at(&rules, &checks, &baselines, &phase, start + Duration::from_secs(seconds));
+        assert_eq!(at(30).peers, peers(true).peers, "30 s old: fresh");
+        assert!(at(31).peers.is_empty(), "31 s old: stale, no data");
+        assert_eq!(at(31).pod_to_pod_window, None);
+        let dir = crate::state_file::TempDir::new("triggers-stale");
+        let mut triggers = Triggers::load(rules.clone(), file(dir.path()), None);
+        // Pending since 1000 on the fresh results; they go stale before its 30 s are up.
+        assert!(triggers.evaluate(&at(0), 1000.0).is_empty());
+        assert!(triggers.evaluate(&at(30), 1029.0).is_empty());
+        for (age, now) in [(31, 1030.0), (64, 1064.0), (600, 1600.0)] {
+            assert!(triggers.evaluate(&at(age), now).is_empty(), "no check ran: never fires ({now})");
+        }
+        assert!(!triggers.rollback_recommended());
+        assert_eq!(triggers.report()[0].state, "no_data");
     }
 
     /// Every default rule, on synthetic inputs: fires after exactly its `for` and clears.
@@ -672,7 +910,7 @@ mod tests {
         let dir = crate::state_file::TempDir::new("triggers-defaults");
         for (name, bad, good) in cases {
             let rule = settings::default_rules().into_iter().find(|rule| rule.name == name).unwrap();
-            let mut triggers = Triggers::load(vec![rule.clone()], file(dir.path()));
+            let mut triggers = Triggers::load(vec![rule.clone()], file(dir.path()), None);
             let start = 10_000.0;
             assert!(triggers.evaluate(&bad, start).is_empty(), "{name:?}");
             if rule.for_seconds > 0.0 {

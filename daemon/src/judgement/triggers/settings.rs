@@ -110,8 +110,8 @@ pub struct TriggerSettings {
 /// What is wrong with the `[triggers]` table.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TriggersError {
-    #[error("must be at least 1 (seconds)")]
-    EvaluateSeconds,
+    #[error("{0} is out of range: must be 1 to {MAX_EVALUATE_SECONDS} seconds")]
+    EvaluateSeconds(u64),
     #[error("only pod_to_pod_not_restored has a restore deadline and a window")]
     NoRestoreDeadline { trigger: TriggerName },
     #[error("{value} must be a number of at least 0")]
@@ -120,9 +120,16 @@ pub enum TriggersError {
         "{value} must be between 0 and the threshold ({threshold}): a trigger clears below where it fires"
     )]
     ClearThreshold { trigger: TriggerName, value: f64, threshold: f64 },
-    #[error("must be at least 1 (seconds)")]
-    Window { trigger: TriggerName },
+    #[error("{value} is out of range: must be 1 to {max} seconds (the checks keep an hour of results)", max = crate::checks::HISTORY.as_secs())]
+    Window { trigger: TriggerName, value: f64 },
+    #[error("{value} is out of range: must be 0 to {MAX_SECONDS} seconds (a day)")]
+    Seconds { trigger: TriggerName, field: &'static str, value: u64 },
 }
+
+/// The longest `evaluate_seconds`: a trigger's `for` is judged to within one evaluation.
+pub const MAX_EVALUATE_SECONDS: u64 = 600;
+/// The longest `for_seconds`, `clear_seconds` and `restore_deadline_seconds`.
+pub const MAX_SECONDS: u64 = 86_400;
 
 impl TriggersError {
     /// The configuration field the error is about.
@@ -130,11 +137,12 @@ impl TriggersError {
     pub fn field(&self) -> String {
         let field = |trigger: &TriggerName, field: &str| format!("triggers.{}.{field}", trigger.label());
         match self {
-            Self::EvaluateSeconds => "triggers.evaluate_seconds".into(),
+            Self::EvaluateSeconds(_) => "triggers.evaluate_seconds".into(),
             Self::NoRestoreDeadline { trigger } => field(trigger, "restore_deadline_seconds"),
             Self::Threshold { trigger, .. } => field(trigger, "threshold"),
             Self::ClearThreshold { trigger, .. } => field(trigger, "clear_threshold"),
-            Self::Window { trigger } => field(trigger, "window_seconds"),
+            Self::Window { trigger, .. } => field(trigger, "window_seconds"),
+            Self::Seconds { trigger, field: name, .. } => field(trigger, name),
         }
     }
 }
@@ -145,8 +153,8 @@ impl TriggersConfig {
         if !self.enabled {
             return Ok(None);
         }
-        if self.evaluate_seconds == 0 {
-            return Err(TriggersError::EvaluateSeconds);
+        if !(1..=MAX_EVALUATE_SECONDS).contains(&self.evaluate_seconds) {
+            return Err(TriggersError::EvaluateSeconds(self.evaluate_seconds));
         }
         Ok(Some(TriggerSettings {
             evaluate_every: Duration::from_secs(self.evaluate_seconds),
@@ -165,7 +173,16 @@ impl TriggersConfig {
             {
                 return Err(TriggersError::NoRestoreDeadline { trigger });
             }
-            #[allow(clippy::cast_precision_loss, reason = "seconds, far below 2^52")]
+            for (field, value) in [
+                ("for_seconds", table.for_seconds),
+                ("clear_seconds", table.clear_seconds),
+                ("restore_deadline_seconds", table.restore_deadline_seconds),
+            ] {
+                if let Some(value) = value.filter(|v| *v > MAX_SECONDS) {
+                    return Err(TriggersError::Seconds { trigger, field, value });
+                }
+            }
+            #[allow(clippy::cast_precision_loss, reason = "seconds, bounded far below 2^52")]
             let seconds = |value: Option<u64>, default: f64| value.map_or(default, |v| v as f64);
             rule.severity = table.severity.unwrap_or(rule.severity);
             rule.threshold = table.threshold.unwrap_or(rule.threshold);
@@ -188,8 +205,9 @@ impl TriggersConfig {
                     threshold: rule.threshold,
                 });
             }
-            if rule.window_seconds < 1.0 {
-                return Err(TriggersError::Window { trigger });
+            #[allow(clippy::cast_precision_loss, reason = "an hour")]
+            if !(1.0..=crate::checks::HISTORY.as_secs() as f64).contains(&rule.window_seconds) {
+                return Err(TriggersError::Window { trigger, value: rule.window_seconds });
             }
             if table.enabled.unwrap_or(true) {
                 rules.push(rule);

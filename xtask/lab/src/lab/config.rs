@@ -2,7 +2,8 @@
 
 /// The lab's cniguard configuration: each node watches its own namespace and its pods' (one
 /// kernel runs all three nodes), and checks the MLServer pods every 2 seconds like the
-/// runbook's `curl 127.0.0.1:9500/v2/health/ready`.
+/// runbook's `curl 127.0.0.1:9500/v2/health/ready`, in HTTP/1.1: the lab's MLServer is still
+/// the stand-in there.
 pub const LAB_CNIGUARD_CONFIG: &str = "\
 netns_scope = \"node\"
 
@@ -12,6 +13,10 @@ connect_timeout_seconds = 2
 [localhost.check]
 enabled = true
 namespaces = [\"*-mlserver-*\"]
+# The lab's MLServer is the HTTP/1.1 stand-in on 9500 (the real one speaks gRPC there).
+ports = [9500]
+grpc_ports = []
+http_ports = [9500]
 interval_seconds = 2
 timeout_seconds = 1
 
