@@ -16,6 +16,7 @@ pub fn options(role: &str) -> LabOptions {
         state_dir: std::env::temp_dir().join(&prefix),
         cniguard_args: Vec::new(),
         cniguard_config: LAB_CNIGUARD_CONFIG.to_owned(),
+        cniguard_launcher: None,
     }
 }
 

@@ -1,8 +1,9 @@
 //! What cniguard's tests on the real kernel add to the lab's harness (`cniguard-lab`):
 //! BPF_PROG_TEST_RUN of the classifiers, reading what is attached at tc hooks, and nftables
-//! rules in test namespaces.
+//! rules in test namespaces, and the DaemonSets' pods under runc (`pod`).
 
 pub mod lab_support;
 pub mod netfilter;
+pub mod pod;
 pub mod tc;
 pub mod test_run;

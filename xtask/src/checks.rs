@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 
 // Also for setup.rs, which still reaches it through here.
 use crate::workspace::workspace_root;
-use crate::{cmd, setup};
+use crate::{cmd, image, setup};
 
 /// Namespace prefixes of the tests and the lab: anything left under them after a run is a
 /// leak, and a leak fails the run.
@@ -39,6 +39,8 @@ pub fn run() -> Result<()> {
     cmd::run(Command::new("cargo").args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     let ci = std::env::var("CI").unwrap_or_default();
     println!("test: CI={ci:?} (with CI=true a test that cannot run fails instead of skipping)");
+    // The image the container tests run (tests/tests/container.rs reads target/image/).
+    image::build(&image::image_dir())?;
     // Tests build the daemon binary next to themselves (`cargo test --workspace`).
     cmd::run(Command::new("cargo").args(["test", "--workspace"]))?;
     let leftovers: Vec<String> =

@@ -196,6 +196,7 @@ fn prepare() -> Result<LabOptions> {
         state_dir: state_dir(),
         cniguard_args: Vec::new(),
         cniguard_config: format!("{LAB_CNIGUARD_CONFIG}{LAB_JUDGEMENT_CONFIG}"),
+        cniguard_launcher: None,
     })
 }
 

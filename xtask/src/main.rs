@@ -4,10 +4,12 @@ mod bench;
 mod checks;
 mod cmd;
 mod demo;
+mod image;
 mod kernels;
 mod lab;
 mod run;
 mod setup;
+mod static_build;
 mod workspace;
 
 use anyhow::Result;
@@ -31,6 +33,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The image from this checkout (static binary, the Containerfile's final stage) into
+    /// target/image/: its root filesystem, config and an OCI archive for `k3s ctr`.
+    Image,
     /// Per-packet cost of the classifiers next to an empty one (BPF_PROG_TEST_RUN).
     Bench,
     /// Every probe on Debian's 5.10, 6.1 and 6.12 kernels, each booted under QEMU: a kernel
@@ -48,6 +53,7 @@ fn main() -> Result<()> {
         Task::Setup(args) => setup::run(&args),
         Task::Test => checks::run(),
         Task::Run { args } => run::run(&args),
+        Task::Image => image::run(),
         Task::Bench => bench::run(),
         Task::Kernels => setup::run(&setup::SetupArgs { build_only: false }).and_then(|()| kernels::run()),
         Task::Lab { command } => lab::run(command),

@@ -38,6 +38,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "prometheus-alertmanager",
         "delivers the rollback alert to `cniguard rollback-hook` in its tests and the lab",
     ),
+    ("buildah", "`cargo xtask image`: the Containerfile's final stage from the binary built here"),
+    (
+        "runc",
+        "the container tests: the DaemonSets' pods as an OCI runtime runs them (crun and podman run are refused by this machine's cgroups)",
+    ),
     ("qemu-system-x86", "boots Debian's kernels for the kernel matrix (`cargo xtask kernels`, TCG)"),
     ("busybox-static", "the kernel matrix guests' init, shell, mount and insmod"),
     ("xz-utils", "decompresses the kernel matrix's `.ko.xz` modules"),

@@ -75,9 +75,6 @@ const PARALLEL_BOOTS: usize = 2;
 /// minute per boot here), it measures nothing.
 const BOOT_DEADLINE: Duration = Duration::from_mins(5);
 
-/// The target triple of the guests' userland (Debian's amd64 kernels).
-const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
-
 pub fn run() -> Result<()> {
     let started = Instant::now();
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
@@ -207,16 +204,7 @@ fn fetch_kernels(work: &Path) -> Result<Vec<debian::Prepared>> {
 /// cniguard, its workload and the scenario, statically linked as the Containerfile builds
 /// cniguard, checked to need no shared library.
 fn build_static_programs(root: &Path) -> Result<initramfs::StaticPrograms> {
-    cmd::run(
-        Command::new("cargo")
-            .current_dir(root)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .args(["build", "--release", "--target", GUEST_TARGET])
-            .args(["-p", "cniguard", "--bin", "cniguard"])
-            .args(["-p", "cniguard-workload", "--bin", "cniguard-workload"])
-            .args(["-p", "cniguard-kernel-scenario", "--bin", "cniguard-kernel-scenario"]),
-    )?;
-    let dir = root.join("target").join(GUEST_TARGET).join("release");
+    let dir = crate::static_build::build(root)?;
     let programs = initramfs::StaticPrograms {
         cniguard: dir.join("cniguard"),
         workload: dir.join("cniguard-workload"),

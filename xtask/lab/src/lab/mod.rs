@@ -45,6 +45,10 @@ pub struct LabOptions {
     pub cniguard_args: Vec<String>,
     /// The configuration file every node's cniguard reads (as a DaemonSet's ConfigMap).
     pub cniguard_config: String,
+    /// A launcher for one node's cniguard: the node's name, then a program and its first
+    /// arguments, to which `--` and the node's usual command line are appended (the
+    /// container tests run that node's agent in its pod under runc). `None`: plain processes.
+    pub cniguard_launcher: Option<(String, Vec<String>)>,
 }
 
 /// A moment of the lab's story, for timelines.
@@ -62,6 +66,8 @@ struct LabState {
     state_dir: PathBuf,
     cniguard_args: Vec<String>,
     cniguard_config: String,
+    #[serde(default)]
+    cniguard_launcher: Option<(String, Vec<String>)>,
     /// Per node: whether each dataplane is present.
     flannel: Vec<bool>,
     calico: Vec<bool>,

@@ -65,9 +65,19 @@ impl Lab {
             self.state.state_dir.join(format!("cniguard-{}", spec.name)).display().to_string(),
         ];
         args.extend(self.state.cniguard_args.iter().cloned());
+        let mut program = PathBuf::from("/usr/bin/env");
+        if let Some((_, launcher)) = self.state.cniguard_launcher.as_ref().filter(|(n, _)| *n == spec.name)
+            && let Some((launcher, launcher_args)) = launcher.split_first()
+        {
+            let mut wrapped = launcher_args.to_vec();
+            wrapped.extend(["--".to_owned(), program.display().to_string()]);
+            wrapped.append(&mut args);
+            args = wrapped;
+            program = PathBuf::from(launcher);
+        }
         let log = self.log_file(&format!("cniguard-{}", spec.name));
         let netns = NetNs::existing(&self.state.topology.node_netns(node));
-        self.state.processes.start(&key, &netns, Path::new("/usr/bin/env"), &args, log)?;
+        self.state.processes.start(&key, &netns, &program, &args, log)?;
         Ok(())
     }
 

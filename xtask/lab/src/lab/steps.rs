@@ -44,6 +44,7 @@ impl Lab {
                 state_dir: options.state_dir,
                 cniguard_args: options.cniguard_args,
                 cniguard_config: options.cniguard_config,
+                cniguard_launcher: options.cniguard_launcher,
                 flannel: vec![false; nodes],
                 calico: vec![false; nodes],
                 pods: BTreeMap::new(),
