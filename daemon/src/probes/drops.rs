@@ -193,7 +193,7 @@ impl Drops {
             let (netns, interface) = if key.netns == 0 {
                 ("unknown".to_owned(), String::new())
             } else {
-                let Some(namespace) = inventory.by_cookie.get(&key.netns) else { continue };
+                let Some(namespace) = inventory.by_netns.get(&key.netns) else { continue };
                 (namespace.label(), self.interfaces.name(namespace, key.ifindex))
             };
             *totals

@@ -53,14 +53,6 @@ const fn gap(kernel: &'static str, probe: &'static str, today: Today, closed_by:
 
 /// Whoever closes one of these removes its line here (the command fails until they do).
 const KNOWN_GAPS: &[KnownGap] = &[
-    gap("5.10", "localhost", Today::Off("unknown func bpf_get_netns_cookie#122"), "issue 12 item 2"),
-    gap("6.1", "localhost", Today::Off("unknown func bpf_get_netns_cookie#122"), "issue 12 item 2"),
-    gap(
-        "6.12",
-        "localhost",
-        Today::Off("program of this type cannot use helper bpf_get_netns_cookie#122"),
-        "issue 12 item 2",
-    ),
     gap("5.10", "drops", Today::Off("no enum skb_drop_reason in the kernel's BTF"), "issue 12 item 3"),
     gap("5.10", "tcp_health", Today::Counts { aspect: "resets_sent", got: 0 }, "issue 12 item 4"),
     gap("6.1", "tcp_health", Today::Counts { aspect: "resets_sent", got: 0 }, "issue 12 item 4"),
