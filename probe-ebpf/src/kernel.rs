@@ -23,9 +23,10 @@ static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     sock_num: 0,
     sock_dport: 0,
     sock_protocol: 0,
+    sock_sport: 0,
     tcp_srtt_us: 0,
     retransmit_err_arg: 0,
-    _pad: [0; 2],
+    _pad: [0; 1],
 });
 
 const ETH_P_IP: u16 = 0x0800;
@@ -62,7 +63,7 @@ pub struct SockEnds {
     pub remote_port: u16,
 }
 
-/// The ends of the socket at `sock`, if it is an IPv4 one.
+/// The ends of the full socket at `sock`, if it is an IPv4 one.
 #[inline(always)]
 pub fn sock_ends(sock: u64) -> Option<SockEnds> {
     let offsets = offsets();
@@ -72,7 +73,9 @@ pub fn sock_ends(sock: u64) -> Option<SockEnds> {
     Some(SockEnds {
         local: read(sock, offsets.sock_rcv_saddr)?,
         remote: read(sock, offsets.sock_daddr)?,
-        local_port: read(sock, offsets.sock_num)?,
+        // `inet_sport`, not `skc_num`: the kernel zeroes `skc_num` (`inet_put_port`) before
+        // it reports the change to TCP_CLOSE, so a closing socket would show port 0.
+        local_port: u16::from_be(read(sock, offsets.sock_sport)?),
         remote_port: u16::from_be(read(sock, offsets.sock_dport)?),
     })
 }

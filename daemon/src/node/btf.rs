@@ -316,9 +316,10 @@ impl Btf {
             sock_num: self.common("skc_num", 2)?,
             sock_dport: self.common("skc_dport", 2)?,
             sock_protocol: self.sized("sock", &["sk_protocol"], 2)?,
+            sock_sport: self.sized("inet_sock", &["inet_sport"], 2)?,
             tcp_srtt_us: self.sized("tcp_sock", &["srtt_us"], 4)?,
             retransmit_err_arg: 0,
-            _pad: [0; 2],
+            _pad: [0; 1],
         })
     }
 
