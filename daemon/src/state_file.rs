@@ -22,20 +22,23 @@ const VERSION: u32 = 1;
 /// few MiB.
 pub const MAX_BYTES: u64 = 16 << 20;
 
+/// What every persisted file holds around its body: which format, which version of it, and
+/// which node wrote it. (The rollback hook's record uses the same envelope.)
 #[derive(Serialize)]
-struct Envelope<'a, T> {
-    format: &'a str,
-    version: u32,
-    node: &'a str,
-    body: &'a T,
+pub(crate) struct Envelope<'a, T> {
+    pub format: &'a str,
+    pub version: u32,
+    pub node: &'a str,
+    pub body: &'a T,
 }
 
+/// An [`Envelope`] as read back.
 #[derive(Deserialize)]
-struct Loaded<T> {
-    format: String,
-    version: u32,
-    node: String,
-    body: T,
+pub(crate) struct Loaded<T> {
+    pub format: String,
+    pub version: u32,
+    pub node: String,
+    pub body: T,
 }
 
 /// One state file.

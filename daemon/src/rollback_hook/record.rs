@@ -21,6 +21,8 @@ use anyhow::{Context as _, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::state_file::{Envelope, Loaded};
+
 pub const RECORD_FILE: &str = "rollback-hook.json";
 pub const FIRING_FILE: &str = "rollback-hook-firing.json";
 const RECORD_FORMAT: &str = "cniguard-rollback-hook";
@@ -73,22 +75,6 @@ pub struct FiringAlert {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Firing {
     pub alerts: BTreeMap<String, FiringAlert>,
-}
-
-#[derive(Serialize)]
-struct Envelope<'a, T> {
-    format: &'a str,
-    version: u32,
-    node: &'a str,
-    body: &'a T,
-}
-
-#[derive(Deserialize)]
-struct Loaded<T> {
-    format: String,
-    version: u32,
-    node: String,
-    body: T,
 }
 
 /// What reading a file found.
