@@ -15,11 +15,18 @@ pub struct DropKey {
     /// The skb's device in that namespace (0 without one).
     pub ifindex: u32,
     /// An `enum skb_drop_reason` value; its name comes from the kernel's BTF.
+    /// [`REASON_NONE_GIVEN`] on kernels whose tracepoint has no reason (before 5.17).
     pub reason: u32,
+    /// Where the kernel freed the skb, on kernels that give no reason (the location then
+    /// stands in for it); 0 where the kernel gives one, so the key space stays as small.
+    pub location: u64,
     /// The skb's protocol (ethertype, in host byte order).
     pub protocol: u16,
     pub _pad: [u8; 6],
 }
+
+/// The `reason` of a drop on a kernel whose `kfree_skb` tracepoint gives none.
+pub const REASON_NONE_GIVEN: u32 = u32::MAX;
 
 /// A sampled drop, with the kernel address it happened at.
 #[repr(C)]
@@ -33,6 +40,6 @@ pub struct DropEvent {
     pub _pad: [u8; 6],
 }
 
-assert_size!(DropKey, 24);
+assert_size!(DropKey, 32);
 assert_size!(DropEvent, 32);
 impl_pod!(DropKey, DropEvent);

@@ -36,12 +36,17 @@ pub struct KernelOffsets {
     pub sock_dport: u16,
     /// `struct sock`: `sk_protocol`.
     pub sock_protocol: u16,
+    /// `struct inet_sock`: `inet_sport`, the local port (network order) of a full socket.
+    /// Unlike `skc_num`, which `inet_put_port` zeroes before the kernel reports the change
+    /// to `TCP_CLOSE`, it still holds the port when a socket closes.
+    pub sock_sport: u16,
     /// `struct tcp_sock`: `srtt_us` (the smoothed RTT in microseconds, times 8).
     pub tcp_srtt_us: u16,
     /// 2 if the third argument of `tcp_retransmit_skb` is its result (`err`), 0 if the
     /// kernel's tracepoint has none (then it fires only for retransmissions that went out).
     pub retransmit_err_arg: u16,
-    pub _pad: [u16; 2],
+    /// `struct sk_buff`: `transport_header` (the TCP header is at `head + transport_header`).
+    pub skb_transport_header: u16,
 }
 
 assert_size!(KernelOffsets, 40);

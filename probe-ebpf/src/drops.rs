@@ -1,5 +1,6 @@
-//! `drops`: the `kfree_skb` raw tracepoint, counted in-kernel by reason, device, namespace
-//! and protocol; a few sampled drops go to userspace with their kernel location.
+//! `drops`: the `kfree_skb` raw tracepoint, counted in-kernel by reason (or, where the
+//! kernel gives none, by location), device, namespace and protocol; a few sampled drops go
+//! to userspace with their kernel location.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
@@ -8,7 +9,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use probe_common::{
-    drops::{DROP_EVENT_INTERVAL_NS, DROPS_MAX_ENTRIES, DropEvent, DropKey},
+    drops::{DROP_EVENT_INTERVAL_NS, DROPS_MAX_ENTRIES, DropEvent, DropKey, REASON_NONE_GIVEN},
     map_health::MapId,
 };
 
@@ -28,16 +29,32 @@ static LAST_DROP_EVENT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// kernel's BTF before attaching.
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn drops(ctx: RawTracePointContext) -> u32 {
-    let skb: u64 = ctx.arg(0);
-    let location: u64 = ctx.arg(1);
     // An enum: the low 32 bits of the register.
     let reason = ctx.arg::<u64>(2) as u32;
+    count(ctx.arg(0), ctx.arg(1), reason, 0);
+    0
+}
+
+/// `kfree_skb(skb, location)`, on kernels whose tracepoint gives no reason (before 5.17):
+/// the location stands in for it in the key. A program of its own, because a raw
+/// tracepoint program may not read past the tracepoint's arguments (the kernel refuses to
+/// attach one whose highest read is beyond them).
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn drops_unreasoned(ctx: RawTracePointContext) -> u32 {
+    let location: u64 = ctx.arg(1);
+    count(ctx.arg(0), location, REASON_NONE_GIVEN, location);
+    0
+}
+
+#[inline(always)]
+fn count(skb: u64, location: u64, reason: u32, key_location: u64) {
     let (ifindex, netns) = kernel::skb_device(skb);
     if !scope::in_scope(netns) {
-        return 0;
+        return;
     }
     let protocol = kernel::skb_protocol(skb);
-    add(&DROPS, &DropKey { netns, ifindex, reason, protocol, _pad: [0; 6] }, 1, MapId::Drops);
+    let key = DropKey { netns, ifindex, reason, location: key_location, protocol, _pad: [0; 6] };
+    add(&DROPS, &key, 1, MapId::Drops);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(last) = LAST_DROP_EVENT.get_ptr_mut(0) {
@@ -52,5 +69,4 @@ pub fn drops(ctx: RawTracePointContext) -> u32 {
             }
         }
     }
-    0
 }

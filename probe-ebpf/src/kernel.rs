@@ -23,14 +23,17 @@ static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     sock_num: 0,
     sock_dport: 0,
     sock_protocol: 0,
+    sock_sport: 0,
     tcp_srtt_us: 0,
     retransmit_err_arg: 0,
-    _pad: [0; 2],
+    skb_transport_header: 0,
 });
 
 const ETH_P_IP: u16 = 0x0800;
 /// Offset of the source address in an IPv4 header.
 const IPV4_SOURCE: u64 = 12;
+/// Offset of the flags byte (CWR..FIN) in a TCP header.
+const TCP_FLAGS: u16 = 13;
 
 #[inline(always)]
 pub fn offsets() -> KernelOffsets {
@@ -62,7 +65,7 @@ pub struct SockEnds {
     pub remote_port: u16,
 }
 
-/// The ends of the socket at `sock`, if it is an IPv4 one.
+/// The ends of the full socket at `sock`, if it is an IPv4 one.
 #[inline(always)]
 pub fn sock_ends(sock: u64) -> Option<SockEnds> {
     let offsets = offsets();
@@ -72,7 +75,9 @@ pub fn sock_ends(sock: u64) -> Option<SockEnds> {
     Some(SockEnds {
         local: read(sock, offsets.sock_rcv_saddr)?,
         remote: read(sock, offsets.sock_daddr)?,
-        local_port: read(sock, offsets.sock_num)?,
+        // `inet_sport`, not `skc_num`: the kernel zeroes `skc_num` (`inet_put_port`) before
+        // it reports the change to TCP_CLOSE, so a closing socket would show port 0.
+        local_port: u16::from_be(read(sock, offsets.sock_sport)?),
         remote_port: u16::from_be(read(sock, offsets.sock_dport)?),
     })
 }
@@ -103,6 +108,15 @@ pub fn tcp_srtt_us(sock: u64) -> Option<u32> {
 #[inline(always)]
 pub fn skb_protocol(skb: u64) -> u16 {
     read::<u16>(skb, offsets().skb_protocol).map_or(0, u16::from_be)
+}
+
+/// The flags byte of the TCP header of the skb at `skb` (a received segment).
+#[inline(always)]
+pub fn skb_tcp_flags(skb: u64) -> Option<u8> {
+    let offsets = offsets();
+    let head: u64 = read(skb, offsets.skb_head)?;
+    let transport: u16 = read(skb, offsets.skb_transport_header)?;
+    read(head + u64::from(transport), TCP_FLAGS)
 }
 
 /// The source address of the IPv4 packet in the skb at `skb`.

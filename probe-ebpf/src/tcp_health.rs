@@ -1,20 +1,24 @@
 //! `tcp_health`: retransmissions, resets sent and received, and sampled smoothed RTT, from
 //! the `tcp_*` raw tracepoints, counted by the configured CIDR of the remote end.
 //!
+//! Resets sent match the kernel's `OutRsts`: where the `tcp_send_reset` tracepoint skips
+//! resets without a socket (before 6.10), kprobes on `tcp_v4_send_reset` and
+//! `tcp_v6_send_reset`, where the kernel counts them, take the passive ones.
+//!
 //! Raw tracepoints, not the classic ones: a classic tracepoint program is skipped whenever
 //! any other tracing program runs on the CPU (a drop counted in process context when a
 //! softirq retransmits), which lost a few retransmits in ten thousand; a raw tracepoint
 //! program is only skipped when it interrupts itself.
 
 use aya_ebpf::{
-    macros::{map, raw_tracepoint},
+    macros::{kprobe, map, raw_tracepoint},
     maps::{PerCpuArray, PerCpuHashMap},
-    programs::RawTracePointContext,
+    programs::{ProbeContext, RawTracePointContext},
 };
 use probe_common::{
     counters::Histogram,
     map_health::MapId,
-    overlay::MAX_CIDRS,
+    overlay::{MAX_CIDRS, OTHER_CIDR},
     tcp_health::{RTT_SAMPLE_EVERY, TcpEvent, TcpKey},
 };
 
@@ -23,6 +27,9 @@ use crate::{
     counters::{add, record_latency},
     kernel, scope,
 };
+
+/// The RST bit of a TCP header's flags byte.
+const TCP_RST: u8 = 0x04;
 
 #[map]
 static TCP_EVENTS: PerCpuHashMap<TcpKey, u64> = PerCpuHashMap::with_max_entries(4 * (MAX_CIDRS + 1), 0);
@@ -66,20 +73,70 @@ pub fn tcp_receive_reset(ctx: RawTracePointContext) -> u32 {
     0
 }
 
-/// `tcp_send_reset(sk, skb, ...)`: a reset for a port nothing listens on has no socket;
-/// then the skb it answers tells the namespace and the peer.
+/// `tcp_send_reset(sk, skb, ...)`, on kernels where it reports every reset (from 6.10,
+/// when it gained its reason argument): a reset for a port nothing listens on has no
+/// socket; then the skb it answers tells the namespace and the peer.
 #[raw_tracepoint(tracepoint = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: RawTracePointContext) -> u32 {
     let (sock, skb): (u64, u64) = (ctx.arg(0), ctx.arg(1));
     if sock != 0 {
         count(sock, sock, TcpEvent::ResetSent, 1);
-        return 0;
-    }
-    let Some(peer) = kernel::skb_ipv4_source(skb) else { return 0 };
-    if scope::in_scope(kernel::skb_device(skb).1) {
-        record(TcpEvent::ResetSent, peer, 1);
+    } else {
+        count_answered(skb);
     }
     0
+}
+
+/// `tcp_send_reset(sk, skb)` on older kernels, which call it for resets with a socket
+/// only: here just the active ones (`tcp_send_active_reset`, no skb), since the passive
+/// ones, socket or not, come from [`tcp_v4_send_reset`] and [`tcp_v6_send_reset`].
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn tcp_send_active_reset(ctx: RawTracePointContext) -> u32 {
+    let (sock, skb): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    if skb == 0 {
+        count(sock, sock, TcpEvent::ResetSent, 1);
+    }
+    0
+}
+
+/// `tcp_v4_send_reset(sk, skb)`: the reset answering `skb`, where the kernel counts
+/// `OutRsts`; `sk` is absent for a port nothing listens on.
+#[kprobe]
+pub fn tcp_v4_send_reset(ctx: ProbeContext) -> u32 {
+    passive_reset(&ctx);
+    0
+}
+
+/// `tcp_v6_send_reset(sk, skb)`: the same for IPv6, whose peers count as `other`.
+#[kprobe]
+pub fn tcp_v6_send_reset(ctx: ProbeContext) -> u32 {
+    passive_reset(&ctx);
+    0
+}
+
+#[inline(always)]
+fn passive_reset(ctx: &ProbeContext) {
+    let (Some(sock), Some(skb)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else { return };
+    // The kernel never answers a reset with a reset (and counts nothing then).
+    if kernel::skb_tcp_flags(skb).is_none_or(|flags| flags & TCP_RST != 0) {
+        return;
+    }
+    if sock != 0 {
+        if kernel::sock_netns(sock).is_some_and(scope::in_scope) {
+            record_class(TcpEvent::ResetSent, kernel::sock_peer(sock).map_or(OTHER_CIDR, cidr::class), 1);
+        }
+    } else {
+        count_answered(skb);
+    }
+}
+
+/// A reset without a socket, for the segment `skb` (its device's namespace, its source).
+#[inline(always)]
+fn count_answered(skb: u64) {
+    if scope::in_scope(kernel::skb_device(skb).1) {
+        let class = kernel::skb_ipv4_source(skb).map_or(OTHER_CIDR, cidr::class);
+        record_class(TcpEvent::ResetSent, class, 1);
+    }
 }
 
 /// `tcp_probe(sk, skb)`: fires for every segment received, so one in `RTT_SAMPLE_EVERY`.
@@ -112,6 +169,11 @@ fn count(sock: u64, ends: u64, event: TcpEvent, amount: u64) {
 
 #[inline(always)]
 fn record(event: TcpEvent, peer: [u8; 4], amount: u64) {
-    let key = TcpKey { peer_class: cidr::class(peer), event: event as u8, _pad: [0; 6] };
+    record_class(event, cidr::class(peer), amount);
+}
+
+#[inline(always)]
+fn record_class(event: TcpEvent, peer_class: u8, amount: u64) {
+    let key = TcpKey { peer_class, event: event as u8, _pad: [0; 6] };
     add(&TCP_EVENTS, &key, amount, MapId::TcpHealth);
 }

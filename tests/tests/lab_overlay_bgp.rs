@@ -1,7 +1,8 @@
 //! Overlay and BGP visibility on the migration lab: which overlay carries an exact burst
 //! (Flannel's port 8472 VNI 1, then Calico's 4789 VNI 4096, by remote node), which CIDRs
 //! flow inside it, and the BGP sessions of real BIRD daemons: one OPEN each way per
-//! session, and a NOTIFICATION and the session going down when BIRD stops.
+//! session, a NOTIFICATION and the session going down when BIRD stops (a FIN close), and
+//! both ends going down when a firewall tears the session down with a TCP reset.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use cniguard_lab::lab::{Fault, Lab};
 use cniguard_lab::netns::NetNs;
 use cniguard_lab::{require_root, traffic};
 use cniguard_tests::lab_support::{assert_promtool_accepts, options};
+use cniguard_tests::netfilter::nft;
 
 const BURST: u64 = 30;
 const PAYLOAD: u64 = 100;
@@ -47,9 +49,14 @@ fn burst(lab: &Lab, to: &str) -> (Vec<Scrape>, Vec<Scrape>) {
 }
 
 fn wait(what: &str, condition: impl Fn() -> bool) {
+    wait_or(what, condition, String::new);
+}
+
+/// Waits for `condition`; on giving up, says `what` and what `state` finds then.
+fn wait_or(what: &str, condition: impl Fn() -> bool, state: impl Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !condition() {
-        assert!(Instant::now() < deadline, "{what}");
+        assert!(Instant::now() < deadline, "{what} {}", state());
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -80,6 +87,7 @@ fn overlays_and_bgp_sessions_are_seen_per_node() {
     calico_sessions_open_once(&lab);
     calico_carries_the_burst(&mut lab);
     stopping_bird_is_noticed(&mut lab);
+    a_reset_session_goes_down(&lab);
     lab.down();
 }
 
@@ -210,4 +218,30 @@ fn stopping_bird_is_noticed(lab: &mut Lab) {
     );
     // Every family of a node in full use passes Prometheus' own checks.
     assert_promtool_accepts(&scrape.text);
+}
+
+/// A firewall on node-1 answers node-2's BGP segments with a TCP reset: node-2's end (the
+/// passive one, local port 179) is torn down by the RST that answers its next KEEPALIVE,
+/// and node-1's end (the active one) closes when its hold timer expires (its FIN meets the
+/// same firewall). Both nodes report the session down; their sessions with node-3 stay up.
+fn a_reset_session_goes_down(lab: &Lab) {
+    let ruleset = format!(
+        "table inet cgt_bgp_reset {{\n  chain input {{\n    type filter hook input priority 0;\n\
+         \x20   ip saddr {NODE_2} tcp sport 179 reject with tcp reset\n\
+         \x20   ip saddr {NODE_2} tcp dport 179 reject with tcp reset\n  }}\n}}\n"
+    );
+    nft(&lab.node_netns(0), &ruleset).unwrap();
+    let sessions = |node: usize| {
+        let sockets = lab
+            .node_netns(node)
+            .command("ss")
+            .and_then(|mut ss| cniguard_lab::netns::run(ss.args(["-tn", "( sport = :179 or dport = :179 )"])));
+        format!("cniguard_bgp_session_up: {:?}; sockets: {sockets:?}", session_up(lab, node, [NODE_1, NODE_2][1 - node]))
+    };
+    wait_or("node-2's session to node-1 down after the reset", || session_up(lab, 1, NODE_1) == Some(0.0), || sessions(1));
+    wait_or("node-1's session to node-2 down after the reset", || session_up(lab, 0, NODE_2) == Some(0.0), || sessions(0));
+    assert_eq!(session_up(lab, 1, NODE_1), Some(0.0));
+    assert_eq!(session_up(lab, 0, NODE_2), Some(0.0));
+    assert_eq!(session_up(lab, 0, NODE_3), Some(1.0), "node-1's other session is untouched");
+    assert_eq!(session_up(lab, 1, NODE_3), Some(1.0), "node-2's other session is untouched");
 }

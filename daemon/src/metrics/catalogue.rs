@@ -121,7 +121,7 @@ define! {
     DROPS_TOTAL: Counter "cniguard_drops_total" ["reason", "interface", "netns", "protocol"]
         "Packets the kernel dropped, by its drop reason, the packet's device and namespace, and protocol";
     DROPS_BY_LOCATION_TOTAL: Counter "cniguard_drops_by_location_total" ["reason", "function"]
-        "Sampled drops by reason and the kernel function they happened in (the busiest locations only)";
+        "Drops by reason and the kernel function they happened in, the busiest locations only (sampled; exact where the kernel gives no reasons)";
 
     // probes/tcp_health.rs
     TCP_RETRANSMITS_TOTAL: Counter "cniguard_tcp_retransmits_total" ["peer_cidr"]

@@ -316,9 +316,10 @@ impl Btf {
             sock_num: self.common("skc_num", 2)?,
             sock_dport: self.common("skc_dport", 2)?,
             sock_protocol: self.sized("sock", &["sk_protocol"], 2)?,
+            sock_sport: self.sized("inet_sock", &["inet_sport"], 2)?,
             tcp_srtt_us: self.sized("tcp_sock", &["srtt_us"], 4)?,
             retransmit_err_arg: 0,
-            _pad: [0; 2],
+            skb_transport_header: self.sized("sk_buff", &["transport_header"], 2)?,
         })
     }
 
@@ -381,6 +382,8 @@ mod tests {
         let args = btf.check_tracepoint("kfree_skb", &["sk_buff*", "void*", "skb_drop_reason"]).unwrap();
         assert_eq!(args[0], "sk_buff*");
         btf.check_tracepoint("inet_sock_set_state", &["sock*", "int", "int"]).unwrap();
+        // An enum argument by its bare name, as tcp_health looks for it (this kernel is 6.10+).
+        btf.check_tracepoint("tcp_send_reset", &["sock*", "sk_buff*", "sk_rst_reason"]).unwrap();
         let wrong = btf.check_tracepoint("tcp_probe", &["sk_buff*"]).unwrap_err().to_string();
         assert!(wrong.contains("takes (sock*, sk_buff*)"), "{wrong}");
         let missing = btf.tracepoint_args("no_such_tracepoint").unwrap_err().to_string();

@@ -23,7 +23,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use serde::Deserialize;
 
-use super::registry::{ProbeSpec, Started};
+use super::registry::{Programs, ProbeSpec, Started};
 use super::shared::{LatencyTotals, monotonic_ns, summed};
 
 use super::{InterfaceProbe, TcProgram};
@@ -267,7 +267,7 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     name: NAME,
     what: "DNS from the pods",
     loses: "cniguard_dns_*: the pods' DNS, and the dns_failing trigger's query ratio",
-    programs: &["dns_ingress", "dns_egress"],
+    programs: Programs::All(&["dns_ingress", "dns_egress"]),
     needs: &[],
     required: true,
     prepare: None,

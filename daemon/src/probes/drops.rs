@@ -4,6 +4,12 @@
 //! to the kernel function they happened in (/proc/kallsyms), logged, and counted for the
 //! busiest locations.
 //!
+//! Kernels before 5.17 give no reason (the tracepoint has only the skb and the location).
+//! There every drop is counted with the reason `NONE_GIVEN`, and by its location in the
+//! kernel: `cniguard_drops_by_location_total` then holds exact counts by function (the
+//! busiest ones), which is what tells a netfilter drop (`nf_hook_slow`) from a missing
+//! route (`ip_error`) on those kernels.
+//!
 //! Entries of interfaces and namespaces that are gone are taken out of the map every
 //! [`RECLAIM_EVERY`]: their series leave /metrics with them, and churn cannot fill the map.
 
@@ -15,12 +21,12 @@ use anyhow::{Context as _, Result};
 use aya::Ebpf;
 use aya::maps::{MapData, PerCpuHashMap, RingBuf};
 use aya::programs::raw_trace_point::RawTracePointLink;
-use probe_common::drops::{DropEvent, DropKey};
+use probe_common::drops::{DropEvent, DropKey, REASON_NONE_GIVEN};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use tokio::io::unix::AsyncFd;
 
-use super::registry::{Need, ProbeSpec, Started};
+use super::registry::{Need, ProbeSpec, Programs, Started};
 use super::shared::{LogBudget, attach_raw_tracepoint, summed};
 use crate::judgement::signals::{SignalSource, Totals};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
@@ -36,10 +42,24 @@ const LOG_EVERY: Duration = Duration::from_mins(1);
 /// How often entries of gone interfaces and namespaces are reclaimed.
 pub const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 
+/// The tracepoint's arguments the reasoned program reads.
+const TRACEPOINT: &str = "kfree_skb";
+const WITH_REASON: &[&str] = &["sk_buff*", "void*", "skb_drop_reason"];
+const WITHOUT_REASON: &[&str] = &["sk_buff*", "void*"];
+
+/// The program this kernel's tracepoint calls for: with a reason argument, or without.
+fn programs(btf: &Btf) -> Result<&'static [&'static str]> {
+    let args = btf.tracepoint_args(TRACEPOINT)?;
+    Ok(if args.get(2).is_some_and(|a| a == WITH_REASON[2]) { &["drops"] } else { &["drops_unreasoned"] })
+}
+
 pub struct Drops {
     _link: RawTracePointLink,
     counts: Mutex<PerCpuHashMap<MapData, DropKey, u64>>,
-    reasons: HashMap<u32, String>,
+    /// The kernel's reason names; `None` on a kernel that gives no reasons.
+    reasons: Option<HashMap<u32, String>>,
+    symbols: Arc<Symbols>,
+    /// Sampled drops by (reason, function), where the kernel gives reasons.
     locations: Arc<Mutex<HashMap<(String, String), u64>>>,
     top_locations: usize,
     inventory: SharedInventory,
@@ -61,27 +81,37 @@ impl Drops {
         top_locations: usize,
         metrics: &DaemonMetrics,
     ) -> Result<Arc<Self>> {
-        let reasons: HashMap<u32, String> = btf
-            .enum_values("skb_drop_reason")?
-            .into_iter()
-            .filter_map(|(value, name)| {
-                Some((
-                    u32::try_from(value).ok()?,
-                    name.strip_prefix("SKB_DROP_REASON_").unwrap_or(&name).to_owned(),
-                ))
-            })
-            .collect();
+        let program = programs(btf)?[0];
+        let reasons = if program == "drops" {
+            let names = btf
+                .enum_values("skb_drop_reason")?
+                .into_iter()
+                .filter_map(|(value, name)| {
+                    Some((
+                        u32::try_from(value).ok()?,
+                        name.strip_prefix("SKB_DROP_REASON_").unwrap_or(&name).to_owned(),
+                    ))
+                })
+                .collect();
+            Some(names)
+        } else {
+            tracing::info!(
+                "this kernel's kfree_skb tracepoint gives no drop reason: drops are counted as {NONE_GIVEN}, by kernel function"
+            );
+            None
+        };
         let counts =
             PerCpuHashMap::try_from(ebpf.take_map("DROPS").context("the eBPF object has no DROPS map")?)?;
         let events = RingBuf::try_from(
             ebpf.take_map("DROP_EVENTS").context("the eBPF object has no DROP_EVENTS map")?,
         )?;
-        let (link, _) =
-            attach_raw_tracepoint(ebpf, btf, NAME, "kfree_skb", &["sk_buff*", "void*", "skb_drop_reason"])?;
+        let expected = if reasons.is_some() { WITH_REASON } else { WITHOUT_REASON };
+        let (link, _) = attach_raw_tracepoint(ebpf, btf, program, TRACEPOINT, expected)?;
         let probe = Arc::new(Self {
             _link: link,
             counts: Mutex::new(counts),
             reasons,
+            symbols: Arc::new(Symbols::load()),
             locations: Arc::default(),
             top_locations,
             inventory,
@@ -89,7 +119,7 @@ impl Drops {
             known_namespaces: Mutex::default(),
         });
         let budget = LogBudget::new("drop", LOG_BURST, LOG_EVERY, &metrics.registry)?;
-        follow(events, probe.clone(), Symbols::load(), budget)?;
+        follow(events, probe.clone(), budget)?;
         let reclaimer = probe.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(RECLAIM_EVERY);
@@ -155,7 +185,30 @@ impl Drops {
     }
 
     fn reason(&self, reason: u32) -> String {
-        self.reasons.get(&reason).cloned().unwrap_or_else(|| reason.to_string())
+        if reason == REASON_NONE_GIVEN {
+            return NONE_GIVEN.to_owned();
+        }
+        let name = self.reasons.as_ref().and_then(|names| names.get(&reason));
+        name.cloned().unwrap_or_else(|| reason.to_string())
+    }
+
+    /// The busiest locations by (reason, function): sampled where the kernel gives
+    /// reasons, exact from the counts where it gives none.
+    fn locations(&self) -> Vec<((String, String), u64)> {
+        let mut by_function: HashMap<(String, String), u64> = if self.reasons.is_some() {
+            self.locations.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        } else {
+            let mut exact = HashMap::new();
+            for (key, count) in summed(&self.counts) {
+                let function = self.symbols.function(key.location);
+                *exact.entry((self.reason(key.reason), function)).or_default() += count;
+            }
+            exact
+        };
+        let mut top: Vec<_> = by_function.drain().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(self.top_locations);
+        top
     }
 }
 
@@ -210,10 +263,15 @@ impl Symbols {
         let (start, name) = &self.0[index];
         Some((format!("{name}+0x{:x}", address - start), name.as_str()))
     }
+
+    /// The function at `address`, or `unknown`.
+    fn function(&self, address: u64) -> String {
+        self.resolve(address).map_or_else(|| "unknown".to_owned(), |(_, function)| function.to_owned())
+    }
 }
 
 /// Counts and logs the sampled drops, for as long as the daemon runs.
-fn follow(ring: RingBuf<MapData>, probe: Arc<Drops>, symbols: Symbols, budget: LogBudget) -> Result<()> {
+fn follow(ring: RingBuf<MapData>, probe: Arc<Drops>, budget: LogBudget) -> Result<()> {
     // SAFETY: the ring buffer owns its fd, which stays open and the same while it lives, and
     // the AsyncFd owns the ring buffer.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -228,16 +286,18 @@ fn follow(ring: RingBuf<MapData>, probe: Arc<Drops>, symbols: Symbols, budget: L
                 // SAFETY: the program writes exactly this #[repr(C)] plain-data struct.
                 let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>()) };
                 let reason = probe.reason(event.reason);
-                let (place, function) = symbols.resolve(event.location).map_or_else(
+                let (place, function) = probe.symbols.resolve(event.location).map_or_else(
                     || (format!("0x{:x}", event.location), "unknown".to_owned()),
                     |(p, f)| (p, f.to_owned()),
                 );
-                *probe
-                    .locations
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry((reason.clone(), function))
-                    .or_default() += 1;
+                if probe.reasons.is_some() {
+                    *probe
+                        .locations
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .entry((reason.clone(), function))
+                        .or_default() += 1;
+                }
                 let Some(suppressed) = budget.allow() else { continue };
                 let netns =
                     namespaces::read(&probe.inventory).label(event.netns).unwrap_or_else(|| "unknown".into());
@@ -291,13 +351,16 @@ impl SignalSource for Drops {
 
 /// The reason the kernel gives when it gives none.
 const NOT_SPECIFIED: &str = "NOT_SPECIFIED";
+/// The `reason` of every drop on a kernel whose tracepoint has no reason at all (before
+/// 5.17). Unlike `NOT_SPECIFIED` it covers real drops too, so judgement keeps it.
+pub const NONE_GIVEN: &str = "NONE_GIVEN";
 
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: NAME,
     what: "kernel drop counts",
     loses: "cniguard_drops_*: kernel drops by reason, and the regression trigger's drop ratio",
-    programs: &["drops"],
-    needs: &[Need::Btf, Need::BtfEnum("skb_drop_reason")],
+    programs: Programs::ByBtf(programs),
+    needs: &[Need::Btf],
     required: false,
     prepare: None,
     start: |context| {
@@ -344,16 +407,8 @@ impl Collector for DropsCollector {
         for (labels, count) in &totals {
             drops.sample(&[&labels[0], &labels[1], &labels[2], &labels[3]], *count as f64);
         }
-        let mut top: Vec<((String, String), u64)> = probe
-            .locations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let mut locations = FamilyBuilder::counter(&self.locations, LOCATION_LABELS);
-        for ((reason, function), count) in top.into_iter().take(probe.top_locations) {
+        for ((reason, function), count) in probe.locations() {
             locations.sample(&[&reason, &function], count as f64);
         }
         [drops.build(), locations.build()].into_iter().flatten().collect()

@@ -15,7 +15,7 @@ use probe_common::iface_stats::{IfaceCounters, IfaceKey, ProtocolClass};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
-use super::registry::{ProbeSpec, Started};
+use super::registry::{Programs, ProbeSpec, Started};
 use super::{InterfaceProbe, TcProgram};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::interfaces::AttachedInterfaces;
@@ -42,7 +42,7 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     name: NAME,
     what: "interface packet counts",
     loses: "cniguard_interface_*: pod traffic per veth/cali interface",
-    programs: &["iface_stats_ingress", "iface_stats_egress"],
+    programs: Programs::All(&["iface_stats_ingress", "iface_stats_egress"]),
     needs: &[],
     required: true,
     prepare: None,

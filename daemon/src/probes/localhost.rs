@@ -31,7 +31,7 @@ use crate::checks::health::HealthCheckConfig;
 use crate::judgement::signals::{SignalSource, Totals, add_buckets};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::namespaces::{self, SharedInventory};
-use crate::probes::registry::{Need, ProbeSpec, Started};
+use crate::probes::registry::{Need, ProbeSpec, Programs, Started};
 use crate::probes::shared::{LatencyTotals, monotonic_ns, summed};
 
 pub const NAME: &str = "localhost";
@@ -270,7 +270,7 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     name: NAME,
     what: "localhost latency",
     loses: "cniguard_localhost_connect_* and _response_seconds: the in-pod 127.0.0.1 latency, and the localhost_latency_slo trigger",
-    programs: &["localhost_egress", "localhost_ingress"],
+    programs: Programs::All(&["localhost_egress", "localhost_ingress"]),
     needs: &[Need::CgroupV2],
     required: false,
     prepare: None,

@@ -8,7 +8,7 @@ use probe_common::map_health::MapId;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
-use super::registry::{ProbeSpec, Started};
+use super::registry::{Programs, ProbeSpec, Started};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 
 const LABELS: &[&str] = &["map"];
@@ -22,7 +22,7 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     name: "map_health",
     what: "full-map counts",
     loses: "cniguard_map_full_total: maps that overflow go unseen",
-    programs: &[],
+    programs: Programs::All(&[]),
     needs: &[],
     required: true,
     prepare: None,

@@ -13,7 +13,7 @@ use probe_common::overlay::OverlayKey;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
-use super::registry::{ProbeSpec, Started};
+use super::registry::{Programs, ProbeSpec, Started};
 use super::shared::CidrClasses;
 use super::{InterfaceProbe, TcProgram};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
@@ -39,7 +39,7 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     name: NAME,
     what: "overlay traffic by CIDR",
     loses: "cniguard_overlay_packets_total: inner traffic by old/new pod CIDR",
-    programs: &["overlay_ingress", "overlay_egress"],
+    programs: Programs::All(&["overlay_ingress", "overlay_egress"]),
     needs: &[],
     required: true,
     prepare: None,

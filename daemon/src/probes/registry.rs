@@ -29,8 +29,9 @@ pub struct ProbeSpec {
     pub what: &'static str,
     /// What the operator loses while it is off: its metrics and the judgement that reads them.
     pub loses: &'static str,
-    /// Its programs in the eBPF object, loaded one by one by `cniguard check`.
-    pub programs: &'static [&'static str],
+    /// Its programs in the eBPF object, as `run` picks them on this kernel; `cniguard
+    /// check` loads the same ones.
+    pub programs: Programs,
     /// What it needs from the kernel besides loading its programs.
     pub needs: &'static [Need],
     /// Whether the daemon refuses to run without it.
@@ -41,15 +42,35 @@ pub struct ProbeSpec {
     pub start: fn(&mut ProbeContext<'_>) -> Result<Started>,
 }
 
+/// Which of the object's programs a probe runs.
+#[derive(Clone, Copy)]
+pub enum Programs {
+    /// These, on every kernel.
+    All(&'static [&'static str]),
+    /// The set the running kernel calls for, from its BTF (a tracepoint whose arguments
+    /// differ between releases gets a program reading just the arguments it has).
+    ByBtf(fn(&Btf) -> Result<&'static [&'static str]>),
+}
+
+impl Programs {
+    /// The programs to load on this kernel.
+    ///
+    /// # Errors
+    /// If the choice needs BTF and there is none, or the kernel offers none of the sets.
+    pub fn on(self, btf: &Result<Btf, String>) -> Result<&'static [&'static str]> {
+        match self {
+            Self::All(programs) => Ok(programs),
+            Self::ByBtf(choose) => choose(btf.as_ref().map_err(|err| anyhow!("{err}"))?),
+        }
+    }
+}
+
 /// A kernel facility a probe cannot do without.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
     /// The kernel's type information (/sys/kernel/btf/vmlinux): tracing probes read kernel
     /// structs at offsets found there.
     Btf,
-    /// An enum in the kernel's BTF whose names the probe reports (the kernel's numbering
-    /// differs between releases).
-    BtfEnum(&'static str),
     /// A cgroup v2 mount: socket-level programs attach to its root.
     CgroupV2,
 }
@@ -59,10 +80,6 @@ impl Need {
     fn check(self, btf: &Result<Btf, String>) -> Result<()> {
         match self {
             Self::Btf => btf.as_ref().map(|_| ()).map_err(|err| anyhow!("{err}")),
-            Self::BtfEnum(name) => {
-                let btf = btf.as_ref().map_err(|err| anyhow!("{err}"))?;
-                btf.enum_values(name).map(|_| ())
-            }
             Self::CgroupV2 => crate::node::cgroup2_root().map(|_| ()),
         }
     }
@@ -219,7 +236,7 @@ pub fn check_all(log_level: crate::node::ebpf::EbpfLogLevel) -> Result<Vec<Probe
         .map(|spec| {
             let found =
                 spec.needs.iter().try_for_each(|need| need.check(&btf)).and_then(|()| {
-                    spec.programs.iter().try_for_each(|program| load_program(&mut ebpf, program))
+                    spec.programs.on(&btf)?.iter().try_for_each(|program| load_program(&mut ebpf, program))
                 });
             ProbeCheck { spec, off: found.err().map(|err| format!("{err:#}")) }
         })
@@ -234,6 +251,7 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
         Program::SchedClassifier(program) => program.load(),
         Program::CgroupSkb(program) => program.load(),
         Program::RawTracePoint(program) => program.load(),
+        Program::KProbe(program) => program.load(),
         _ => anyhow::bail!("{name}: a program type `cniguard check` does not load"),
     };
     loaded.with_context(|| format!("loading {name}"))

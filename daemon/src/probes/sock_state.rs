@@ -22,7 +22,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use tokio::io::unix::AsyncFd;
 
-use super::registry::{Need, ProbeSpec, Started};
+use super::registry::{Programs, Need, ProbeSpec, Started};
 use super::shared::attach_raw_tracepoint;
 use crate::metrics::labels::PeerLabels;
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
@@ -63,7 +63,7 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     name: NAME,
     what: "BGP session state and Typha connections",
     loses: "cniguard_bgp_session_* and cniguard_tcp_connections_total: BGP session state and Typha connections",
-    programs: &["sock_state"],
+    programs: Programs::All(&["sock_state"]),
     needs: &[Need::Btf],
     required: false,
     prepare: None,

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
 use aya::maps::{MapData, PerCpuHashMap};
+use aya::programs::KProbe;
+use aya::programs::kprobe::KProbeLink;
 use aya::programs::raw_trace_point::RawTracePointLink;
 use probe_common::counters::Histogram;
 use probe_common::kernel::KernelOffsets;
@@ -15,7 +17,7 @@ use probe_common::tcp_health::{TcpEvent, TcpKey};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
-use super::registry::{Need, ProbeSpec, Started};
+use super::registry::{Programs, Need, ProbeSpec, Started};
 use super::shared::{CidrClasses, LatencyTotals, attach_raw_tracepoint, summed};
 use crate::judgement::signals::{SignalSource, Totals};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
@@ -23,14 +25,54 @@ use crate::node::btf::Btf;
 
 pub const NAME: &str = "tcp_health";
 
-/// (program, tracepoint, the arguments the program reads).
-const PROGRAMS: &[(&str, &str, &[&str])] = &[
+/// (program, tracepoint, the arguments the program reads), on every kernel.
+const TRACEPOINTS: &[(&str, &str, &[&str])] = &[
     ("tcp_retransmit", RETRANSMIT, &["sock*", "sk_buff*"]),
     ("tcp_retransmit_synack", "tcp_retransmit_synack", &["sock*", "request_sock*"]),
     ("tcp_receive_reset", "tcp_receive_reset", &["sock*"]),
-    ("tcp_send_reset", "tcp_send_reset", &["sock*", "sk_buff*"]),
     ("tcp_rtt", "tcp_probe", &["sock*", "sk_buff*"]),
 ];
+
+const SEND_RESET: &str = "tcp_send_reset";
+const SEND_RESET_ARGS: &[&str] = &["sock*", "sk_buff*"];
+/// The kernel functions that send a passive reset and count it in `OutRsts`, each with
+/// the kprobe program of the same name.
+const PASSIVE_RESET_FUNCTIONS: &[&str] = &["tcp_v4_send_reset", "tcp_v6_send_reset"];
+
+/// How resets sent are seen on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResetHooks {
+    /// The `tcp_send_reset` tracepoint reports every reset, socket or not: its reason
+    /// argument (6.10) came with that.
+    Tracepoint,
+    /// It skips resets without a socket (a port nothing listens on): it gives only the
+    /// active resets, and kprobes on the functions that send passive ones give the rest.
+    ActiveAndKprobes,
+}
+
+impl ResetHooks {
+    fn on(btf: &Btf) -> Result<Self> {
+        let args = btf.check_tracepoint(SEND_RESET, SEND_RESET_ARGS)?;
+        Ok(if args.get(2).is_some_and(|a| a == "sk_rst_reason") { Self::Tracepoint } else { Self::ActiveAndKprobes })
+    }
+
+    fn programs(self) -> &'static [&'static str] {
+        match self {
+            Self::Tracepoint => {
+                &["tcp_retransmit", "tcp_retransmit_synack", "tcp_receive_reset", "tcp_rtt", "tcp_send_reset"]
+            }
+            Self::ActiveAndKprobes => &[
+                "tcp_retransmit",
+                "tcp_retransmit_synack",
+                "tcp_receive_reset",
+                "tcp_rtt",
+                "tcp_send_active_reset",
+                "tcp_v4_send_reset",
+                "tcp_v6_send_reset",
+            ],
+        }
+    }
+}
 
 const RETRANSMIT: &str = "tcp_retransmit_skb";
 
@@ -50,6 +92,7 @@ pub fn find_arguments(btf: &Btf, offsets: &mut KernelOffsets) -> Result<()> {
 
 pub struct TcpHealth {
     _links: Vec<RawTracePointLink>,
+    _kprobes: Vec<KProbeLink>,
     events: Mutex<PerCpuHashMap<MapData, TcpKey, u64>>,
     rtt: Mutex<PerCpuHashMap<MapData, u8, Histogram>>,
     classes: Arc<CidrClasses>,
@@ -72,14 +115,55 @@ impl TcpHealth {
         let rtt =
             PerCpuHashMap::try_from(ebpf.take_map("TCP_RTT").context("the eBPF object has no TCP_RTT map")?)?;
         let mut links = Vec::new();
-        for (program, tracepoint, expected) in PROGRAMS {
+        for (program, tracepoint, expected) in TRACEPOINTS {
             links.push(attach_raw_tracepoint(ebpf, btf, program, tracepoint, expected)?.0);
         }
-        let probe =
-            Arc::new(Self { _links: links, events: Mutex::new(events), rtt: Mutex::new(rtt), classes });
+        let mut kprobes = Vec::new();
+        let resets = match ResetHooks::on(btf)? {
+            ResetHooks::Tracepoint => "tcp_send_reset",
+            ResetHooks::ActiveAndKprobes => match attach_passive_resets(ebpf) {
+                Ok(attached) => {
+                    kprobes = attached;
+                    "tcp_send_active_reset"
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        "resets sent miss those for ports nothing listens on (this kernel's tcp_send_reset tracepoint skips them, and no kprobe attaches: {err:#})"
+                    );
+                    "tcp_send_reset"
+                }
+            },
+        };
+        links.push(attach_raw_tracepoint(ebpf, btf, resets, SEND_RESET, SEND_RESET_ARGS)?.0);
+        let probe = Arc::new(Self {
+            _links: links,
+            _kprobes: kprobes,
+            events: Mutex::new(events),
+            rtt: Mutex::new(rtt),
+            classes,
+        });
         metrics.registry.register(Box::new(TcpCollector::new(probe.clone())))?;
         Ok(probe)
     }
+}
+
+/// Attaches a kprobe to each function that sends passive resets. One the kernel lacks
+/// (`tcp_v6_send_reset` without IPv6) is left out.
+fn attach_passive_resets(ebpf: &mut Ebpf) -> Result<Vec<KProbeLink>> {
+    let mut links = Vec::new();
+    for function in PASSIVE_RESET_FUNCTIONS {
+        let program: &mut KProbe = ebpf
+            .program_mut(function)
+            .with_context(|| format!("the eBPF object has no {function} program"))?
+            .try_into()?;
+        program.load().with_context(|| format!("loading {function}"))?;
+        match program.attach(function, 0) {
+            Ok(link) => links.push(program.take_link(link)?),
+            Err(err) if !links.is_empty() => tracing::debug!("no kprobe on {function}: {err}"),
+            Err(err) => return Err(err).with_context(|| format!("attaching a kprobe to {function}")),
+        }
+    }
+    Ok(links)
 }
 
 /// Retransmits by peer CIDR, and resets by peer CIDR and direction.
@@ -117,7 +201,7 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     name: NAME,
     what: "TCP retransmits, resets and RTT",
     loses: "cniguard_tcp_retransmits/resets/srtt: TCP health, and the regression trigger's retransmit ratio",
-    programs: &["tcp_retransmit", "tcp_retransmit_synack", "tcp_receive_reset", "tcp_send_reset", "tcp_rtt"],
+    programs: Programs::ByBtf(|btf| Ok(ResetHooks::on(btf)?.programs())),
     needs: &[Need::Btf],
     required: false,
     prepare: Some(find_arguments),

@@ -19,7 +19,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use tokio::io::unix::AsyncFd;
 
-use super::registry::{ProbeSpec, Started};
+use super::registry::{Programs, ProbeSpec, Started};
 use super::shared::{LogBudget, monotonic_ns};
 use super::{InterfaceProbe, TcProgram};
 use crate::metrics::labels::{self, PeerLabels};
@@ -65,7 +65,7 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     name: NAME,
     what: "VXLAN and BGP on the underlay",
     loses: "cniguard_vxlan_* and cniguard_bgp_messages_*: which overlay carries traffic, BGP messages",
-    programs: &["underlay_ingress", "underlay_egress"],
+    programs: Programs::All(&["underlay_ingress", "underlay_egress"]),
     needs: &[],
     required: true,
     prepare: None,

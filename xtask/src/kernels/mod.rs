@@ -61,12 +61,8 @@ const KNOWN_GAPS: &[KnownGap] = &[
         Today::Off("program of this type cannot use helper bpf_get_netns_cookie#122"),
         "issue 12 item 2",
     ),
-    gap("5.10", "drops", Today::Off("no enum skb_drop_reason in the kernel's BTF"), "issue 12 item 3"),
     gap("5.10", "tcp_health", Today::Counts { aspect: "resets_sent", got: 0 }, "issue 12 item 4"),
     gap("6.1", "tcp_health", Today::Counts { aspect: "resets_sent", got: 0 }, "issue 12 item 4"),
-    gap("5.10", "sock_state", Today::Counts { aspect: "down_after_rst", got: 1 }, "issue 12 item 5"),
-    gap("6.1", "sock_state", Today::Counts { aspect: "down_after_rst", got: 1 }, "issue 12 item 5"),
-    gap("6.12", "sock_state", Today::Counts { aspect: "down_after_rst", got: 1 }, "issue 12 item 5"),
 ];
 
 /// Boots at a time: one per core of this 2-core machine.
