@@ -169,9 +169,10 @@ fn print_probe_checks() -> bool {
     let mut ok = true;
     for check in checks {
         let spec = check.spec;
-        match check.off {
-            None => println!("pass  probe {:<12} on", spec.name),
-            Some(why) => {
+        match check.found {
+            Ok(None) => println!("pass  probe {:<12} on", spec.name),
+            Ok(Some(hook)) => println!("pass  probe {:<12} on (hook {hook})", spec.name),
+            Err(why) => {
                 let status = if spec.required { "FAIL" } else { "warn" };
                 ok &= !spec.required;
                 println!("{status}  probe {:<12} off: {why}; loses {}", spec.name, spec.loses);

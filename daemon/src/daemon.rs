@@ -451,8 +451,9 @@ impl Namespaces {
         match namespaces::scan(&self.handle, self.mode, &attachments.peer_nsids()).await {
             Ok(inventory) => {
                 if self.mode == NetnsScope::Node {
-                    self.scope.set(&inventory.cookies());
+                    self.scope.set(&inventory.ids());
                 }
+                self.scope.set_cookies(&inventory.by_cookie());
                 *self.inventory.write().unwrap_or_else(std::sync::PoisonError::into_inner) = inventory;
             }
             Err(err) => tracing::warn!("scanning network namespaces failed, will retry: {err:#}"),

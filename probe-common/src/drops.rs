@@ -10,7 +10,7 @@ pub const DROP_EVENT_INTERVAL_NS: u64 = 100_000_000;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DropKey {
-    /// The namespace's cookie (0 when the skb had neither device nor socket).
+    /// The namespace (its inode number; 0 when the skb had neither device nor socket).
     pub netns: u64,
     /// The skb's device in that namespace (0 without one).
     pub ifindex: u32,

@@ -16,8 +16,10 @@ pub struct KernelOffsets {
     pub dev_net: u16,
     /// `struct sock` (`__sk_common.skc_net.net`).
     pub sock_net: u16,
-    /// `struct net`: `net_cookie`, the value `bpf_get_netns_cookie` returns.
-    pub net_cookie: u16,
+    /// `struct net`: `ns.inum`, the namespace's inode number, which is how cniguard names a
+    /// namespace everywhere (userspace reads it from nsfs; it exists on every kernel, where
+    /// `net_cookie` is only generated on demand before 5.12 and has no syscall before 5.14).
+    pub net_inum: u16,
     /// `struct sk_buff.cb` plus `struct tcp_skb_cb.tcp_gso_segs`: how many segments a TCP
     /// skb carries (`tcp_skb_pcount`), which is what the kernel's retransmit counter adds.
     pub skb_tcp_segs: u16,

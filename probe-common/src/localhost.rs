@@ -13,7 +13,7 @@ pub const SCOPE_MAX_ENTRIES: u32 = 4096;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnectionKey {
-    /// The namespace's cookie (`bpf_get_netns_cookie`).
+    /// The namespace's inode number (`ns.inum`; `stat -L -c %i /proc/<pid>/ns/net`).
     pub netns: u64,
     pub client: [u8; 4],
     pub server: [u8; 4],

@@ -1,4 +1,4 @@
-//! Reading kernel objects from raw tracepoints: an skb's device, namespace and IPv4 source;
+//! Reading kernel objects from tracing programs: an skb's device, namespace and IPv4 header;
 //! a socket's namespace, addresses and ports. The offsets come from the running kernel's
 //! BTF (see the daemon's `btf`).
 
@@ -12,7 +12,7 @@ static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     dev_ifindex: 0,
     dev_net: 0,
     sock_net: 0,
-    net_cookie: 0,
+    net_inum: 0,
     skb_tcp_segs: 0,
     skb_protocol: 0,
     skb_head: 0,
@@ -31,7 +31,7 @@ static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
 
 const ETH_P_IP: u16 = 0x0800;
 /// Offset of the source address in an IPv4 header.
-const IPV4_SOURCE: u64 = 12;
+const IPV4_SOURCE: u16 = 12;
 /// Offset of the flags byte (CWR..FIN) in a TCP header.
 const TCP_FLAGS: u16 = 13;
 
@@ -49,12 +49,28 @@ fn read<T>(base: u64, offset: u16) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T).ok() }
 }
 
-/// The namespace cookie of the socket at `sock` (full, request or timewait).
+/// The namespace (its inode number) of the `struct net` at `net`.
+#[inline(always)]
+pub fn net_inum(net: u64) -> Option<u64> {
+    read::<u32>(net, offsets().net_inum).map(u64::from)
+}
+
+/// The namespace of the socket at `sock` (full, request or timewait).
 #[inline(always)]
 pub fn sock_netns(sock: u64) -> Option<u64> {
-    let offsets = offsets();
-    let net: u64 = read(sock, offsets.sock_net)?;
-    read(net, offsets.net_cookie)
+    net_inum(read(sock, offsets().sock_net)?)
+}
+
+/// The index of the device at `device`.
+#[inline(always)]
+pub fn device_ifindex(device: u64) -> Option<u32> {
+    read(device, offsets().dev_ifindex)
+}
+
+/// The namespace of the device at `device`.
+#[inline(always)]
+pub fn device_netns(device: u64) -> Option<u64> {
+    net_inum(read(device, offsets().dev_net)?)
 }
 
 /// An IPv4 socket's ends; ports in host order.
@@ -119,19 +135,31 @@ pub fn skb_tcp_flags(skb: u64) -> Option<u8> {
     read(head + u64::from(transport), TCP_FLAGS)
 }
 
-/// The source address of the IPv4 packet in the skb at `skb`.
+/// The address of the IPv4 header of the skb at `skb`, if it carries IPv4.
 #[inline(always)]
-pub fn skb_ipv4_source(skb: u64) -> Option<[u8; 4]> {
+pub fn skb_ipv4_header(skb: u64) -> Option<u64> {
     let offsets = offsets();
     if skb_protocol(skb) != ETH_P_IP {
         return None;
     }
     let head: u64 = read(skb, offsets.skb_head)?;
     let network: u16 = read(skb, offsets.skb_network_header)?;
-    read(head + u64::from(network) + IPV4_SOURCE, 0)
+    Some(head + u64::from(network))
 }
 
-/// The `(ifindex, namespace cookie)` of the skb at `skb`: its device's, else its socket's
+/// `T` read from kernel memory at `address` (0 is refused).
+#[inline(always)]
+pub fn read_at<T>(address: u64) -> Option<T> {
+    read(address, 0)
+}
+
+/// The source address of the IPv4 packet in the skb at `skb`.
+#[inline(always)]
+pub fn skb_ipv4_source(skb: u64) -> Option<[u8; 4]> {
+    read(skb_ipv4_header(skb)?, IPV4_SOURCE)
+}
+
+/// The `(ifindex, namespace)` of the skb at `skb`: its device's, else its socket's
 /// namespace with no device (0).
 #[inline(always)]
 pub fn skb_device(skb: u64) -> (u32, u64) {
@@ -139,8 +167,7 @@ pub fn skb_device(skb: u64) -> (u32, u64) {
     let device: u64 = read(skb, offsets.skb_dev).unwrap_or(0);
     if device != 0 {
         let ifindex: u32 = read(device, offsets.dev_ifindex).unwrap_or(0);
-        let netns = read::<u64>(device, offsets.dev_net).and_then(|net| read(net, offsets.net_cookie));
-        return (ifindex, netns.unwrap_or(0));
+        return (ifindex, device_netns(device).unwrap_or(0));
     }
     let sock: u64 = read(skb, offsets.skb_sk).unwrap_or(0);
     (0, sock_netns(sock).unwrap_or(0))

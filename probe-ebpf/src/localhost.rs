@@ -1,29 +1,40 @@
-//! `localhost`: TCP over loopback to the watched ports, in every namespace, from the root
-//! cgroup's socket hooks (`cgroup_skb`): one attachment sees every pod's loopback without
-//! touching any `lo`, and `bpf_get_netns_cookie` tells the pods apart.
+//! `localhost`: TCP over loopback to the watched ports, in every namespace, from one of two
+//! hooks, whichever this kernel accepts (the daemon loads the first, then the second):
 //!
-//! Each loopback packet passes the sender's egress hook and the receiver's ingress hook.
-//! Egress sees the SYN, the SYN-ACK, data and FIN; ingress is used for RSTs only, because
-//! the RST that refuses a SYN comes from the kernel, not from a socket, and is only sure to
-//! pass a hook where it arrives.
+//! - the root cgroup's socket hooks (`cgroup_skb`): one attachment sees every pod's
+//!   loopback without touching any `lo`, and `bpf_get_netns_cookie` tells the pods apart
+//!   (kernels that allow that helper there: not 6.12, 6.18 does). Each loopback packet passes
+//!   the sender's egress hook and the receiver's ingress hook. Egress sees the SYN, the
+//!   SYN-ACK, data and FIN; ingress is used for RSTs only, because the RST that refuses a
+//!   SYN comes from the kernel, not from a socket, and is only sure to pass a hook where it
+//!   arrives. The cookie is turned into the namespace's inode number, cniguard's one name
+//!   for a namespace, through `NETNS_BY_COOKIE`, which the daemon fills.
+//! - fentry on `loopback_xmit`, the loopback device's transmit function (5.5 and later):
+//!   every loopback packet of every namespace passes it once, RSTs included, and nothing
+//!   else does, so traffic on other devices never runs it. The namespace is the device's
+//!   (`dev->nd_net->ns.inum`, offsets from the kernel's BTF).
+//! - where the kernel refuses fentry, the `net_dev_start_xmit` raw tracepoint: the same,
+//!   but it fires for every device's packets, so it looks at the device's index first
+//!   (every namespace's loopback is index 1) and returns for all others.
 
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_ktime_get_ns},
-    macros::{cgroup_skb, map},
+    macros::{cgroup_skb, fentry, map, raw_tracepoint},
     maps::{HashMap, PerCpuHashMap},
-    programs::SkBuffContext,
+    programs::{FEntryContext, RawTracePointContext, SkBuffContext},
 };
 use probe_common::{
     counters::Histogram,
     localhost::{
         CONNECTIONS_MAX_ENTRIES, ConnectionKey, ConnectionState, FailureKey, FailureReason,
-        LATENCY_MAX_ENTRIES, LOCALHOST_PORTS_MAX_ENTRIES, LatencyKey, LatencyKind, Phase,
+        LATENCY_MAX_ENTRIES, LOCALHOST_PORTS_MAX_ENTRIES, LatencyKey, LatencyKind, Phase, SCOPE_MAX_ENTRIES,
     },
     map_health::MapId,
 };
 
 use crate::{
     counters::{add, record_latency},
+    kernel,
     map_health::record_full,
     scope,
 };
@@ -55,9 +66,14 @@ static LATENCY: PerCpuHashMap<LatencyKey, Histogram> =
 #[map]
 static FAILURES: PerCpuHashMap<FailureKey, u64> = PerCpuHashMap::with_max_entries(LATENCY_MAX_ENTRIES, 0);
 
+/// Namespace cookie to inode number, for the `cgroup_skb` programs; filled by the daemon
+/// from its namespace inventory. A namespace it has not seen yet is not counted.
+#[map]
+static NETNS_BY_COOKIE: HashMap<u64, u64> = HashMap::with_max_entries(SCOPE_MAX_ENTRIES, 0);
+
 #[cgroup_skb(egress)]
 pub fn localhost_egress(ctx: SkBuffContext) -> i32 {
-    if let Some(segment) = segment(&ctx) {
+    if let Some(segment) = cgroup_segment(&ctx) {
         sent(&segment);
     }
     ALLOW
@@ -65,12 +81,45 @@ pub fn localhost_egress(ctx: SkBuffContext) -> i32 {
 
 #[cgroup_skb(ingress)]
 pub fn localhost_ingress(ctx: SkBuffContext) -> i32 {
-    if let Some(segment) = segment(&ctx)
+    if let Some(segment) = cgroup_segment(&ctx)
         && segment.flags & TCP_RST != 0
     {
         reset(&segment);
     }
     ALLOW
+}
+
+/// `loopback_xmit(skb, dev)`: every loopback packet, once, as the device sends it.
+#[fentry(function = "loopback_xmit")]
+pub fn localhost_xmit(ctx: FEntryContext) -> i32 {
+    transmitted(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+/// Every namespace's loopback device has this index (`LOOPBACK_IFINDEX`).
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// `net_dev_start_xmit(skb, dev)`: every packet any device sends; loopback's only are read.
+/// The daemon checks the arguments in the kernel's BTF before attaching.
+#[raw_tracepoint(tracepoint = "net_dev_start_xmit")]
+pub fn localhost_dev_xmit(ctx: RawTracePointContext) -> u32 {
+    let device: u64 = ctx.arg(1);
+    if kernel::device_ifindex(device) == Some(LOOPBACK_IFINDEX) {
+        transmitted(ctx.arg(0), device);
+    }
+    0
+}
+
+/// A loopback packet as the device sends it: RSTs end connections, the rest move them on.
+#[inline(always)]
+fn transmitted(skb: u64, device: u64) {
+    if let Some(segment) = xmit_segment(skb, device) {
+        if segment.flags & TCP_RST != 0 {
+            reset(&segment);
+        } else {
+            sent(&segment);
+        }
+    }
 }
 
 /// A loopback TCP segment of a watched connection.
@@ -82,23 +131,49 @@ struct Segment {
     payload: usize,
 }
 
+/// The segment a `cgroup_skb` program sees, if it is one of a watched connection.
 #[inline(always)]
-fn segment(ctx: &SkBuffContext) -> Option<Segment> {
+fn cgroup_segment(ctx: &SkBuffContext) -> Option<Segment> {
     // SAFETY: the kernel hands this program its __sk_buff.
     if unsafe { (*ctx.skb.skb).protocol } != ETH_P_IP_BE {
         return None;
     }
     // cgroup_skb packets start at the IP header.
     let ip = ctx.load::<[u8; 20]>(0).ok()?;
+    let tcp = ctx.load::<[u8; 14]>(ip_header_len(&ip)?).ok()?;
+    let ends = watched(&tcp)?;
+    // SAFETY: the helper only reads the context it is given.
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.skb.skb.cast()) };
+    // SAFETY: a map value, read at once.
+    let netns = unsafe { *NETNS_BY_COOKIE.get(cookie)? };
+    segment(&ip, &tcp, ends, netns)
+}
+
+/// The segment `loopback_xmit` sends, if it is one of a watched connection.
+#[inline(always)]
+fn xmit_segment(skb: u64, device: u64) -> Option<Segment> {
+    let header = kernel::skb_ipv4_header(skb)?;
+    let ip: [u8; 20] = kernel::read_at(header)?;
+    let tcp: [u8; 14] = kernel::read_at(header + ip_header_len(&ip)? as u64)?;
+    let ends = watched(&tcp)?;
+    segment(&ip, &tcp, ends, kernel::device_netns(device)?)
+}
+
+/// The IPv4 header's length, if `ip` is a loopback TCP one.
+#[inline(always)]
+fn ip_header_len(ip: &[u8; 20]) -> Option<usize> {
     let header_len = usize::from(ip[0] & 0x0f) * 4;
     if ip[0] >> 4 != 4 || header_len < 20 || ip[9] != IPPROTO_TCP || ip[12] != 127 || ip[16] != 127 {
         return None;
     }
-    let total_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let tcp = ctx.load::<[u8; 14]>(header_len).ok()?;
+    Some(header_len)
+}
+
+/// The ports, and whether the client sent it, if one of the segment's ports is watched.
+#[inline(always)]
+fn watched(tcp: &[u8; 14]) -> Option<(u16, u16, bool)> {
     let source_port = u16::from_be_bytes([tcp[0], tcp[1]]);
     let destination_port = u16::from_be_bytes([tcp[2], tcp[3]]);
-    let data_offset = usize::from(tcp[12] >> 4) * 4;
     let from_client = if LOCALHOST_PORTS.get_ptr(destination_port).is_some() {
         true
     } else if LOCALHOST_PORTS.get_ptr(source_port).is_some() {
@@ -106,11 +181,18 @@ fn segment(ctx: &SkBuffContext) -> Option<Segment> {
     } else {
         return None;
     };
-    // SAFETY: the helper only reads the context it is given.
-    let netns = unsafe { bpf_get_netns_cookie(ctx.skb.skb.cast()) };
+    Some((source_port, destination_port, from_client))
+}
+
+#[inline(always)]
+fn segment(ip: &[u8; 20], tcp: &[u8; 14], ends: (u16, u16, bool), netns: u64) -> Option<Segment> {
+    let (source_port, destination_port, from_client) = ends;
     if !scope::in_scope(netns) {
         return None;
     }
+    let header_len = usize::from(ip[0] & 0x0f) * 4;
+    let total_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let data_offset = usize::from(tcp[12] >> 4) * 4;
     let (source, destination) = ([ip[12], ip[13], ip[14], ip[15]], [ip[16], ip[17], ip[18], ip[19]]);
     let key = if from_client {
         ConnectionKey {

@@ -9,7 +9,7 @@ use probe_common::localhost::SCOPE_MAX_ENTRIES;
 #[unsafe(no_mangle)]
 static COUNT_EVERY_NAMESPACE: Global<u8> = Global::new(1);
 
-/// Namespace cookies within this daemon's scope; filled by the daemon.
+/// Namespaces (inode numbers) within this daemon's scope; filled by the daemon.
 #[map]
 static SCOPE: HashMap<u64, u8> = HashMap::with_max_entries(SCOPE_MAX_ENTRIES, 0);
 

@@ -232,14 +232,24 @@ fn a_reset_session_goes_down(lab: &Lab) {
     );
     nft(&lab.node_netns(0), &ruleset).unwrap();
     let sessions = |node: usize| {
-        let sockets = lab
-            .node_netns(node)
-            .command("ss")
-            .and_then(|mut ss| cniguard_lab::netns::run(ss.args(["-tn", "( sport = :179 or dport = :179 )"])));
-        format!("cniguard_bgp_session_up: {:?}; sockets: {sockets:?}", session_up(lab, node, [NODE_1, NODE_2][1 - node]))
+        let sockets = lab.node_netns(node).command("ss").and_then(|mut ss| {
+            cniguard_lab::netns::run(ss.args(["-tn", "( sport = :179 or dport = :179 )"]))
+        });
+        format!(
+            "cniguard_bgp_session_up: {:?}; sockets: {sockets:?}",
+            session_up(lab, node, [NODE_1, NODE_2][1 - node])
+        )
     };
-    wait_or("node-2's session to node-1 down after the reset", || session_up(lab, 1, NODE_1) == Some(0.0), || sessions(1));
-    wait_or("node-1's session to node-2 down after the reset", || session_up(lab, 0, NODE_2) == Some(0.0), || sessions(0));
+    wait_or(
+        "node-2's session to node-1 down after the reset",
+        || session_up(lab, 1, NODE_1) == Some(0.0),
+        || sessions(1),
+    );
+    wait_or(
+        "node-1's session to node-2 down after the reset",
+        || session_up(lab, 0, NODE_2) == Some(0.0),
+        || sessions(0),
+    );
     assert_eq!(session_up(lab, 1, NODE_1), Some(0.0));
     assert_eq!(session_up(lab, 0, NODE_2), Some(0.0));
     assert_eq!(session_up(lab, 0, NODE_3), Some(1.0), "node-1's other session is untouched");

@@ -5,7 +5,11 @@
 //! delay; refused, timed out and reset connections; the active check agreeing with the
 //! passive measurement; and against the real MLServer (Seldon v2's ports), the check reading
 //! healthy in HTTP on 9000 and gRPC on 9500, unhealthy with the model unloaded or the
-//! server stopped, and every failure's cause read from the pod's listening sockets.
+//! server stopped, and every failure's cause read from the pod's listening sockets. The
+//! probe's tests run on two of its hooks: `cgroup_skb` (this kernel allows
+//! `bpf_get_netns_cookie` there) and the `net_dev_start_xmit` raw tracepoint. The third,
+//! fentry on `loopback_xmit`, reads the packets the same way; this kernel refuses fentry
+//! programs (EPERM), so the kernel matrix covers it (`cargo xtask kernels`).
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -19,7 +23,6 @@ use cniguard_lab::cniguard::Daemon;
 use cniguard_lab::exposition::Scrape;
 use cniguard_lab::mlserver;
 use cniguard_lab::netns::{NetNs, veth_pair};
-use cniguard_lab::require_root;
 use cniguard_tests::netfilter::nft;
 
 /// A node namespace with a pod plugged into it, and a daemon watching the node's scope.
@@ -41,14 +44,21 @@ impl Drop for ConfigFile {
 }
 
 impl Node {
-    fn new(config: &str) -> Self {
+    /// A node whose daemon runs the localhost probe on `hook` (`[localhost] hook`).
+    fn new(hook: Hook, config: &str) -> Self {
+        let hook_line = format!("[localhost]\nhook = \"{}\"\n", hook.0);
+        let config = if config.contains("[localhost]\n") {
+            config.replace("[localhost]\n", &hook_line)
+        } else {
+            format!("{hook_line}{config}")
+        };
         let node = NetNs::new("node").unwrap();
         let pod = NetNs::new("pod").unwrap();
         veth_pair(&node, "veth-pod0", &pod, "eth0").unwrap();
         let stats = std::env::temp_dir().join(format!("cgt-{}-{}", std::process::id(), pod.name()));
         std::fs::create_dir_all(&stats).unwrap();
         let config_file = ConfigFile(stats.join("cniguard.toml"));
-        std::fs::write(&config_file.0, config).unwrap();
+        std::fs::write(&config_file.0, &config).unwrap();
         let daemon =
             Daemon::start(&node, &["--netns-scope", "node", "--config", config_file.0.to_str().unwrap()])
                 .unwrap();
@@ -131,13 +141,46 @@ fn histogram_count(scrape: &Scrape, metric: &str, netns: &str, port: &str, le: O
 const RESPONSE: &str = "cniguard_localhost_response_seconds";
 const CONNECT: &str = "cniguard_localhost_connect_seconds";
 
+/// A value of `[localhost] hook`.
+#[derive(Clone, Copy)]
+struct Hook(&'static str);
+const CGROUP_SKB: Hook = Hook("cgroup_skb");
+const NET_DEV_START_XMIT: Hook = Hook("net_dev_start_xmit");
+/// The first hook the kernel accepts, as a real node runs it.
+const AUTO: Hook = Hook("auto");
+
+/// Each test on both hooks: `on_cgroup_skb::<test>` and `on_net_dev_start_xmit::<test>`.
+macro_rules! on_both_hooks {
+    ($($test:ident),* $(,)?) => {
+        mod on_cgroup_skb {
+            $(#[test]
+            fn $test() {
+                cniguard_lab::require_root!();
+                super::$test(super::CGROUP_SKB);
+            })*
+        }
+        mod on_net_dev_start_xmit {
+            $(#[test]
+            fn $test() {
+                cniguard_lab::require_root!();
+                super::$test(super::NET_DEV_START_XMIT);
+            })*
+        }
+    };
+}
+
+on_both_hooks!(
+    every_exchange_of_the_pod_is_counted_and_only_the_pods,
+    latency_falls_in_the_bucket_of_the_injected_delay,
+    refused_timed_out_and_reset_connections_are_counted,
+    the_active_check_agrees_with_the_passive_measurement,
+);
+
 const KEEP_ALIVE: u64 = 40;
 const FRESH: u64 = 12;
 
-#[test]
-fn every_exchange_of_the_pod_is_counted_and_only_the_pods() {
-    require_root!();
-    let node = Node::new("");
+fn every_exchange_of_the_pod_is_counted_and_only_the_pods(hook: Hook) {
+    let node = Node::new(hook, "");
     let decoy = NetNs::new("decoy").unwrap();
     let _server = node.workload(Some(&node.pod), "server", &["mlserver", "--listen", "127.0.0.1:9500"]);
     let _decoy_server =
@@ -187,10 +230,8 @@ fn every_exchange_of_the_pod_is_counted_and_only_the_pods() {
     assert_eq!(scrape.count_sum("cniguard_localhost_connect_failures_total", &[]), 0);
 }
 
-#[test]
-fn latency_falls_in_the_bucket_of_the_injected_delay() {
-    require_root!();
-    let node = Node::new("");
+fn latency_falls_in_the_bucket_of_the_injected_delay(hook: Hook) {
+    let node = Node::new(hook, "");
     let _slow = node.workload(
         Some(&node.pod),
         "slow",
@@ -224,10 +265,8 @@ fn latency_falls_in_the_bucket_of_the_injected_delay() {
     assert!(histogram_count(&scrape, RESPONSE, pod, "8080", Some("0.005")) > 0, "{}", scrape.text);
 }
 
-#[test]
-fn refused_timed_out_and_reset_connections_are_counted() {
-    require_root!();
-    let node = Node::new("[localhost]\nconnect_timeout_seconds = 1\n");
+fn refused_timed_out_and_reset_connections_are_counted(hook: Hook) {
+    let node = Node::new(hook, "[localhost]\nconnect_timeout_seconds = 1\n");
     let pod = node.pod.name().to_owned();
     let failures = |s: &Scrape, port: &str, reason: &str| {
         s.count(
@@ -291,12 +330,10 @@ fn refused_timed_out_and_reset_connections_are_counted() {
     assert_eq!(histogram_count(&scrape, RESPONSE, &pod, "8080", None), 1);
 }
 
-#[test]
-fn the_active_check_agrees_with_the_passive_measurement() {
-    require_root!();
+fn the_active_check_agrees_with_the_passive_measurement(hook: Hook) {
     // The HTTP/1.1 stand-in on 9500, spoken to in HTTP (the default speaks gRPC there).
     let config = "[localhost.check]\nenabled = true\nnamespaces = [\"cgt-*-pod\"]\nports = [9500]\ngrpc_ports = []\nhttp_ports = [9500]\ninterval_seconds = 1\ntimeout_seconds = 1\n";
-    let node = Node::new(config);
+    let node = Node::new(hook, config);
     let _server = node.workload(
         Some(&node.pod),
         "server",
@@ -374,11 +411,11 @@ const REFUSED: u64 = 7;
 
 #[test]
 fn the_real_mlserver_reads_healthy_on_both_ports_and_each_failure_names_its_cause() {
-    require_root!();
+    cniguard_lab::require_root!();
     // Seldon's ports in their protocols (the defaults), the model's readiness, and 8081
     // for the IPv6-only server below.
     let config = "[localhost.check]\nenabled = true\nnamespaces = [\"cgt-*-pod\"]\nports = [9000, 9500, 8081]\nmodel = \"slow\"\ninterval_seconds = 1\ntimeout_seconds = 1\n";
-    let node = Node::new(config);
+    let node = Node::new(AUTO, config);
     let pod = node.pod.name().to_owned();
     // IPv6 on the pod's loopback only (the lab's namespaces have it off): ::1 for below.
     node.pod.sysctl("net.ipv6.conf.lo.disable_ipv6", "0").unwrap();

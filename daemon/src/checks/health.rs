@@ -211,7 +211,7 @@ async fn run(
     loop {
         ticker.tick().await;
         let targets: Vec<(String, PathBuf)> = namespaces::read(&inventory)
-            .by_cookie
+            .by_netns
             .values()
             .filter(|ns| !ns.own && check.namespaces.is_match(ns.label()))
             .map(|ns| (ns.label(), ns.path.clone()))

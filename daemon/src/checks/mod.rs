@@ -338,7 +338,7 @@ fn run_round(
     let origin = {
         let inventory = namespaces::read(inventory);
         let mut pods: Vec<(String, PathBuf)> = inventory
-            .by_cookie
+            .by_netns
             .values()
             .filter(|ns| !ns.own && settings.from.is_match(ns.label()))
             .map(|ns| (ns.label(), ns.path.clone()))

@@ -203,7 +203,7 @@ impl FactsSource for LiveFacts {
 /// # Errors
 /// If the node's interfaces cannot be listed.
 pub async fn gather(handle: &rtnetlink::Handle, inventory: &Inventory) -> Result<NodeFacts> {
-    let others: Vec<_> = inventory.by_cookie.values().filter(|ns| !ns.own).cloned().collect();
+    let others: Vec<_> = inventory.by_netns.values().filter(|ns| !ns.own).cloned().collect();
     let mut namespaces = Vec::new();
     for namespace in others {
         let path = namespace.path.clone();

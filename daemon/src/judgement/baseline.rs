@@ -427,11 +427,8 @@ impl Baselines {
 
 /// `OutSegs` of /proc/net/snmp in every watched namespace, by namespace inode.
 fn read_segments(inventory: &SharedInventory) -> BTreeMap<u64, u64> {
-    let watched: Vec<(u64, PathBuf, bool)> = namespaces::read(inventory)
-        .by_cookie
-        .values()
-        .map(|ns| (ns.inode, ns.path.clone(), ns.own))
-        .collect();
+    let watched: Vec<(u64, PathBuf, bool)> =
+        namespaces::read(inventory).by_netns.values().map(|ns| (ns.inode, ns.path.clone(), ns.own)).collect();
     watched
         .into_iter()
         .filter_map(|(inode, path, own)| {

@@ -305,7 +305,7 @@ impl Btf {
             dev_ifindex: self.offset("net_device", &["ifindex"])?,
             dev_net: self.offset("net_device", &["nd_net", "net"])?,
             sock_net: self.offset("sock", &["__sk_common", "skc_net", "net"])?,
-            net_cookie: self.offset("net", &["net_cookie"])?,
+            net_inum: self.sized("net", &["ns", "inum"], 4)?,
             skb_tcp_segs: self.offset("sk_buff", &["cb"])? + self.offset("tcp_skb_cb", &["tcp_gso_segs"])?,
             skb_protocol: self.sized("sk_buff", &["protocol"], 2)?,
             skb_head: self.sized("sk_buff", &["head"], 8)?,
@@ -364,7 +364,7 @@ mod tests {
         assert_eq!(btf.size("net_device", &["ifindex"]).unwrap(), 4);
         // possible_net_t is a struct behind a typedef.
         btf.offset("net_device", &["nd_net", "net"]).unwrap();
-        assert_eq!(btf.size("net", &["net_cookie"]).unwrap(), 8);
+        assert_eq!(btf.size("net", &["ns", "inum"]).unwrap(), 4);
         // tcp_gso_segs follows the two sequence numbers, inside an anonymous union.
         assert_eq!(btf.offset("tcp_skb_cb", &["tcp_gso_segs"]).unwrap(), 8);
         assert!(

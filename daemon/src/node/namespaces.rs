@@ -1,5 +1,7 @@
-//! The network namespaces of this host: their cookies (how eBPF programs name them), inodes
-//! and names (how operators and Kubernetes name them), and which of them are this
+//! The network namespaces of this host: their inode numbers (how cniguard names them,
+//! in its eBPF programs too: `ns.inum`, on every kernel), their cookies where the kernel
+//! gives them (`SO_NETNS_COOKIE`, 5.14 and later; what `bpf_get_netns_cookie` returns),
+//! their names (how operators and Kubernetes name them), and which of them are this
 //! daemon's to watch.
 //!
 //! On a real node the scope is the host: every namespace. In the lab, several nodes share
@@ -36,9 +38,10 @@ pub enum NetnsScope {
 /// One network namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
+    /// Its inode number in nsfs (the kernel's `ns.inum`): the key of every map.
     pub inode: u64,
-    /// `bpf_get_netns_cookie`'s name for it.
-    pub cookie: u64,
+    /// `bpf_get_netns_cookie`'s name for it, where the kernel has `SO_NETNS_COOKIE`.
+    pub cookie: Option<u64>,
     /// Its name under /var/run/netns (what `ip netns` and the CNI plugins use), if any.
     pub name: Option<String>,
     /// A path that opens it (for entering it).
@@ -56,21 +59,29 @@ impl Namespace {
     }
 }
 
-/// The namespaces in scope, by cookie.
+/// The namespaces in scope, by inode number (the `netns` the programs put in their keys).
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
-    pub by_cookie: HashMap<u64, Namespace>,
+    pub by_netns: HashMap<u64, Namespace>,
 }
 
 impl Inventory {
+    /// The `netns` label of the namespace with inode number `netns`.
     #[must_use]
-    pub fn label(&self, cookie: u64) -> Option<String> {
-        self.by_cookie.get(&cookie).map(Namespace::label)
+    pub fn label(&self, netns: u64) -> Option<String> {
+        self.by_netns.get(&netns).map(Namespace::label)
     }
 
+    /// The inode numbers of the namespaces in scope.
     #[must_use]
-    pub fn cookies(&self) -> BTreeSet<u64> {
-        self.by_cookie.keys().copied().collect()
+    pub fn ids(&self) -> BTreeSet<u64> {
+        self.by_netns.keys().copied().collect()
+    }
+
+    /// Cookie to inode number, for the namespaces whose cookie the kernel gives.
+    #[must_use]
+    pub fn by_cookie(&self) -> std::collections::BTreeMap<u64, u64> {
+        self.by_netns.values().filter_map(|ns| Some((ns.cookie?, ns.inode))).collect()
     }
 }
 
@@ -94,14 +105,14 @@ pub async fn scan(handle: &Handle, scope: NetnsScope, peer_nsids: &BTreeSet<i32>
         };
         if in_scope {
             namespace.name = namespace.name.filter(|n| !n.is_empty());
-            inventory.by_cookie.insert(namespace.cookie, namespace);
+            inventory.by_netns.insert(namespace.inode, namespace);
         }
     }
     Ok(inventory)
 }
 
 /// Every namespace reachable from /var/run/netns (named) and /proc/*/ns/net, once each,
-/// with its cookie.
+/// with its cookie where the kernel gives one.
 fn candidates() -> Result<Vec<Namespace>> {
     let own_inode = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?.ino();
     let mut by_inode: HashMap<u64, (Option<String>, PathBuf)> = HashMap::new();
@@ -126,10 +137,9 @@ fn candidates() -> Result<Vec<Namespace>> {
     let mut namespaces = Vec::new();
     for (inode, (name, path)) in by_inode {
         let own = inode == own_inode;
-        let cookie = if own { own_cookie() } else { cookie_of(&path) };
-        if let Ok(cookie) = cookie {
-            namespaces.push(Namespace { inode, cookie, name, path, own });
-        }
+        // Before 5.14 there is no SO_NETNS_COOKIE: the inode is the namespace's only name.
+        let cookie = if own { own_cookie() } else { cookie_of(&path) }.ok();
+        namespaces.push(Namespace { inode, cookie, name, path, own });
     }
     Ok(namespaces)
 }
@@ -191,7 +201,10 @@ pub fn can_enter() -> std::io::Result<()> {
 }
 
 /// The cookie of the namespace this thread is in: from a socket created here.
-fn own_cookie() -> std::io::Result<u64> {
+///
+/// # Errors
+/// Where the kernel has no `SO_NETNS_COOKIE` (before 5.14).
+pub fn own_cookie() -> std::io::Result<u64> {
     let socket =
         std::net::UdpSocket::bind("127.0.0.1:0").or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))?;
     let mut cookie = 0_u64;

@@ -23,7 +23,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use serde::Deserialize;
 
-use super::registry::{Programs, ProbeSpec, Started};
+use super::registry::{ProbeSpec, Programs, Started};
 use super::shared::{LatencyTotals, monotonic_ns, summed};
 
 use super::{InterfaceProbe, TcProgram};

@@ -151,11 +151,11 @@ impl Drops {
         }
         let inventory = namespaces::read(&self.inventory).clone();
         let mut known = self.known_namespaces.lock().unwrap_or_else(PoisonError::into_inner);
-        known.extend(inventory.by_cookie.keys().copied());
+        known.extend(inventory.by_netns.keys().copied());
         let mut stale = Vec::new();
-        for (cookie, keys) in by_namespace {
-            let Some(namespace) = inventory.by_cookie.get(&cookie) else {
-                if known.contains(&cookie) {
+        for (netns, keys) in by_namespace {
+            let Some(namespace) = inventory.by_netns.get(&netns) else {
+                if known.contains(&netns) {
                     stale.extend(keys);
                 }
                 continue;
@@ -172,7 +172,7 @@ impl Drops {
             let Some(gone) = gone else { continue };
             stale.extend(keys.into_iter().filter(|k| gone.contains(&k.ifindex)));
         }
-        known.retain(|cookie| inventory.by_cookie.contains_key(cookie));
+        known.retain(|netns| inventory.by_netns.contains_key(netns));
         drop(known);
         if stale.is_empty() {
             return;
@@ -327,7 +327,7 @@ impl Drops {
             let (netns, interface) = if key.netns == 0 {
                 ("unknown".to_owned(), String::new())
             } else {
-                let Some(namespace) = inventory.by_cookie.get(&key.netns) else { continue };
+                let Some(namespace) = inventory.by_netns.get(&key.netns) else { continue };
                 (namespace.label(), self.interfaces.name(namespace, key.ifindex))
             };
             *totals

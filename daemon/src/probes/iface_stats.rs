@@ -15,7 +15,7 @@ use probe_common::iface_stats::{IfaceCounters, IfaceKey, ProtocolClass};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
-use super::registry::{Programs, ProbeSpec, Started};
+use super::registry::{ProbeSpec, Programs, Started};
 use super::{InterfaceProbe, TcProgram};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::interfaces::AttachedInterfaces;

@@ -2,11 +2,27 @@
 //! measured passively: connect and request-to-response latency, and failures. (The active
 //! health check, `[localhost.check]`, is `checks::health`.)
 //!
-//! Why socket hooks on the root cgroup rather than a classifier on each pod's `lo`: one
-//! attachment sees the loopback of every namespace, including pods that appear after the
-//! daemon started, with nothing to attach or detach as they come and go, and the
-//! namespace cookie of each packet tells the pods apart. The daemon only has to keep the
-//! cookie-to-name inventory current (see `namespaces`).
+//! Two hooks, both one attachment for every namespace, pods that appear later included,
+//! with nothing to attach or detach as they come and go; the first this kernel accepts is
+//! used, found by loading it (never by version number):
+//!
+//! - `cgroup_skb` programs on the cgroup v2 root, where the kernel allows
+//!   `bpf_get_netns_cookie` in them (not 6.12; 6.18 does). Their cookie is turned into the
+//!   namespace's inode number through `NETNS_BY_COOKIE`, which the daemon writes with
+//!   every namespace scan (`shared::Scope`), before the scan is used.
+//! - else fentry on `loopback_xmit` (5.5 and later, with BTF), which reads the namespace
+//!   from the device (`dev->nd_net->ns.inum`). It runs for loopback packets only: traffic
+//!   on every other device never reaches it, where `cgroup_skb` programs run (and return
+//!   at once) for every packet of every socket, and a raw tracepoint on `net_dev_xmit`
+//!   would run for every packet of every device. A classifier on each pod's `lo` would
+//!   cost non-loopback traffic nothing either, but needs one attachment per namespace,
+//!   misses a pod's first connections until it is attached, and could not watch the
+//!   node's own `lo` (nothing is attached there).
+//! - else (a kernel that refuses fentry, as this machine's does) the `net_dev_start_xmit`
+//!   raw tracepoint, which fires for every device and returns at once for all but
+//!   loopback (index 1 in every namespace).
+//!
+//! Every map is keyed by the namespace's inode number (see `namespaces`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -17,8 +33,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
 use aya::maps::{HashMap, MapData, PerCpuHashMap};
-use aya::programs::cgroup_skb::CgroupSkbLink;
-use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry};
 use probe_common::counters::Histogram;
 use probe_common::localhost::{
     ConnectionKey, ConnectionState, FailureKey, FailureReason, LatencyKey, LatencyKind, Phase,
@@ -30,9 +45,10 @@ use serde::Deserialize;
 use crate::checks::health::HealthCheckConfig;
 use crate::judgement::signals::{SignalSource, Totals, add_buckets};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
+use crate::node::btf::Btf;
 use crate::node::namespaces::{self, SharedInventory};
-use crate::probes::registry::{Need, ProbeSpec, Programs, Started};
-use crate::probes::shared::{LatencyTotals, monotonic_ns, summed};
+use crate::probes::registry::{ProbeSpec, Programs, Started};
+use crate::probes::shared::{LatencyTotals, attach_raw_tracepoint, monotonic_ns, summed};
 
 pub const NAME: &str = "localhost";
 const LABELS: &[&str] = &["netns", "port"];
@@ -49,9 +65,39 @@ pub struct LocalhostConfig {
     pub connect_timeout_seconds: u64,
     /// A connection silent this long is forgotten (its state reclaimed).
     pub idle_timeout_seconds: u64,
+    /// Which hook the programs use; `auto`, the first the kernel accepts, unless testing.
+    pub hook: LocalhostHook,
     /// The active check, HTTP `GET /v2/health/ready` on 9000 and gRPC `ServerReady` on 9500
     /// (`checks::health` owns it).
     pub check: HealthCheckConfig,
+}
+
+/// Where the localhost programs attach.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalhostHook {
+    /// `cgroup_skb` where the kernel allows `bpf_get_netns_cookie` there, else
+    /// `loopback_xmit`, else `net_dev_start_xmit`.
+    #[default]
+    Auto,
+    /// `cgroup_skb` programs on the cgroup v2 root only.
+    CgroupSkb,
+    /// fentry on `loopback_xmit` only.
+    LoopbackXmit,
+    /// The `net_dev_start_xmit` raw tracepoint only.
+    NetDevStartXmit,
+}
+
+impl LocalhostHook {
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::CgroupSkb => "cgroup_skb",
+            Self::LoopbackXmit => "loopback_xmit",
+            Self::NetDevStartXmit => "net_dev_start_xmit",
+        }
+    }
 }
 
 impl Default for LocalhostConfig {
@@ -60,6 +106,7 @@ impl Default for LocalhostConfig {
             ports: vec![9000, 9500, 8080, 8081],
             connect_timeout_seconds: 3,
             idle_timeout_seconds: 600,
+            hook: LocalhostHook::Auto,
             check: HealthCheckConfig::default(),
         }
     }
@@ -71,6 +118,7 @@ pub struct LocalhostSettings {
     pub ports: Vec<u16>,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    pub hook: LocalhostHook,
 }
 
 /// What is wrong with the `[localhost]` table.
@@ -111,12 +159,15 @@ impl LocalhostConfig {
             ports: self.ports.clone(),
             connect_timeout: Duration::from_secs(self.connect_timeout_seconds),
             idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
+            hook: self.hook,
         })
     }
 }
 
 pub struct Localhost {
-    _links: Vec<CgroupSkbLink>,
+    _links: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    /// The hook in use: `cgroup_skb` or `loopback_xmit`.
+    pub hook: LocalhostHook,
     connections: Mutex<HashMap<MapData, ConnectionKey, ConnectionState>>,
     latency: Mutex<PerCpuHashMap<MapData, LatencyKey, Histogram>>,
     failures: Mutex<PerCpuHashMap<MapData, FailureKey, u64>>,
@@ -127,14 +178,14 @@ pub struct Localhost {
 }
 
 impl Localhost {
-    /// Attaches the programs to the root cgroup, registers the metrics and starts the
-    /// sweeper.
+    /// Loads and attaches the programs on the first hook the kernel accepts, registers the
+    /// metrics and starts the sweeper.
     ///
     /// # Errors
-    /// If there is no cgroup v2 mount, or the kernel refuses the programs (it must allow
-    /// `bpf_get_netns_cookie` in `cgroup_skb` programs).
+    /// If the kernel refuses both hooks (the reasons of both are given).
     pub fn start(
         ebpf: &mut Ebpf,
+        btf: &Result<Btf, String>,
         settings: LocalhostSettings,
         inventory: SharedInventory,
         metrics: &DaemonMetrics,
@@ -148,34 +199,26 @@ impl Localhost {
         let connections = HashMap::try_from(take("CONNECTIONS")?)?;
         let latency = PerCpuHashMap::try_from(take("LATENCY")?)?;
         let failures = PerCpuHashMap::try_from(take("FAILURES")?)?;
-        let root = crate::node::cgroup2_root()?;
-        let cgroup =
-            File::open(&root).with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
-        let mut links = Vec::new();
-        for (function, attach_type) in [
-            ("localhost_egress", CgroupSkbAttachType::Egress),
-            ("localhost_ingress", CgroupSkbAttachType::Ingress),
-        ] {
-            let program: &mut CgroupSkb = ebpf
-                .program_mut(function)
-                .with_context(|| format!("the eBPF object has no program {function}"))?
-                .try_into()?;
-            program.load().with_context(|| {
-                format!(
-                    "loading {function} (the kernel must allow bpf_get_netns_cookie in cgroup_skb programs)"
-                )
-            })?;
-            // aya attaches with a BPF link here (Linux 5.7+), which is always one program of
-            // many on the cgroup, so others' programs keep running; the kernel takes no
-            // flags for that (`Single` is flags 0, where `AllowMultiple` would be refused).
-            let link = program
-                .attach(cgroup.as_fd(), attach_type, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {function} to {}", root.display()))?;
-            links.push(program.take_link(link)?);
-        }
+        let (hook, links, place) = match settings.hook {
+            LocalhostHook::CgroupSkb => attach_cgroup_skb(ebpf)?,
+            LocalhostHook::LoopbackXmit => attach_loopback_xmit(ebpf, btf)?,
+            LocalhostHook::NetDevStartXmit => attach_net_dev_start_xmit(ebpf, btf)?,
+            LocalhostHook::Auto => attach_cgroup_skb(ebpf)
+                .or_else(|cgroup| {
+                    attach_loopback_xmit(ebpf, btf).map_err(|fentry| {
+                        anyhow::anyhow!("cgroup_skb: {cgroup:#}; loopback_xmit: {fentry:#}")
+                    })
+                })
+                .or_else(|both| {
+                    attach_net_dev_start_xmit(ebpf, btf)
+                        .map_err(|tracepoint| tracepoint.context(format!("and before it, {both:#}")))
+                })?,
+        };
+        // The programs hold the map now; its fd had to stay open until they loaded.
         drop(ports);
         let probe = Arc::new(Self {
             _links: links,
+            hook,
             connections: Mutex::new(connections),
             latency: Mutex::new(latency),
             failures: Mutex::new(failures),
@@ -192,7 +235,7 @@ impl Localhost {
                 sweeper.sweep();
             }
         });
-        tracing::info!(root = %root.display(), ports = ?probe.settings.ports, "localhost probe attached to the cgroup v2 root");
+        tracing::info!(hook = hook.label(), at = %place, ports = ?probe.settings.ports, "localhost probe attached");
         Ok(probe)
     }
 
@@ -220,7 +263,7 @@ impl Localhost {
             }
         }
         drop(connections);
-        let live = namespaces::read(&self.inventory).cookies();
+        let live = namespaces::read(&self.inventory).ids();
         if live.is_empty() {
             return; // not scanned yet
         }
@@ -241,6 +284,116 @@ impl Localhost {
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|(netns, _), _| live.contains(netns));
     }
+}
+
+type Attached = (LocalhostHook, Vec<Box<dyn std::any::Any + Send + Sync>>, String);
+
+/// The first hook whose programs this kernel loads, in `auto`'s order, as `run` would pick
+/// it (`cniguard check` asks this; nothing is attached).
+///
+/// # Errors
+/// Why each hook was refused.
+pub fn load_first(ebpf: &mut Ebpf, btf: &Result<Btf, String>) -> Result<&'static str> {
+    let Err(cgroup) = load_cgroup_skb(ebpf) else { return Ok("cgroup_skb") };
+    let Err(fentry) = load_loopback_xmit(ebpf, btf) else { return Ok("loopback_xmit") };
+    load_net_dev_start_xmit(ebpf, btf).map(|()| "net_dev_start_xmit").map_err(|err| {
+        err.context(format!("and before it, cgroup_skb: {cgroup:#}; loopback_xmit: {fentry:#}"))
+    })
+}
+
+const CGROUP_PROGRAMS: [(&str, CgroupSkbAttachType); 2] =
+    [("localhost_egress", CgroupSkbAttachType::Egress), ("localhost_ingress", CgroupSkbAttachType::Ingress)];
+
+/// Loads both `cgroup_skb` programs: the kernel must allow `bpf_get_netns_cookie` in them.
+fn load_cgroup_skb(ebpf: &mut Ebpf) -> Result<[(&'static str, CgroupSkbAttachType); 2]> {
+    for (function, _) in CGROUP_PROGRAMS {
+        let program: &mut CgroupSkb = ebpf
+            .program_mut(function)
+            .with_context(|| format!("the eBPF object has no program {function}"))?
+            .try_into()?;
+        program.load().with_context(|| {
+            format!("loading {function} (the kernel must allow bpf_get_netns_cookie in cgroup_skb programs)")
+        })?;
+    }
+    Ok(CGROUP_PROGRAMS)
+}
+
+/// Loads both `cgroup_skb` programs, then attaches them to the cgroup v2 root.
+fn attach_cgroup_skb(ebpf: &mut Ebpf) -> Result<Attached> {
+    let programs = load_cgroup_skb(ebpf)?;
+    let root = crate::node::cgroup2_root()?;
+    let cgroup =
+        File::open(&root).with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
+    let mut links: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
+    for (function, attach_type) in programs {
+        let program: &mut CgroupSkb = ebpf
+            .program_mut(function)
+            .with_context(|| format!("the eBPF object has no program {function}"))?
+            .try_into()?;
+        // aya attaches with a BPF link here (Linux 5.7+), which is always one program of
+        // many on the cgroup, so others' programs keep running; the kernel takes no
+        // flags for that (`Single` is flags 0, where `AllowMultiple` would be refused).
+        let link = program
+            .attach(cgroup.as_fd(), attach_type, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {function} to {}", root.display()))?;
+        links.push(Box::new(program.take_link(link)?));
+    }
+    Ok((LocalhostHook::CgroupSkb, links, root.display().to_string()))
+}
+
+/// Loads `localhost_xmit` as fentry on `loopback_xmit` and attaches it. It reads the skb
+/// and the device at offsets from the kernel's BTF, in `KERNEL_OFFSETS` since the object
+/// was loaded.
+fn attach_loopback_xmit(ebpf: &mut Ebpf, btf: &Result<Btf, String>) -> Result<Attached> {
+    load_loopback_xmit(ebpf, btf)?;
+    let program: &mut FEntry = ebpf
+        .program_mut(XMIT_PROGRAM)
+        .with_context(|| format!("the eBPF object has no program {XMIT_PROGRAM}"))?
+        .try_into()?;
+    let link = program.attach().with_context(|| format!("attaching {XMIT_PROGRAM} to loopback_xmit"))?;
+    let link = program.take_link(link)?;
+    Ok((LocalhostHook::LoopbackXmit, vec![Box::new(link)], "loopback_xmit".to_owned()))
+}
+
+const XMIT_PROGRAM: &str = "localhost_xmit";
+
+fn load_loopback_xmit(ebpf: &mut Ebpf, btf: &Result<Btf, String>) -> Result<()> {
+    const FUNCTION: &str = XMIT_PROGRAM;
+    btf.as_ref()
+        .map_err(|err| anyhow::anyhow!("{FUNCTION} reads kernel structs at offsets from BTF: {err}"))?;
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF for fentry")?;
+    let program: &mut FEntry = ebpf
+        .program_mut(FUNCTION)
+        .with_context(|| format!("the eBPF object has no program {FUNCTION}"))?
+        .try_into()?;
+    program
+        .load("loopback_xmit", &btf)
+        .with_context(|| format!("loading {FUNCTION} (fentry on loopback_xmit)"))?;
+    Ok(())
+}
+
+/// Loads `localhost_dev_xmit` and attaches it to the `net_dev_start_xmit` raw tracepoint,
+/// after checking the tracepoint's arguments in the kernel's BTF.
+fn attach_net_dev_start_xmit(ebpf: &mut Ebpf, btf: &Result<Btf, String>) -> Result<Attached> {
+    let btf =
+        btf.as_ref().map_err(|err| anyhow::anyhow!("{DEV_XMIT_TRACEPOINT} needs the kernel's BTF: {err}"))?;
+    let (link, _) = attach_raw_tracepoint(ebpf, btf, DEV_XMIT_PROGRAM, DEV_XMIT_TRACEPOINT, DEV_XMIT_ARGS)?;
+    Ok((LocalhostHook::NetDevStartXmit, vec![Box::new(link)], DEV_XMIT_TRACEPOINT.to_owned()))
+}
+
+const DEV_XMIT_PROGRAM: &str = "localhost_dev_xmit";
+const DEV_XMIT_TRACEPOINT: &str = "net_dev_start_xmit";
+const DEV_XMIT_ARGS: &[&str] = &["sk_buff*", "net_device*"];
+
+fn load_net_dev_start_xmit(ebpf: &mut Ebpf, btf: &Result<Btf, String>) -> Result<()> {
+    let btf =
+        btf.as_ref().map_err(|err| anyhow::anyhow!("{DEV_XMIT_TRACEPOINT} needs the kernel's BTF: {err}"))?;
+    btf.check_tracepoint(DEV_XMIT_TRACEPOINT, DEV_XMIT_ARGS)?;
+    let program: &mut aya::programs::RawTracePoint = ebpf
+        .program_mut(DEV_XMIT_PROGRAM)
+        .with_context(|| format!("the eBPF object has no program {DEV_XMIT_PROGRAM}"))?
+        .try_into()?;
+    program.load().with_context(|| format!("loading {DEV_XMIT_PROGRAM}"))
 }
 
 impl Localhost {
@@ -270,13 +423,14 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     name: NAME,
     what: "localhost latency",
     loses: "cniguard_localhost_connect_* and _response_seconds: the in-pod 127.0.0.1 latency, and the localhost_latency_slo trigger",
-    programs: Programs::All(&["localhost_egress", "localhost_ingress"]),
-    needs: &[Need::CgroupV2],
+    programs: Programs::FirstLoading(load_first),
+    needs: &[],
     required: false,
     prepare: None,
     start: |context| {
         let probe = Localhost::start(
             context.ebpf,
+            context.btf,
             context.settings.localhost.clone(),
             context.inventory.clone(),
             context.metrics,

@@ -8,7 +8,7 @@ use probe_common::map_health::MapId;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
-use super::registry::{Programs, ProbeSpec, Started};
+use super::registry::{ProbeSpec, Programs, Started};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 
 const LABELS: &[&str] = &["map"];

@@ -13,7 +13,7 @@ use probe_common::overlay::OverlayKey;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
-use super::registry::{Programs, ProbeSpec, Started};
+use super::registry::{ProbeSpec, Programs, Started};
 use super::shared::CidrClasses;
 use super::{InterfaceProbe, TcProgram};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};

@@ -50,18 +50,25 @@ pub enum Programs {
     /// The set the running kernel calls for, from its BTF (a tracepoint whose arguments
     /// differ between releases gets a program reading just the arguments it has).
     ByBtf(fn(&Btf) -> Result<&'static [&'static str]>),
+    /// One of several hooks, the first whose programs this kernel loads (never chosen by
+    /// version): the probe's function loads them in `run`'s order and names the hook.
+    FirstLoading(fn(&mut Ebpf, &Result<Btf, String>) -> Result<&'static str>),
 }
 
 impl Programs {
-    /// The programs to load on this kernel.
+    /// Loads the programs `run` would use on this kernel, attaching nothing; names the
+    /// hook where the probe has several.
     ///
     /// # Errors
-    /// If the choice needs BTF and there is none, or the kernel offers none of the sets.
-    pub fn on(self, btf: &Result<Btf, String>) -> Result<&'static [&'static str]> {
-        match self {
-            Self::All(programs) => Ok(programs),
-            Self::ByBtf(choose) => choose(btf.as_ref().map_err(|err| anyhow!("{err}"))?),
-        }
+    /// The first program the kernel refuses, or why no set fits this kernel.
+    fn load(self, ebpf: &mut Ebpf, btf: &Result<Btf, String>) -> Result<Option<&'static str>> {
+        let programs = match self {
+            Self::All(programs) => programs,
+            Self::ByBtf(choose) => choose(btf.as_ref().map_err(|err| anyhow!("{err}"))?)?,
+            Self::FirstLoading(load_first) => return load_first(ebpf, btf).map(Some),
+        };
+        programs.iter().try_for_each(|program| load_program(ebpf, program))?;
+        Ok(None)
     }
 }
 
@@ -208,8 +215,8 @@ fn missing_need(spec: &ProbeSpec, context: &ProbeContext<'_>) -> Option<anyhow::
 /// One probe as `cniguard check` finds it on this kernel.
 pub struct ProbeCheck {
     pub spec: &'static ProbeSpec,
-    /// `None` when it can run; else why not.
-    pub off: Option<String>,
+    /// `Ok` when it can run (with the hook it would use, where it has several); else why not.
+    pub found: Result<Option<&'static str>, String>,
 }
 
 /// Whether each probe can run here, found the way `run` would find it: its needs, then
@@ -234,11 +241,12 @@ pub fn check_all(log_level: crate::node::ebpf::EbpfLogLevel) -> Result<Vec<Probe
     Ok(PROBES
         .iter()
         .map(|spec| {
-            let found =
-                spec.needs.iter().try_for_each(|need| need.check(&btf)).and_then(|()| {
-                    spec.programs.on(&btf)?.iter().try_for_each(|program| load_program(&mut ebpf, program))
-                });
-            ProbeCheck { spec, off: found.err().map(|err| format!("{err:#}")) }
+            let found = spec
+                .needs
+                .iter()
+                .try_for_each(|need| need.check(&btf))
+                .and_then(|()| spec.programs.load(&mut ebpf, &btf));
+            ProbeCheck { spec, found: found.map_err(|err| format!("{err:#}")) }
         })
         .collect())
 }
@@ -252,6 +260,9 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
         Program::CgroupSkb(program) => program.load(),
         Program::RawTracePoint(program) => program.load(),
         Program::KProbe(program) => program.load(),
+        Program::FEntry(_) => {
+            anyhow::bail!("{name}: an fentry program is loaded by its probe, which names the function")
+        }
         _ => anyhow::bail!("{name}: a program type `cniguard check` does not load"),
     };
     loaded.with_context(|| format!("loading {name}"))

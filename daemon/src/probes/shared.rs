@@ -66,29 +66,49 @@ impl CidrClasses {
     }
 }
 
-/// The namespaces in scope, as the programs see them (`SCOPE`; node scope only).
+/// The namespaces as the programs see them: those in scope (`SCOPE`; node scope only), and
+/// the inode number of each cookie (`NETNS_BY_COOKIE`, for the localhost `cgroup_skb`
+/// programs, which only get the cookie).
 pub struct Scope {
     map: Mutex<HashMap<MapData, u64, u8>>,
+    cookies: Mutex<HashMap<MapData, u64, u64>>,
 }
 
 impl Scope {
     /// # Errors
-    /// If the map is missing.
+    /// If a map is missing.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         let map = HashMap::try_from(ebpf.take_map("SCOPE").context("the eBPF object has no SCOPE map")?)?;
-        Ok(Self { map: Mutex::new(map) })
+        let cookies = HashMap::try_from(
+            ebpf.take_map("NETNS_BY_COOKIE").context("the eBPF object has no NETNS_BY_COOKIE map")?,
+        )?;
+        Ok(Self { map: Mutex::new(map), cookies: Mutex::new(cookies) })
     }
 
     /// Limits the programs to these namespaces.
-    pub fn set(&self, cookies: &BTreeSet<u64>) {
+    pub fn set(&self, namespaces: &BTreeSet<u64>) {
         let mut scope = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         let present: BTreeSet<u64> = scope.keys().filter_map(Result::ok).collect();
-        for cookie in present.difference(cookies) {
-            let _ = scope.remove(cookie);
+        for netns in present.difference(namespaces) {
+            let _ = scope.remove(netns);
         }
-        for cookie in cookies.difference(&present) {
-            if let Err(err) = scope.insert(cookie, 1, 0) {
-                tracing::warn!(cookie, "cannot add a namespace to the scope: {err}");
+        for netns in namespaces.difference(&present) {
+            if let Err(err) = scope.insert(netns, 1, 0) {
+                tracing::warn!(netns = *netns, "cannot add a namespace to the scope: {err}");
+            }
+        }
+    }
+
+    /// Tells the programs each namespace's inode number by its cookie (cookie to inode).
+    pub fn set_cookies(&self, wanted: &BTreeMap<u64, u64>) {
+        let mut map = self.cookies.lock().unwrap_or_else(PoisonError::into_inner);
+        let present: BTreeMap<u64, u64> = map.iter().filter_map(Result::ok).collect();
+        for cookie in present.keys().filter(|c| !wanted.contains_key(c)) {
+            let _ = map.remove(cookie);
+        }
+        for (cookie, inode) in wanted.iter().filter(|(c, i)| present.get(c) != Some(i)) {
+            if let Err(err) = map.insert(cookie, inode, 0) {
+                tracing::warn!(cookie, inode, "cannot add a namespace cookie: {err}");
             }
         }
     }

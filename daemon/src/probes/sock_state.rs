@@ -22,7 +22,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use tokio::io::unix::AsyncFd;
 
-use super::registry::{Programs, Need, ProbeSpec, Started};
+use super::registry::{Need, ProbeSpec, Programs, Started};
 use super::shared::attach_raw_tracepoint;
 use crate::metrics::labels::PeerLabels;
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};

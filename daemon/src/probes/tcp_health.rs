@@ -17,7 +17,7 @@ use probe_common::tcp_health::{TcpEvent, TcpKey};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
-use super::registry::{Programs, Need, ProbeSpec, Started};
+use super::registry::{Need, ProbeSpec, Programs, Started};
 use super::shared::{CidrClasses, LatencyTotals, attach_raw_tracepoint, summed};
 use crate::judgement::signals::{SignalSource, Totals};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
@@ -53,7 +53,11 @@ enum ResetHooks {
 impl ResetHooks {
     fn on(btf: &Btf) -> Result<Self> {
         let args = btf.check_tracepoint(SEND_RESET, SEND_RESET_ARGS)?;
-        Ok(if args.get(2).is_some_and(|a| a == "sk_rst_reason") { Self::Tracepoint } else { Self::ActiveAndKprobes })
+        Ok(if args.get(2).is_some_and(|a| a == "sk_rst_reason") {
+            Self::Tracepoint
+        } else {
+            Self::ActiveAndKprobes
+        })
     }
 
     fn programs(self) -> &'static [&'static str] {

@@ -19,7 +19,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use tokio::io::unix::AsyncFd;
 
-use super::registry::{Programs, ProbeSpec, Started};
+use super::registry::{ProbeSpec, Programs, Started};
 use super::shared::{LogBudget, monotonic_ns};
 use super::{InterfaceProbe, TcProgram};
 use crate::metrics::labels::{self, PeerLabels};

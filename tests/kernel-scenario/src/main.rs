@@ -38,7 +38,8 @@ const BLACKHOLED: Ipv4Addr = Ipv4Addr::new(10, 198, 0, 53);
 
 /// The daemon's configuration: short timeouts, so that timed-out DNS queries and
 /// unanswered SYNs are counted within the boot.
-const CONFIG: &str = "[dns]\ntimeout_seconds = 1\n\n[localhost]\nconnect_timeout_seconds = 1\n";
+/// The pod's nftables drop on `DROPPED_TCP` also makes the localhost probe's timeouts.
+const CONFIG: &str = "[dns]\ntimeout_seconds = 1\n\n[localhost]\nconnect_timeout_seconds = 1\nports = [9500, 8080, 8081, 5202]\n";
 
 /// How long a count may take to reach the daemon's metrics: it bounds a wait for a count
 /// that never comes (a probe that misses it), it measures nothing.
@@ -639,7 +640,12 @@ fn drops(setup: &Setup) -> Result<()> {
     let reasons = kernel_gives_drop_reasons();
     let (netfilter, no_route) = if reasons {
         (
-            vec![("reason", "NETFILTER_DROP"), ("interface", POD_DEVICE), ("netns", pod), ("protocol", "ipv4")],
+            vec![
+                ("reason", "NETFILTER_DROP"),
+                ("interface", POD_DEVICE),
+                ("netns", pod),
+                ("protocol", "ipv4"),
+            ],
             vec![("reason", "IP_INNOROUTES"), ("netns", pod)],
         )
     } else {
@@ -663,7 +669,12 @@ fn drops(setup: &Setup) -> Result<()> {
         // Every one of them is also in the total, on the pod's device.
         let total = [("reason", "NONE_GIVEN"), ("netns", pod)];
         let all = |s: &Scrape| s.count_sum("cniguard_drops_total", &total);
-        check("drops", "none_given_at_least", (all(&scrape) - all(&before)).min(dropped + unroutable), dropped + unroutable);
+        check(
+            "drops",
+            "none_given_at_least",
+            (all(&scrape) - all(&before)).min(dropped + unroutable),
+            dropped + unroutable,
+        );
     }
     Ok(())
 }
@@ -837,12 +848,14 @@ impl Drop for Workload {
     }
 }
 
-/// In-pod loopback TCP: exchanges with an MLServer on 127.0.0.1:9500 (one connection
-/// each), connects refused on a port nothing listens on, and a connection reset mid-answer.
+/// In-pod loopback TCP: exchanges with an MLServer on 127.0.0.1:9500 that answers after
+/// 5 ms (one connection each), connects refused on a port nothing listens on, connects
+/// whose SYNs the pod's nftables drops (timeouts), and a connection reset mid-answer.
 fn localhost(setup: &Setup) -> Result<()> {
-    let (exchanges, refused) = (12, 5);
+    let (exchanges, refused, timeouts) = (12, 5, 3);
     let pod = setup.pod.name();
-    let _server = Workload::start(setup, "mlserver", &["mlserver", "--listen", "127.0.0.1:9500"])?;
+    let _server =
+        Workload::start(setup, "mlserver", &["mlserver", "--listen", "127.0.0.1:9500", "--delay-ms", "5"])?;
     let agent = |name: &str, target: &str, count: u64| {
         let count = count.to_string();
         let args = [
@@ -855,6 +868,8 @@ fn localhost(setup: &Setup) -> Result<()> {
             &count,
             "--requests-per-connection",
             "1",
+            "--connect-timeout-ms",
+            "1000",
         ];
         Workload::start(setup, name, &args)?.finish(name)
     };
@@ -865,6 +880,10 @@ fn localhost(setup: &Setup) -> Result<()> {
     let failed = agent("refused-agent", "127.0.0.1:8081", refused)?;
     if failed["refused"].as_u64() != Some(refused) {
         bail!("connects to a closed port were not refused: {failed}");
+    }
+    let unanswered = agent("timeout-agent", &format!("127.0.0.1:{DROPPED_TCP}"), timeouts)?;
+    if unanswered["connect_timeouts"].as_u64() != Some(timeouts) {
+        bail!("connects whose SYNs are dropped did not time out: {unanswered}");
     }
     // A server that dies mid-answer: the open connection is reset.
     let listener = setup.pod.run(|| TcpListener::bind("127.0.0.1:8080"))?;
@@ -891,14 +910,30 @@ fn localhost(setup: &Setup) -> Result<()> {
             &[("netns", pod), ("port", port), ("reason", reason)],
         )
     };
+    // The server waits 5 ms before answering: every response is in a bucket above 5 ms.
+    let below_delay = |s: &Scrape| {
+        s.count(
+            "cniguard_localhost_response_seconds_bucket",
+            &[("netns", pod), ("port", "9500"), ("le", "0.005")],
+        )
+    };
+    let dropped = DROPPED_TCP.to_string();
     let scrape = setup.settle(|s| {
         histogram(s, "response", "9500") >= exchanges
             && failures(s, "8081", "refused") >= refused
+            && failures(s, &dropped, "timeout") >= timeouts
             && failures(s, "8080", "reset") >= 1
     })?;
     check("localhost", "responses", histogram(&scrape, "response", "9500"), exchanges);
+    check(
+        "localhost",
+        "responses_above_5ms",
+        histogram(&scrape, "response", "9500").saturating_sub(below_delay(&scrape)),
+        exchanges,
+    );
     check("localhost", "connects", histogram(&scrape, "connect", "9500"), exchanges);
     check("localhost", "refused", failures(&scrape, "8081", "refused"), refused);
+    check("localhost", "timeouts", failures(&scrape, &dropped, "timeout"), timeouts);
     check("localhost", "reset", failures(&scrape, "8080", "reset"), 1);
     Ok(())
 }
