@@ -5,10 +5,15 @@
 //!    (the kernel times the runs itself).
 //! 2. Per loopback request/response in a pod-like namespace (the Seldon agent's path):
 //!    median and p99 with the localhost hooks attached and without, rounds interleaved.
-//! 3. Per dropped packet, under a drop storm: the `kfree_skb` program's own run time as the
+//! 3. Per packet of non-loopback traffic (datagrams over a veth, received by a socket):
+//!    what each localhost hook costs traffic it does not measure, from the programs' own
+//!    run time (BPF stats), next to a classifier on the namespaces' `lo` (the other design
+//!    for kernels without `bpf_get_netns_cookie` in `cgroup_skb`), and the datagram rate.
+//! 4. Per dropped packet, under a drop storm: the `kfree_skb` program's own run time as the
 //!    kernel accounts it (BPF stats, enabled through the stats fd for this run only), and
 //!    the storm's packets per second with the program attached and without.
 
+use std::os::unix::fs::MetadataExt as _;
 use std::time::Duration;
 
 use std::io::{Read as _, Write as _};
@@ -90,8 +95,13 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 fn main() -> Result<()> {
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "the benchmark loads eBPF programs: run it as root");
+    // `cniguard-bench non-loopback` runs that part alone.
+    if std::env::args().nth(1).as_deref() == Some("non-loopback") {
+        return non_loopback();
+    }
     classifiers()?;
     loopback()?;
+    non_loopback()?;
     drop_storm()
 }
 
@@ -213,7 +223,7 @@ fn loopback() -> Result<()> {
         });
         let mut client = std::net::TcpStream::connect("127.0.0.1:9500")?;
         client.set_nodelay(true)?;
-        let mut hooks = LocalhostHooks::load()?;
+        let mut hooks = LocalhostHooks::load(Hook::CgroupSkb)?;
         let (mut without, mut with) = (Vec::new(), Vec::new());
         for _ in 0..LOOPBACK_ROUNDS {
             hooks.detach();
@@ -268,30 +278,83 @@ fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
-/// cniguard's localhost programs on the cgroup v2 root, attached and detached at will.
+/// Where the localhost programs attach (`[localhost] hook`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    CgroupSkb,
+    LoopbackXmit,
+    NetDevStartXmit,
+}
+
+/// cniguard's localhost programs on one hook, attached and detached at will.
 struct LocalhostHooks {
     ebpf: aya::Ebpf,
-    links: Vec<aya::programs::cgroup_skb::CgroupSkbLink>,
+    hook: Hook,
+    links: Vec<Box<dyn std::any::Any>>,
 }
 
 impl LocalhostHooks {
-    fn load() -> Result<Self> {
+    /// Loads the programs of `hook`; the calling thread's namespace is the one the
+    /// `cgroup_skb` programs know (as the daemon's inventory would).
+    fn load(hook: Hook) -> Result<Self> {
+        let offsets = cniguard::node::btf::Btf::kernel()?.kernel_offsets()?;
         let silent = 0_u8;
         let mut ebpf = aya::EbpfLoader::new()
             .override_global("AYA_LOG_LEVEL", &silent, true)
+            .override_global("KERNEL_OFFSETS", &offsets, true)
             .load(cniguard::node::ebpf::OBJECT)?;
         let mut ports: aya::maps::HashMap<_, u16, u8> =
             aya::maps::HashMap::try_from(ebpf.map_mut("LOCALHOST_PORTS").context("no map")?)?;
         ports.insert(9500, 1, 0)?;
-        for name in ["localhost_egress", "localhost_ingress"] {
-            let program: &mut aya::programs::CgroupSkb =
-                ebpf.program_mut(name).context("no program")?.try_into()?;
-            program.load()?;
+        let inode = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
+        let mut cookies: aya::maps::HashMap<_, u64, u64> =
+            aya::maps::HashMap::try_from(ebpf.map_mut("NETNS_BY_COOKIE").context("no map")?)?;
+        cookies.insert(cniguard::node::namespaces::own_cookie()?, inode, 0)?;
+        match hook {
+            Hook::CgroupSkb => {
+                for name in ["localhost_egress", "localhost_ingress"] {
+                    let program: &mut aya::programs::CgroupSkb =
+                        ebpf.program_mut(name).context("no program")?.try_into()?;
+                    program.load()?;
+                }
+            }
+            Hook::LoopbackXmit => {
+                let program: &mut aya::programs::FEntry =
+                    ebpf.program_mut("localhost_xmit").context("no program")?.try_into()?;
+                program.load("loopback_xmit", &aya::Btf::from_sys_fs()?)?;
+            }
+            Hook::NetDevStartXmit => {
+                let program: &mut aya::programs::RawTracePoint =
+                    ebpf.program_mut("localhost_dev_xmit").context("no program")?.try_into()?;
+                program.load()?;
+            }
         }
-        Ok(Self { ebpf, links: Vec::new() })
+        Ok(Self { ebpf, hook, links: Vec::new() })
+    }
+
+    fn programs(&self) -> &'static [&'static str] {
+        match self.hook {
+            Hook::CgroupSkb => &["localhost_egress", "localhost_ingress"],
+            Hook::LoopbackXmit => &["localhost_xmit"],
+            Hook::NetDevStartXmit => &["localhost_dev_xmit"],
+        }
     }
 
     fn attach(&mut self) -> Result<()> {
+        if self.hook == Hook::NetDevStartXmit {
+            let program: &mut aya::programs::RawTracePoint =
+                self.ebpf.program_mut("localhost_dev_xmit").context("no program")?.try_into()?;
+            let link = program.attach("net_dev_start_xmit")?;
+            self.links.push(Box::new(program.take_link(link)?));
+            return Ok(());
+        }
+        if self.hook == Hook::LoopbackXmit {
+            let program: &mut aya::programs::FEntry =
+                self.ebpf.program_mut("localhost_xmit").context("no program")?.try_into()?;
+            let link = program.attach()?;
+            self.links.push(Box::new(program.take_link(link)?));
+            return Ok(());
+        }
         let root = std::fs::read_to_string("/proc/self/mounts")?
             .lines()
             .find_map(|line| {
@@ -307,13 +370,28 @@ impl LocalhostHooks {
             let program: &mut aya::programs::CgroupSkb =
                 self.ebpf.program_mut(name).context("no program")?.try_into()?;
             let link = program.attach(&cgroup, attach_type, aya::programs::CgroupAttachMode::Single)?;
-            self.links.push(program.take_link(link)?);
+            self.links.push(Box::new(program.take_link(link)?));
         }
         Ok(())
     }
 
     fn detach(&mut self) {
         self.links.clear();
+    }
+
+    /// The programs' runs and run time so far (BPF stats must be on).
+    fn runs(&self) -> Result<(u64, Duration)> {
+        let mut total = (0, Duration::ZERO);
+        for name in self.programs() {
+            let info = match self.ebpf.program(name).context("no program")? {
+                aya::programs::Program::CgroupSkb(program) => program.info()?,
+                aya::programs::Program::FEntry(program) => program.info()?,
+                aya::programs::Program::RawTracePoint(program) => program.info()?,
+                _ => anyhow::bail!("{name}: not a localhost program"),
+            };
+            total = (total.0 + info.run_count(), total.1 + info.run_time());
+        }
+        Ok(total)
     }
 
     /// Response samples the programs recorded (all namespaces, port 9500).
@@ -330,4 +408,113 @@ impl LocalhostHooks {
             .map(|(_, per_cpu)| per_cpu.iter().map(|h| h.buckets.iter().sum::<u64>()).sum::<u64>())
             .sum())
     }
+}
+
+const NON_LOOPBACK_DATAGRAMS: u64 = 200_000;
+const NON_LOOPBACK_ROUNDS: usize = 5;
+
+/// Datagrams from one namespace to a socket in another over a veth: traffic the localhost
+/// probe does not measure. Each hook attached in turn, rounds interleaved with none; the
+/// programs' run time per datagram, as the kernel accounts it.
+fn non_loopback() -> Result<()> {
+    let link = cniguard_lab::netns::QuietLink::new("veth-bn0", "veth-bn1")?;
+    let receiver = link.b.run(|| std::net::UdpSocket::bind("0.0.0.0:7777"))?;
+    std::thread::spawn(move || {
+        let mut buffer = [0_u8; 128];
+        while receiver.recv(&mut buffer).is_ok() {}
+    });
+    let socket = link.a.run(|| std::net::UdpSocket::bind("0.0.0.0:0"))?;
+    let target = std::net::SocketAddr::from((link.b_addr, 7777));
+    let send = || -> Result<f64> {
+        let start = std::time::Instant::now();
+        for _ in 0..NON_LOOPBACK_DATAGRAMS {
+            socket.send_to(&[0x42; 64], target)?;
+        }
+        #[allow(clippy::cast_precision_loss, reason = "a few hundred thousand datagrams")]
+        Ok(NON_LOOPBACK_DATAGRAMS as f64 / start.elapsed().as_secs_f64())
+    };
+    // The other design: a classifier on each namespace's `lo` (an empty one stands in).
+    let mut lo = aya::EbpfLoader::new()
+        .override_global("AYA_LOG_LEVEL", &0_u8, true)
+        .load(cniguard::node::ebpf::OBJECT)?;
+    let noop: &mut aya::programs::SchedClassifier =
+        lo.program_mut("baseline_noop").context("no program")?.try_into()?;
+    noop.load()?;
+    let mut lo_links = Vec::new();
+    for ns in [&link.a, &link.b] {
+        ns.run(|| -> Result<()> {
+            let _ = aya::programs::tc::qdisc_add_clsact("lo");
+            for attach_type in [aya::programs::TcAttachType::Ingress, aya::programs::TcAttachType::Egress] {
+                let id = noop.attach("lo", attach_type)?;
+                lo_links.push(noop.take_link(id)?);
+            }
+            Ok(())
+        })?;
+    }
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+    let names =
+        ["cgroup_skb (egress + ingress)", "fentry loopback_xmit", "raw tracepoint net_dev_start_xmit"];
+    let mut hooks: Vec<Result<LocalhostHooks>> = [Hook::CgroupSkb, Hook::LoopbackXmit, Hook::NetDevStartXmit]
+        .into_iter()
+        .map(LocalhostHooks::load)
+        .collect();
+    let mut rates = vec![Vec::new(); hooks.len() + 1];
+    let mut runs = vec![(0, Duration::ZERO); hooks.len()];
+    for _ in 0..NON_LOOPBACK_ROUNDS {
+        rates[0].push(send()?);
+        for (index, hook) in hooks.iter_mut().enumerate() {
+            let Ok(hook) = hook else { continue };
+            let before = hook.runs()?;
+            hook.attach()?;
+            rates[index + 1].push(send()?);
+            hook.detach();
+            let after = hook.runs()?;
+            runs[index].0 += after.0 - before.0;
+            runs[index].1 += after.1.saturating_sub(before.1);
+        }
+    }
+    let lo_info = noop.info()?;
+    drop(lo_links);
+    let middle = |rates: &mut Vec<f64>| {
+        rates.sort_by(f64::total_cmp);
+        rates.get(rates.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let total = NON_LOOPBACK_DATAGRAMS * NON_LOOPBACK_ROUNDS as u64;
+    println!();
+    println!(
+        "non-loopback traffic: {NON_LOOPBACK_DATAGRAMS} UDP datagrams over a veth to a socket per round, {NON_LOOPBACK_ROUNDS} interleaved rounds, {total} per hook"
+    );
+    println!("{:<36} {:>10} {:>11} {:>13} {:>13}", "", "runs", "ns per run", "ns per dgram", "dgrams per s");
+    println!(
+        "{:<36} {:>10} {:>11} {:>13} {:>13.0}",
+        "no localhost hook",
+        "-",
+        "-",
+        "-",
+        middle(&mut rates[0])
+    );
+    for (index, name) in names.iter().enumerate() {
+        if let Err(err) = &hooks[index] {
+            println!("{name:<36} this kernel refuses it: {err:#}");
+            continue;
+        }
+        let (count, time) = runs[index];
+        #[allow(clippy::cast_precision_loss, reason = "run counts stay far below 2^52")]
+        let (per_run, per_datagram) =
+            (time.as_nanos() as f64 / count.max(1) as f64, time.as_nanos() as f64 / total as f64);
+        println!(
+            "{name:<36} {count:>10} {per_run:>11.0} {per_datagram:>13.1} {:>13.0}",
+            middle(&mut rates[index + 1])
+        );
+    }
+    println!(
+        "{:<36} {:>10} {:>11} {:>13} {:>13}",
+        "classifier on lo (other design)",
+        lo_info.run_count(),
+        "-",
+        "0.0",
+        "-"
+    );
+    println!("(runs are every run on the machine while attached: loopback traffic of others included)");
+    Ok(())
 }
