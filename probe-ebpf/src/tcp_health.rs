@@ -80,7 +80,7 @@ pub fn tcp_receive_reset(ctx: RawTracePointContext) -> u32 {
 pub fn tcp_send_reset(ctx: RawTracePointContext) -> u32 {
     let (sock, skb): (u64, u64) = (ctx.arg(0), ctx.arg(1));
     if sock != 0 {
-        count(sock, sock, TcpEvent::ResetSent, 1);
+        count_reset(sock);
     } else {
         count_answered(skb);
     }
@@ -94,7 +94,7 @@ pub fn tcp_send_reset(ctx: RawTracePointContext) -> u32 {
 pub fn tcp_send_active_reset(ctx: RawTracePointContext) -> u32 {
     let (sock, skb): (u64, u64) = (ctx.arg(0), ctx.arg(1));
     if skb == 0 {
-        count(sock, sock, TcpEvent::ResetSent, 1);
+        count_reset(sock);
     }
     0
 }
@@ -122,11 +122,18 @@ fn passive_reset(ctx: &ProbeContext) {
         return;
     }
     if sock != 0 {
-        if kernel::sock_netns(sock).is_some_and(scope::in_scope) {
-            record_class(TcpEvent::ResetSent, kernel::sock_peer(sock).map_or(OTHER_CIDR, cidr::class), 1);
-        }
+        count_reset(sock);
     } else {
         count_answered(skb);
+    }
+}
+
+/// A reset sent on the socket at `sock`; an IPv6 peer counts as `other`, as the kernel's
+/// `OutRsts` counts both families.
+#[inline(always)]
+fn count_reset(sock: u64) {
+    if kernel::sock_netns(sock).is_some_and(scope::in_scope) {
+        record_class(TcpEvent::ResetSent, kernel::sock_peer(sock).map_or(OTHER_CIDR, cidr::class), 1);
     }
 }
 
