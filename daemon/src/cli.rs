@@ -33,6 +33,9 @@ enum Command {
     /// Print a running daemon's rollback triggers (state, how long, the numbers behind
     /// them), its active checks and its phase.
     Status(StatusArgs),
+    /// Print a running daemon's findings: the named causes of a failing cutover, each with
+    /// its evidence and the fix in one line.
+    Diagnose(StatusArgs),
     /// Receive Alertmanager webhooks and run the rollback command once the rollback alert
     /// has fired long enough. Dry-run (logs what it would run) until --arm.
     RollbackHook(RollbackHookArgs),
@@ -150,6 +153,7 @@ pub fn main() -> ExitCode {
         }
         Command::Run(args) => run(args),
         Command::Status(args) => status(&args),
+        Command::Diagnose(args) => diagnose(&args),
         Command::RollbackHook(args) => rollback_hook(args),
         Command::Echo(args) => echo(&args),
     }
@@ -196,6 +200,28 @@ fn status(args: &StatusArgs) -> ExitCode {
         },
         Ok(status) => {
             print!("{}", crate::judgement::status::render(&status));
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("cniguard: error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn diagnose(args: &StatusArgs) -> ExitCode {
+    let report: Result<crate::diagnose::Report, String> =
+        crate::judgement::status::fetch_json(args.address, "/diagnose", "cniguard findings");
+    let text = report.and_then(|report| {
+        if args.json {
+            serde_json::to_string_pretty(&report).map(|text| text + "\n").map_err(|err| err.to_string())
+        } else {
+            Ok(crate::diagnose::render(&report))
+        }
+    });
+    match text {
+        Ok(text) => {
+            print!("{text}");
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::checks::health::HealthCheckSettings;
 use crate::checks::settings::{ChecksConfig, ChecksError, ChecksSettings};
 use crate::cluster::{ClusterConfig, ClusterError, ClusterSettings};
+use crate::diagnose::settings::{DiagnoseConfig, DiagnoseError, DiagnoseSettings};
 use crate::judgement::baseline::{BaselineConfig, BaselineError, BaselineSettings};
 use crate::judgement::triggers::settings::{TriggerSettings, TriggersConfig, TriggersError};
 use crate::node::ebpf::EbpfLogLevel;
@@ -83,6 +84,8 @@ pub struct ConfigFile {
     pub checks: ChecksConfig,
     /// The runbook's rollback triggers and success criteria.
     pub triggers: TriggersConfig,
+    /// Findings: the named causes of a failing cutover.
+    pub diagnose: DiagnoseConfig,
 }
 
 impl Default for ConfigFile {
@@ -110,6 +113,7 @@ impl Default for ConfigFile {
             cluster: ClusterConfig::default(),
             checks: ChecksConfig::default(),
             triggers: TriggersConfig::default(),
+            diagnose: DiagnoseConfig::default(),
         }
     }
 }
@@ -152,6 +156,8 @@ pub struct Settings {
     pub health_check: Option<HealthCheckSettings>,
     /// `None` when `[triggers] enabled = false`.
     pub triggers: Option<TriggerSettings>,
+    /// `None` when `[diagnose] enabled = false`.
+    pub diagnose: Option<DiagnoseSettings>,
 }
 
 /// Where state is kept, and whether it was asked for explicitly (then failing to create it
@@ -239,7 +245,9 @@ impl Settings {
             .map_err(|err| section(err.into()))?;
         let checks = file.checks.validate().map_err(|err| section(err.into()))?;
         let triggers = file.triggers.validate().map_err(|err| section(err.into()))?;
+        let diagnose = file.diagnose.validate(&cidrs).map_err(|err| section(err.into()))?;
         Ok(Self {
+            diagnose,
             cluster,
             checks,
             health_check,
@@ -284,6 +292,8 @@ pub enum SectionError {
     Checks(#[from] ChecksError),
     #[error(transparent)]
     Triggers(#[from] TriggersError),
+    #[error(transparent)]
+    Diagnose(#[from] DiagnoseError),
 }
 
 impl SectionError {
@@ -298,6 +308,7 @@ impl SectionError {
             Self::Cluster(err) => err.field(),
             Self::Checks(err) => err.field().into(),
             Self::Triggers(err) => err.field(),
+            Self::Diagnose(err) => err.field().into(),
         }
     }
 }

@@ -311,7 +311,7 @@ impl Node {
             links.phase.clone(),
             &registry,
             &inventory,
-            signals,
+            signals.clone(),
             state_file(baseline::FILE_NAME, baseline::FORMAT),
             &watcher,
         )
@@ -330,12 +330,32 @@ impl Node {
             state_file(triggers::FILE_NAME, triggers::FORMAT),
             links,
         )?;
+        let diagnosis = match &settings.diagnose {
+            Some(diagnose) => {
+                let events = links.events.clone();
+                let sources = crate::diagnose::Sources {
+                    signals,
+                    phase: phase.latest.clone(),
+                    localhost: localhost.clone(),
+                    handle: watcher.handle().clone(),
+                    typha_port: settings.typha_port,
+                };
+                // In cluster mode, each finding raised or cleared is also an Event on the Node.
+                Some(crate::diagnose::start(diagnose.clone(), sources, &registry, move |change| {
+                    let finding = &change.finding;
+                    let message = format!("{}: {}; fix: {}", finding.subject, finding.evidence, finding.fix);
+                    events.record_finding(finding.name.label(), change.raised, &message);
+                })?)
+            }
+            None => None,
+        };
         let _ = links.status.set(crate::judgement::status::Sources {
             node,
             phase: phase.latest.clone(),
             triggers,
             checks,
             localhost,
+            diagnosis,
         });
         let namespaces =
             Namespaces { handle: watcher.handle().clone(), mode: settings.netns_scope, inventory, scope };

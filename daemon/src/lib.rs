@@ -8,6 +8,7 @@
 //!   per probe that turns its maps into metrics and typed signals;
 //! - `judgement`: what the measurements mean for the cutover (phase, baselines, signals,
 //!   active checks, rollback triggers, `/status`);
+//! - `diagnose`: the findings, the named causes of a failing cutover with their fixes;
 //! - `cluster`: cluster mode, with kube;
 //! - `metrics`: the metric catalogue and the helpers collectors build families with;
 //! - `config`: the TOML root, which composes every room's own section;
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod diagnose;
 pub mod judgement;
 pub mod metrics;
 pub mod node;

@@ -61,6 +61,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/diagnose", get(diagnose))
         .with_state(endpoints);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -138,6 +139,20 @@ async fn readyz(State(endpoints): State<Endpoints>) -> (StatusCode, &'static str
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "loading eBPF programs\n")
+    }
+}
+
+async fn diagnose(State(endpoints): State<Endpoints>) -> axum::response::Response {
+    match endpoints.status.get() {
+        Some(sources) => {
+            let report = crate::diagnose::Report { node: sources.node.clone(), findings: sources.findings() };
+            match serde_json::to_vec(&report) {
+                Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+                Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the findings failed: {err}\n"))
+                    .into_response(),
+            }
+        }
+        None => (StatusCode::SERVICE_UNAVAILABLE, "starting: the probes are loading\n").into_response(),
     }
 }
 

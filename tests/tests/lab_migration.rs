@@ -92,11 +92,27 @@ fn assert_path((before, after): &(Vec<Scrape>, Vec<Scrape>), hops: &[(usize, &st
                 |s: &Scrape| s.count_sum("cniguard_interface_packets_total", &[("interface", &device)]);
             let expected_total =
                 hops.iter().filter(|(n, d, _)| *n == node && *d == device).count() as u64 * BURST;
+            // What else crossed it, by direction and protocol, if anything did.
+            let breakdown = || {
+                let before: Vec<_> =
+                    before[node].series("cniguard_interface_packets_total", &[("interface", &device)]).collect();
+                after[node]
+                    .series("cniguard_interface_packets_total", &[("interface", &device)])
+                    .filter_map(|s| {
+                        let earlier = before.iter().find(|b| b.labels == s.labels).map_or(0.0, |b| b.value);
+                        (s.value > earlier).then(|| {
+                            format!("{}/{}: +{}", s.labels["direction"], s.labels["protocol"], s.value - earlier)
+                        })
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             assert_eq!(
                 total(&after[node]) - total(&before[node]),
                 expected_total,
-                "node-{} {device}: nothing but the burst",
-                node + 1
+                "node-{} {device}: nothing but the burst ({})",
+                node + 1,
+                breakdown()
             );
         }
     }

@@ -32,9 +32,13 @@ pub fn run(options: LabOptions) -> Result<()> {
         lab.cutover(Some(node))?;
         windows.push(settle(&lab));
     }
+    // 127.0.0.1:9500 filtered inside the MLServer pod: cniguard names the cause.
     let fault = Fault::BlockMlserver;
     lab.inject(&fault)?;
     windows.push(settle(&lab));
+    wait_until(&lab, "the MLServer's node to diagnose the fault", |lab| !diagnosing(lab, "localhost_cause").is_empty())?;
+    let (node, diagnosis) = diagnosing(&lab, "localhost_cause").remove(0);
+    lab.note(&format!("cniguard: localhost_cause diagnosed on {}", lab.topology().nodes[node].name))?;
     lab.repair(&fault)?;
     windows.push(settle(&lab));
     // The runbook's rollback trigger "DNS resolution failures": the triggers fire, the
@@ -61,6 +65,7 @@ pub fn run(options: LabOptions) -> Result<()> {
         lab.rollback_runs(),
         cniguard_lab::lab::LAB_HOOK_FIRING_FOR_SECONDS
     );
+    println!("demo: the injected MLServer fault, as `cniguard diagnose` on its node put it:\n{diagnosis}");
     println!("demo: done; removing the lab");
     lab.down();
     Ok(())
@@ -79,6 +84,18 @@ fn wait_until(lab: &Lab, what: &str, condition: impl Fn(&Lab) -> bool) -> Result
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     Ok(())
+}
+
+/// The nodes with `finding` raised now, with their `cniguard diagnose`.
+fn diagnosing(lab: &Lab, finding: &str) -> Vec<(usize, String)> {
+    (0..lab.topology().nodes.len())
+        .filter(|&node| {
+            lab.cniguard(node)
+                .scrape()
+                .is_ok_and(|s| s.value("cniguard_finding", &[("finding", finding)]) == Some(1.0))
+        })
+        .filter_map(|node| Some((node, lab.diagnose(node).ok()?)))
+        .collect()
 }
 
 /// The nodes whose cniguard recommends a rollback now.

@@ -38,10 +38,22 @@ const COMPONENT: &str = "cniguard";
 /// A trigger's change, as the trigger engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct TriggerChange {
+    /// The trigger's name, or the finding's.
     trigger: String,
+    /// A finding (reason `CniguardFinding`), not a rollback trigger.
+    finding: bool,
     active: bool,
     message: String,
 }
+
+impl TriggerChange {
+    /// What the rate limit is kept by: a trigger, or a finding.
+    fn key(&self) -> String {
+        if self.finding { format!("finding/{}", self.trigger) } else { self.trigger.clone() }
+    }
+}
+
+pub const FINDING_REASON: &str = "CniguardFinding";
 
 /// Records rollback trigger changes as Events on this node. Cloneable; in node-local mode
 /// (`node_local`) it does nothing.
@@ -62,13 +74,25 @@ impl EventRecorder {
     /// human-readable `message` (the numbers behind it). Never blocks and never fails:
     /// errors are logged and counted by the writer.
     pub fn record_trigger(&self, trigger: &str, active: bool, message: &str) {
+        let change = TriggerChange { trigger: trigger.to_owned(), finding: false, active, message: message.to_owned() };
+        self.send(change);
+    }
+
+    /// Records that finding `finding` was raised (`raised`) or cleared, with its evidence
+    /// and fix in `message`; rate-limited like the triggers, per finding.
+    pub fn record_finding(&self, finding: &str, raised: bool, message: &str) {
+        let change = TriggerChange { trigger: finding.to_owned(), finding: true, active: raised, message: message.to_owned() };
+        self.send(change);
+    }
+
+    fn send(&self, change: TriggerChange) {
         let Some(sender) = &self.sender else { return };
-        let change = TriggerChange { trigger: trigger.to_owned(), active, message: message.to_owned() };
+        let (trigger, active) = (change.trigger.clone(), change.active);
         if let Err(err) = sender.try_send(change) {
             if let Some(outcomes) = &self.outcomes {
                 outcomes.with_label_values(&["dropped"]).inc();
             }
-            tracing::warn!(trigger, active, "rollback trigger Event not recorded: {err}");
+            tracing::warn!(trigger, active, "Event not recorded: {err}");
         }
     }
 
@@ -135,9 +159,9 @@ impl Writer {
                     continue;
                 }
             };
-            match self.last.get(&change.trigger) {
+            match self.last.get(&change.key()) {
                 Some(written) if written.at.elapsed() < self.interval => {
-                    if let Some(superseded) = self.held.insert(change.trigger.clone(), change) {
+                    if let Some(superseded) = self.held.insert(change.key(), change) {
                         drop(superseded);
                         self.outcomes.with_label_values(&["coalesced"]).inc();
                     }
@@ -169,7 +193,7 @@ impl Writer {
     async fn write(&mut self, change: TriggerChange) {
         let event = self.event(&change);
         // The interval starts with the attempt: a failing API is not hammered either.
-        self.last.insert(change.trigger.clone(), Written { at: Instant::now(), active: change.active });
+        self.last.insert(change.key(), Written { at: Instant::now(), active: change.active });
         match self.api.create(&PostParams::default(), &event).await {
             Ok(_) => {
                 self.outcomes.with_label_values(&["created"]).inc();
@@ -189,15 +213,23 @@ impl Writer {
 
     fn event(&self, change: &TriggerChange) -> Event {
         let now = Time(k8s_openapi::chrono::Utc::now());
-        let (state, kind, action) =
-            if change.active { ("active", "Warning", "Activated") } else { ("cleared", "Normal", "Cleared") };
+        let (state, kind, action) = match (change.finding, change.active) {
+            (false, true) => ("active", "Warning", "Activated"),
+            (true, true) => ("raised", "Warning", "Raised"),
+            (_, false) => ("cleared", "Normal", "Cleared"),
+        };
+        let (label, reason, what) = if change.finding {
+            ("cniguard.io/finding", FINDING_REASON, "finding")
+        } else {
+            ("cniguard.io/trigger", REASON, "rollback trigger")
+        };
         Event {
             metadata: ObjectMeta {
                 generate_name: Some(format!("{}.cniguard-", self.node)),
                 namespace: Some(EVENTS_NAMESPACE.to_owned()),
                 labels: Some(
                     [
-                        ("cniguard.io/trigger".to_owned(), label_value(&change.trigger)),
+                        (label.to_owned(), label_value(&change.trigger)),
                         ("cniguard.io/state".to_owned(), state.to_owned()),
                     ]
                     .into(),
@@ -211,8 +243,8 @@ impl Writer {
                 uid: Some(self.node.clone()),
                 ..ObjectReference::default()
             },
-            reason: Some(REASON.into()),
-            message: Some(format!("rollback trigger {} {state}: {}", change.trigger, change.message)),
+            reason: Some(reason.into()),
+            message: Some(format!("{what} {} {state}: {}", change.trigger, change.message)),
             type_: Some(kind.into()),
             action: Some(action.into()),
             count: Some(1),

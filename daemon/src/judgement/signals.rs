@@ -4,6 +4,7 @@
 //! judgement sees is what an operator sees, without anyone parsing metric names.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::sync::{Arc, PoisonError, RwLock};
 
 /// Cumulative readings at one instant: counts since the daemon started.
@@ -23,6 +24,49 @@ pub struct Totals {
     /// `(upper bound in seconds, cumulative count)` of the localhost response histograms,
     /// summed over namespaces and ports, by bound; the last bound is +Inf.
     pub localhost_response: Vec<(f64, f64)>,
+    /// VXLAN packets on the underlay, by the other end, UDP port and direction.
+    pub vxlan: BTreeMap<VxlanFlow, f64>,
+    /// This node's BGP sessions, by peer.
+    pub bgp: BTreeMap<Ipv4Addr, Session>,
+    /// Connections this node opened to Calico Typha.
+    pub typha: Attempts,
+}
+
+/// One direction of VXLAN between this node and another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct VxlanFlow {
+    pub peer: Ipv4Addr,
+    pub port: u16,
+    /// Sent by this node (else received).
+    pub egress: bool,
+}
+
+/// Connection attempts this node made, cumulative.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Attempts {
+    pub established: f64,
+    /// Attempts that ended before they were established (refused, reset, timed out).
+    pub failed: f64,
+}
+
+impl Attempts {
+    /// Counts one attempt that ended established, or not.
+    pub fn count(&mut self, established: bool) {
+        if established {
+            self.established += 1.0;
+        } else {
+            self.failed += 1.0;
+        }
+    }
+}
+
+/// One BGP peer's TCP session as this node sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Session {
+    /// A connection with the peer is ESTABLISHED now.
+    pub up: bool,
+    /// Connections this node opened to the peer's port 179.
+    pub attempts: Attempts,
 }
 
 /// A probe that counts something judgement reads.

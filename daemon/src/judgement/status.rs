@@ -31,6 +31,9 @@ pub struct Status {
     /// `[localhost.check] enabled = false`.
     #[serde(default)]
     pub localhost: Vec<LocalhostStatus>,
+    /// The findings raised or pending; empty when `[diagnose] enabled = false`.
+    #[serde(default)]
+    pub findings: Vec<crate::diagnose::FindingReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,6 +62,7 @@ pub struct Sources {
     pub triggers: Option<SharedTriggers>,
     pub checks: Option<SharedResults>,
     pub localhost: Option<SharedLocalhost>,
+    pub diagnosis: Option<crate::diagnose::SharedDiagnosis>,
 }
 
 pub type SharedSources = Arc<OnceLock<Sources>>;
@@ -110,7 +114,16 @@ impl Sources {
             triggers,
             checks,
             localhost,
+            findings: self.findings(),
         }
+    }
+
+    /// The findings, for `/status` and `/diagnose`.
+    #[must_use]
+    pub fn findings(&self) -> Vec<crate::diagnose::FindingReport> {
+        self.diagnosis.as_ref().map_or_else(Vec::new, |diagnosis| {
+            diagnosis.lock().unwrap_or_else(PoisonError::into_inner).report()
+        })
     }
 }
 
@@ -119,6 +132,14 @@ impl Sources {
 /// # Errors
 /// A message naming the address and what failed (nothing listening, not cniguard...).
 pub fn fetch(address: SocketAddr) -> Result<Status, String> {
+    fetch_json(address, "/status", "a cniguard status")
+}
+
+/// Asks a running daemon for the JSON at `path`, which is `what`.
+///
+/// # Errors
+/// A message naming the address and what failed (nothing listening, not cniguard...).
+pub fn fetch_json<T: serde::de::DeserializeOwned>(address: SocketAddr, path: &str, what: &str) -> Result<T, String> {
     let timeout = Duration::from_secs(5);
     let unreachable = |err: std::io::Error| {
         format!(
@@ -129,7 +150,7 @@ pub fn fetch(address: SocketAddr) -> Result<Status, String> {
     stream.set_read_timeout(Some(timeout)).map_err(unreachable)?;
     stream
         .write_all(
-            format!("GET /status HTTP/1.0\r\nHost: {address}\r\nAccept: application/json\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.0\r\nHost: {address}\r\nAccept: application/json\r\n\r\n").as_bytes(),
         )
         .map_err(unreachable)?;
     let mut response = Vec::new();
@@ -142,7 +163,7 @@ pub fn fetch(address: SocketAddr) -> Result<Status, String> {
         return Err(format!("{address} answered `{status_line}`: {}", body.trim()));
     }
     serde_json::from_str(body)
-        .map_err(|err| format!("{address} did not answer with a cniguard status ({err})"))
+        .map_err(|err| format!("{address} did not answer with {what} ({err})"))
 }
 
 /// The status as the table `cniguard status` prints.
@@ -206,6 +227,21 @@ pub fn render(status: &Status) -> String {
         }
     }
     render_localhost(&mut out, &status.localhost);
+    if !status.findings.is_empty() {
+        let _ = writeln!(out, "\n{:<18} {:<9} {:<9} {:>9}  SUBJECT: FIX", "FINDING", "SEVERITY", "STATE", "FOR");
+        for finding in &status.findings {
+            let _ = writeln!(
+                out,
+                "{:<18} {:<9} {:<9} {:>9}  {}: {}",
+                finding.finding,
+                finding.severity,
+                finding.state,
+                duration(finding.seconds),
+                finding.subject,
+                finding.fix
+            );
+        }
+    }
     out
 }
 
@@ -295,6 +331,15 @@ mod tests {
                 explanation: "listens on ::1 only; the client uses 127.0.0.1".into(),
                 listening_on: vec!["[::1]:9000".into()],
             }],
+            findings: vec![crate::diagnose::FindingReport {
+                finding: "vxlan_one_way".into(),
+                severity: "critical".into(),
+                subject: "192.168.20.13:4789".into(),
+                state: "raised".into(),
+                seconds: 12.0,
+                evidence: "40 VXLAN packets sent to 192.168.20.13 on UDP 4789 in 60 s, none came back".into(),
+                fix: "open 4789/udp between this node and 192.168.20.13".into(),
+            }],
         };
         let text = render(&status);
         assert!(
@@ -313,5 +358,11 @@ mod tests {
                 && pod.ends_with("listens on ::1 only; the client uses 127.0.0.1 (listening: [::1]:9000)"),
             "{pod}"
         );
+        let finding = text.lines().find(|line| line.starts_with("vxlan_one_way")).unwrap();
+        assert!(
+            finding.contains("critical") && finding.contains("raised") && finding.contains("12s"),
+            "{finding}"
+        );
+        assert!(finding.ends_with("192.168.20.13:4789: open 4789/udp between this node and 192.168.20.13"), "{finding}");
     }
 }

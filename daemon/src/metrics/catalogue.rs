@@ -191,6 +191,14 @@ define! {
     ROLLBACK_RECOMMENDED: Gauge "cniguard_rollback_recommended" []
         "1 while a rollback-severity trigger is active on this node: the runbook says roll back";
 
+    // diagnose/
+    FINDING: Gauge "cniguard_finding" ["finding", "severity"]
+        "1 while the finding (a named cause of a failing cutover) is raised on this node, 0 while not";
+    FINDING_EVIDENCE: Gauge "cniguard_finding_evidence" ["finding"]
+        "The number behind a raised finding, summed over its subjects (packets unanswered, failed connections, routes)";
+    FINDING_SUBJECTS_DROPPED_TOTAL: Counter "cniguard_finding_subjects_dropped_total" []
+        "Finding subjects not followed because the findings already followed the most they keep";
+
     // rollback_hook.rs (`cniguard rollback-hook`, not `cniguard run`)
     ROLLBACK_EXECUTIONS_TOTAL: Counter "cniguard_rollback_executions_total" ["result"]
         "Rollback command runs by result: succeeded, failed, dry_run (logged, not run: the hook is not armed), or unknown (started, and the hook stopped before it saw the end)";

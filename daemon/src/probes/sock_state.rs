@@ -24,6 +24,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::registry::{Need, ProbeSpec, Programs, Started};
 use super::shared::attach_raw_tracepoint;
+use crate::judgement::signals::{Attempts, Session, SignalSource, Totals};
 use crate::metrics::labels::PeerLabels;
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::btf::Btf;
@@ -51,12 +52,34 @@ struct Sessions {
     bgp: BTreeMap<Connection, u8>,
     /// Every BGP peer seen, so a session that went down still shows `0`.
     peers: BTreeSet<Ipv4Addr>,
+    /// Connections this node opened to each peer's port 179, by how they ended.
+    attempts: BTreeMap<Ipv4Addr, Attempts>,
+    /// Connections this node opened to Typha.
+    typha: Attempts,
 }
 
 /// The running probe: its tracepoint link and what it has learnt.
 pub struct SockState {
     _link: RawTracePointLink,
     sessions: Arc<Mutex<Sessions>>,
+}
+
+/// Sessions and connection attempts, for the findings (`bgp_blocked`, `typha_unreachable`).
+impl SignalSource for SockState {
+    fn add_to(&self, totals: &mut Totals) {
+        let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        for peer in &sessions.peers {
+            totals.bgp.insert(
+                *peer,
+                Session {
+                    up: session_up(&sessions, *peer),
+                    attempts: sessions.attempts.get(peer).copied().unwrap_or_default(),
+                },
+            );
+        }
+        totals.typha.established += sessions.typha.established;
+        totals.typha.failed += sessions.typha.failed;
+    }
 }
 
 pub const SPEC: ProbeSpec = ProbeSpec {
@@ -77,6 +100,8 @@ pub const SPEC: ProbeSpec = ProbeSpec {
             context.metrics,
         )?;
         tracing::info!(bgp_peers = probe.known_peers(), "BGP sessions followed");
+        let probe = Arc::new(probe);
+        context.signals.publish(probe.clone());
         Ok(Started::Running(Box::new(probe)))
     },
 };
@@ -176,8 +201,11 @@ impl EventHandler {
             self.bgp(connection, event);
         }
         if connection.remote_port == self.typha_port && event.oldstate == TCP_SYN_SENT {
-            let result = if event.newstate == TCP_ESTABLISHED { "established" } else { "failed" };
+            let established = event.newstate == TCP_ESTABLISHED;
+            let result = if established { "established" } else { "failed" };
             self.connections.with_label_values(&[&self.typha_port.to_string(), result]).inc();
+            let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            sessions.typha.count(established);
         }
     }
 
@@ -187,6 +215,9 @@ impl EventHandler {
         self.transitions.with_label_values(&[label.as_str(), tcp_state_name(event.newstate)]).inc();
         let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         sessions.peers.insert(peer);
+        if connection.remote_port == BGP_PORT && event.oldstate == TCP_SYN_SENT {
+            sessions.attempts.entry(peer).or_default().count(event.newstate == TCP_ESTABLISHED);
+        }
         let was_up = session_up(&sessions, peer);
         if event.newstate == TCP_CLOSE {
             sessions.bgp.remove(&connection);

@@ -22,6 +22,7 @@ use tokio::io::unix::AsyncFd;
 use super::registry::{ProbeSpec, Programs, Started};
 use super::shared::{LogBudget, monotonic_ns};
 use super::{InterfaceProbe, TcProgram};
+use crate::judgement::signals::{SignalSource, Totals, VxlanFlow};
 use crate::metrics::labels::{self, PeerLabels};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::interfaces::AttachedInterfaces;
@@ -71,14 +72,16 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     prepare: None,
     start: |context| {
         let settings = context.settings;
-        Ok(Started::Interface(Underlay::register(
+        let probe = Underlay::register(
             context.ebpf,
             settings.vxlan_ports.clone(),
             settings.underlay_interfaces.clone(),
             context.attached,
             context.peers.clone(),
             context.metrics,
-        )?))
+        )?;
+        context.signals.publish(probe.clone());
+        Ok(Started::Interface(probe))
     },
 };
 
@@ -95,7 +98,7 @@ impl Underlay {
         attached: &AttachedInterfaces,
         peers: Arc<PeerLabels>,
         metrics: &DaemonMetrics,
-    ) -> Result<Arc<dyn InterfaceProbe>> {
+    ) -> Result<Arc<Self>> {
         let mut take =
             |name: &str| ebpf.take_map(name).with_context(|| format!("the eBPF object has no {name} map"));
         // Key BGP messages by peer only for segments of sockets past their handshake.
@@ -269,6 +272,22 @@ impl UnderlayCollector {
             malformed: catalogue::VXLAN_MALFORMED_TOTAL.desc(),
             messages: catalogue::BGP_MESSAGES_TOTAL.desc(),
             last_message_age: catalogue::BGP_LAST_MESSAGE_AGE_SECONDS.desc(),
+        }
+    }
+}
+
+/// VXLAN by peer, port and direction (every VNI and interface), for the findings.
+impl SignalSource for Underlay {
+    fn add_to(&self, totals: &mut Totals) {
+        for (key, per_cpu) in
+            self.vxlan.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Result::ok)
+        {
+            let flow = VxlanFlow {
+                peer: Ipv4Addr::from(key.peer),
+                port: key.port,
+                egress: key.direction == Direction::Egress as u8,
+            };
+            *totals.vxlan.entry(flow).or_default() += per_cpu.iter().map(|c| c.packets).sum::<u64>() as f64;
         }
     }
 }

@@ -112,6 +112,29 @@ pub struct Rule {
     pub window_seconds: f64,
 }
 
+/// The hold and clear discipline triggers and findings share: a value above `threshold`
+/// holds, and activates once it has held `for_seconds`; an active one clears once the value
+/// has stayed at or below `clear_threshold` for `clear_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hysteresis {
+    pub threshold: f64,
+    pub clear_threshold: f64,
+    pub for_seconds: f64,
+    pub clear_seconds: f64,
+}
+
+impl Rule {
+    #[must_use]
+    pub fn hysteresis(&self) -> Hysteresis {
+        Hysteresis {
+            threshold: self.threshold,
+            clear_threshold: self.clear_threshold,
+            for_seconds: self.for_seconds,
+            clear_seconds: self.clear_seconds,
+        }
+    }
+}
+
 /// What a trigger's condition looks like now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
@@ -271,12 +294,10 @@ impl TriggerState {
         self.active_since.is_some()
     }
 
-    /// Advances the state to `now` given the rule's reading (`None`: the rule does not
-    /// apply, which clears like a value at zero); returns whether it became active
-    /// (`Some(true)`) or cleared (`Some(false)`). No data is never stepped: see
-    /// [`Triggers::evaluate`].
-    pub fn step(&mut self, rule: &Rule, reading: Option<&Reading>, now: f64) -> Option<bool> {
-        let value = reading.map(|r| r.value);
+    /// Advances the state to `now` given the value (`None`: the rule does not apply,
+    /// which clears like a value at zero); returns whether it became active (`Some(true)`)
+    /// or cleared (`Some(false)`). No data is never stepped: see [`Triggers::evaluate`].
+    pub fn step(&mut self, rule: Hysteresis, value: Option<f64>, now: f64) -> Option<bool> {
         let holds = value.is_some_and(|v| v > rule.threshold);
         let clears = value.is_none_or(|v| v <= rule.clear_threshold);
         if holds {
@@ -417,7 +438,7 @@ impl Triggers {
             }
             self.no_data.remove(&rule.name);
             let state = self.states.entry(rule.name).or_default();
-            if let Some(active) = state.step(rule, reading.as_ref(), now) {
+            if let Some(active) = state.step(rule.hysteresis(), reading.as_ref().map(|r| r.value), now) {
                 let detail = reading.as_ref().map_or_else(|| "no data".to_owned(), |r| r.detail.clone());
                 transitions.push(Transition { trigger: rule.name, active, detail });
             }

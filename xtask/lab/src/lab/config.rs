@@ -70,4 +70,12 @@ clear_seconds = 4
 [triggers.regression]
 for_seconds = 8
 clear_seconds = 4
+
+# Findings within seconds: the checks send VXLAN both ways every second.
+[diagnose]
+evaluate_seconds = 1
+window_seconds = 6
+for_seconds = 3
+clear_seconds = 4
+min_packets = 5
 ";

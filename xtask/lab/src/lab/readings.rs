@@ -95,6 +95,16 @@ impl Lab {
         Endpoint { netns: self.node_netns(node), address }
     }
 
+    /// `cniguard diagnose` of a node, run in its namespace as an operator would.
+    ///
+    /// # Errors
+    /// If it cannot run or fails.
+    pub fn diagnose(&self, node: usize) -> Result<String> {
+        let endpoint = self.cniguard(node);
+        let mut command = endpoint.netns.command(&self.state.binaries.cniguard)?;
+        crate::netns::run(command.args(["diagnose", "--address", &endpoint.address.to_string()]))
+    }
+
     #[must_use]
     pub fn prometheus(&self) -> Prometheus {
         let address = SocketAddr::from((self.state.topology.monitor_address, PROMETHEUS_PORT));

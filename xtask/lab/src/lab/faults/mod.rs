@@ -5,10 +5,15 @@
 
 mod block_mlserver;
 mod block_vxlan;
+mod flannel_leftover;
+mod reject_bgp;
+mod route_overlap;
 mod slow_mlserver;
 mod stop_bird;
 mod stop_dns;
 mod veth_loss;
+
+pub use route_overlap::OVERLAPPING_ROUTE;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,6 +42,12 @@ pub enum Fault {
     SlowMlserver { ms: u32 },
     /// nftables drops `percent`% of the packets towards a pod, at random, on its veth.
     VethLoss { pod: String, percent: u32 },
+    /// A firewall on `node` answers `peer`'s BGP with TCP resets, both ways of the session.
+    RejectBgp { node: String, peer: String },
+    /// Flannel's `flannel.1` is left behind on a node after its cutover.
+    FlannelLeftover { node: String },
+    /// A route of the node's own network into Calico's pod range.
+    RouteOverlap { node: String },
 }
 
 /// Every fault as the command line offers it, in the order of its help.
@@ -47,6 +58,9 @@ pub const FAULTS: &[FaultKind] = &[
     stop_dns::KIND,
     slow_mlserver::KIND,
     veth_loss::KIND,
+    reject_bgp::KIND,
+    flannel_leftover::KIND,
+    route_overlap::KIND,
 ];
 
 impl Fault {
@@ -59,6 +73,9 @@ impl Fault {
             Self::StopDns => Box::new(stop_dns::StopDns),
             Self::SlowMlserver { ms } => Box::new(slow_mlserver::SlowMlserver { ms: *ms }),
             Self::VethLoss { pod, percent } => Box::new(veth_loss::VethLoss { pod, percent: *percent }),
+            Self::RejectBgp { node, peer } => Box::new(reject_bgp::RejectBgp { node, peer }),
+            Self::FlannelLeftover { node } => Box::new(flannel_leftover::FlannelLeftover { node }),
+            Self::RouteOverlap { node } => Box::new(route_overlap::RouteOverlap { node }),
         }
     }
 }

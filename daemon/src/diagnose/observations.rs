@@ -1,0 +1,147 @@
+//! What the findings are judged on, gathered once per evaluation: the probes' typed totals
+//! now and at the start of the window (a bounded ring of earlier readings), the node's
+//! devices as the phase reader saw them, its routes, and the in-pod health checks.
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, RouteType};
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+use crate::checks::health::LocalhostStatus;
+use crate::judgement::phase;
+use crate::judgement::signals::{Totals, VxlanFlow};
+use crate::probes::cidr::Cidr;
+
+/// Everything one evaluation reads.
+#[derive(Debug, Clone)]
+pub struct Observations {
+    /// The totals at the start of the window (or the earliest kept, early on) and now.
+    pub before: Totals,
+    pub now: Totals,
+    pub window_seconds: f64,
+    pub min_packets: f64,
+    pub min_attempts: f64,
+    pub typha_port: u16,
+    /// The node's devices, as the phase reader last saw them.
+    pub phase: Option<phase::Signals>,
+    /// The latest in-pod health check of each pod and port.
+    pub localhost: Vec<LocalhostStatus>,
+    /// The node's IPv4 routes in its main table.
+    pub routes: Vec<Route>,
+    /// The address plan.
+    pub cidrs: Vec<Cidr>,
+}
+
+impl Observations {
+    /// VXLAN packets per flow within the window.
+    #[must_use]
+    pub fn vxlan_window(&self) -> Vec<(VxlanFlow, f64)> {
+        self.now
+            .vxlan
+            .iter()
+            .map(|(flow, now)| (*flow, (now - self.before.vxlan.get(flow).copied().unwrap_or(0.0)).max(0.0)))
+            .collect()
+    }
+}
+
+/// A route of the node's main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub destination: Ipv4Addr,
+    pub prefix_len: u8,
+    /// The output device's name (empty for blackhole and unreachable routes).
+    pub device: String,
+    /// Installed by BIRD: Calico's own.
+    pub from_bird: bool,
+}
+
+/// The totals of the last window, one reading per evaluation: its memory is bounded by
+/// the window over the evaluation interval.
+#[derive(Debug, Default)]
+pub struct History(VecDeque<(Instant, Totals)>);
+
+impl History {
+    /// Adds the reading at `now` and drops those older than `window`; returns the oldest
+    /// left (the window's start) and how long ago it was taken.
+    pub fn push(&mut self, now: Instant, totals: Totals, window: std::time::Duration) -> (Totals, f64) {
+        self.0.push_back((now, totals));
+        while self.0.len() > 1 && self.0.get(1).is_some_and(|(at, _)| now.duration_since(*at) >= window) {
+            self.0.pop_front();
+        }
+        let (at, oldest) = self.0.front().cloned().expect("just pushed");
+        (oldest, now.duration_since(at).as_secs_f64())
+    }
+
+    /// Whether the kept readings span the whole window (before that, a finding that needs
+    /// a window's worth of evidence waits).
+    #[must_use]
+    pub fn spans(&self, window: std::time::Duration) -> bool {
+        match (self.0.front(), self.0.back()) {
+            (Some((first, _)), Some((last, _))) => last.duration_since(*first) >= window,
+            _ => false,
+        }
+    }
+}
+
+/// The node's IPv4 routes in the main table, with their devices' names.
+///
+/// # Errors
+/// If the kernel refuses the dumps.
+pub async fn routes(handle: &Handle) -> Result<Vec<Route>, rtnetlink::Error> {
+    let interfaces = crate::node::interfaces::list(handle).await?;
+    let name = |index: u32| interfaces.iter().find(|i| i.index == index).map(|i| i.name.clone());
+    let mut dump = handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+    let mut routes = Vec::new();
+    while let Some(message) = dump.try_next().await? {
+        let main = message.header.table == 254
+            || message.attributes.iter().any(|a| matches!(a, RouteAttribute::Table(254)));
+        if !main || message.header.kind != RouteType::Unicast {
+            continue;
+        }
+        let mut destination = Ipv4Addr::UNSPECIFIED;
+        let mut device = String::new();
+        for attribute in &message.attributes {
+            match attribute {
+                RouteAttribute::Destination(RouteAddress::Inet(address)) => destination = *address,
+                RouteAttribute::Oif(index) => device = name(*index).unwrap_or_default(),
+                _ => {}
+            }
+        }
+        routes.push(Route {
+            destination,
+            prefix_len: message.header.destination_prefix_length,
+            device,
+            from_bird: message.header.protocol == RouteProtocol::Bird,
+        });
+    }
+    Ok(routes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_history_keeps_one_window_and_no_more() {
+        let start = Instant::now();
+        let mut history = History::default();
+        let window = Duration::from_secs(10);
+        let at = |s: u64| start + Duration::from_secs(s);
+        let totals = |retransmits: f64| Totals { retransmits, ..Totals::default() };
+        assert_eq!(history.push(at(0), totals(0.0), window).1, 0.0);
+        assert!(!history.spans(window));
+        for s in 1..=10 {
+            history.push(at(s), totals(s as f64), window);
+        }
+        assert!(history.spans(window));
+        let (oldest, age) = history.push(at(25), totals(25.0), window);
+        // Every reading 10 s or more before the latest has gone but the newest of them.
+        assert_eq!((oldest.retransmits, age), (10.0, 15.0));
+        assert_eq!(history.0.len(), 2);
+    }
+}

@@ -1,0 +1,151 @@
+//! The `[diagnose]` table: how often findings are evaluated, over what window, and the
+//! hold and clear discipline they share with the rollback triggers.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::judgement::triggers::Hysteresis;
+use crate::probes::cidr::Cidr;
+
+/// The `[diagnose]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiagnoseConfig {
+    pub enabled: bool,
+    /// How often the findings are evaluated.
+    pub evaluate_seconds: u64,
+    /// The window the rates behind a finding are read over (VXLAN packets sent and
+    /// received, connection attempts).
+    pub window_seconds: u64,
+    /// How long a finding's evidence must hold before it is raised (no finding on one packet).
+    pub for_seconds: u64,
+    /// How long it must be gone before a raised finding clears.
+    pub clear_seconds: u64,
+    /// VXLAN packets sent to a peer in the window, none back, before `vxlan_one_way` holds.
+    pub min_packets: u64,
+    /// Failed connection attempts in the window before `bgp_blocked` or
+    /// `typha_unreachable` holds.
+    pub min_attempts: u64,
+}
+
+impl Default for DiagnoseConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            evaluate_seconds: 5,
+            window_seconds: 60,
+            for_seconds: 30,
+            clear_seconds: 60,
+            min_packets: 10,
+            min_attempts: 3,
+        }
+    }
+}
+
+/// The validated `[diagnose]` table.
+#[derive(Debug, Clone)]
+pub struct DiagnoseSettings {
+    pub evaluate_every: Duration,
+    pub window: Duration,
+    pub hysteresis: Hysteresis,
+    pub min_packets: f64,
+    pub min_attempts: f64,
+    /// The address plan (`cidrs`): pod and service ranges a node route must not overlap.
+    pub cidrs: Vec<Cidr>,
+}
+
+/// The longest window, hold or clear time: an hour.
+const MAX_SECONDS: u64 = 3600;
+
+/// What is wrong with the `[diagnose]` table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiagnoseError {
+    #[error("{value} is out of range: must be {min} to {MAX_SECONDS} seconds")]
+    Seconds { field: &'static str, value: u64, min: u64 },
+    #[error("must be at least 1 (a single packet or attempt is never a finding)")]
+    Zero { field: &'static str },
+    #[error(
+        "{window} s is shorter than `diagnose.evaluate_seconds` ({evaluate} s): the window must span at least two evaluations"
+    )]
+    WindowTooShort { window: u64, evaluate: u64 },
+}
+
+impl DiagnoseError {
+    /// The configuration field the error is about.
+    #[must_use]
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Seconds { field, .. } | Self::Zero { field } => field,
+            Self::WindowTooShort { .. } => "diagnose.window_seconds",
+        }
+    }
+}
+
+impl DiagnoseConfig {
+    /// `None` when `enabled = false`; `cidrs` is the validated address plan.
+    ///
+    /// # Errors
+    /// The first field out of range, named.
+    pub fn validate(&self, cidrs: &[Cidr]) -> Result<Option<DiagnoseSettings>, DiagnoseError> {
+        let seconds = |field: &'static str, value: u64, min: u64| {
+            if (min..=MAX_SECONDS).contains(&value) { Ok(value) } else { Err(DiagnoseError::Seconds { field, value, min }) }
+        };
+        let evaluate = seconds("diagnose.evaluate_seconds", self.evaluate_seconds, 1)?;
+        let window = seconds("diagnose.window_seconds", self.window_seconds, 1)?;
+        let for_seconds = seconds("diagnose.for_seconds", self.for_seconds, 0)?;
+        let clear_seconds = seconds("diagnose.clear_seconds", self.clear_seconds, 0)?;
+        if window < evaluate {
+            return Err(DiagnoseError::WindowTooShort { window, evaluate });
+        }
+        for (field, value) in
+            [("diagnose.min_packets", self.min_packets), ("diagnose.min_attempts", self.min_attempts)]
+        {
+            if value == 0 {
+                return Err(DiagnoseError::Zero { field });
+            }
+        }
+        if !self.enabled {
+            return Ok(None);
+        }
+        #[allow(clippy::cast_precision_loss, reason = "seconds and counts far below 2^52")]
+        Ok(Some(DiagnoseSettings {
+            evaluate_every: Duration::from_secs(evaluate),
+            window: Duration::from_secs(window),
+            hysteresis: Hysteresis {
+                // A finding is present or not: its value is 1 or 0.
+                threshold: 0.5,
+                clear_threshold: 0.5,
+                for_seconds: for_seconds as f64,
+                clear_seconds: clear_seconds as f64,
+            },
+            min_packets: self.min_packets as f64,
+            min_attempts: self.min_attempts as f64,
+            cidrs: cidrs.to_vec(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_out_of_range_are_named() {
+        let bad = |edit: fn(&mut DiagnoseConfig)| {
+            let mut config = DiagnoseConfig::default();
+            edit(&mut config);
+            config.validate(&[]).unwrap_err()
+        };
+        assert_eq!(bad(|c| c.evaluate_seconds = 0).field(), "diagnose.evaluate_seconds");
+        assert_eq!(bad(|c| c.for_seconds = 3601).field(), "diagnose.for_seconds");
+        assert_eq!(bad(|c| c.min_packets = 0).field(), "diagnose.min_packets");
+        let short = bad(|c| {
+            c.window_seconds = 2;
+            c.evaluate_seconds = 5;
+        });
+        assert_eq!(short.field(), "diagnose.window_seconds");
+        assert!(short.to_string().contains("at least two evaluations"), "{short}");
+        assert!(DiagnoseConfig { enabled: false, ..DiagnoseConfig::default() }.validate(&[]).unwrap().is_none());
+    }
+}

@@ -1,0 +1,169 @@
+//! Findings end to end in the lab on Calico: the clean cutover raises none; each fault the
+//! lab can reproduce raises its finding on the node(s) that see it, with its evidence, and
+//! no other finding anywhere; its repair clears it. Hold and clear times are the lab's
+//! seconds (`LAB_JUDGEMENT_CONFIG`'s `[diagnose]`).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use cniguard::diagnose::{FindingReport, Report};
+use cniguard_lab::binaries::Binaries;
+use cniguard_lab::lab::{Fault, LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG, Lab, OVERLAPPING_ROUTE};
+use cniguard_lab::require_root;
+use cniguard_tests::lab_support::options;
+
+const NODES: [usize; 3] = [0, 1, 2];
+
+/// Every finding on `node`, pending ones included, from `GET /diagnose`.
+fn findings(lab: &Lab, node: usize) -> Vec<FindingReport> {
+    let endpoint = lab.cniguard(node);
+    let (code, body) = endpoint.netns.http_get(endpoint.address, "/diagnose").unwrap();
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str::<Report>(&body).unwrap().findings
+}
+
+/// The raised findings of every node, as `(node, finding, subject)`.
+fn raised(lab: &Lab) -> BTreeSet<(usize, String, String)> {
+    NODES
+        .iter()
+        .flat_map(|&node| {
+            findings(lab, node)
+                .into_iter()
+                .filter(|f| f.state != "pending")
+                .map(move |f| (node, f.finding, f.subject))
+        })
+        .collect()
+}
+
+/// Waits until exactly `expected` is raised across the nodes; on giving up, says what is.
+fn wait_for(lab: &Lab, what: &str, expected: &BTreeSet<(usize, String, String)>) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = raised(lab);
+        if now == *expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: raised {now:?}, expected {expected:?}\n{}", diagnose_all(lab));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `cniguard diagnose` on every node, run in its namespace as an operator would.
+fn diagnose_all(lab: &Lab) -> String {
+    NODES.iter().map(|&node| diagnose(lab, node)).collect()
+}
+
+fn diagnose(lab: &Lab, node: usize) -> String {
+    let endpoint = lab.cniguard(node);
+    let output = endpoint
+        .netns
+        .command(Binaries::beside_test_executable().cniguard)
+        .unwrap()
+        .args(["diagnose", "--address", &endpoint.address.to_string()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "cniguard diagnose: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn finding(node: usize, name: &str, subject: &str) -> (usize, String, String) {
+    (node, name.to_owned(), subject.to_owned())
+}
+
+/// The finding's report on `node`, raised.
+fn report(lab: &Lab, node: usize, name: &str) -> FindingReport {
+    findings(lab, node).into_iter().find(|f| f.finding == name && f.state == "raised").unwrap()
+}
+
+#[test]
+fn each_fault_is_diagnosed_by_name_on_the_nodes_that_see_it_and_clears_on_repair() {
+    require_root!();
+    let mut options = options("diagnose");
+    options.cniguard_config = format!("{LAB_CNIGUARD_CONFIG}{LAB_JUDGEMENT_CONFIG}");
+    let mut lab = Lab::up(options).unwrap();
+    lab.cutover(None).unwrap();
+    let address = |node: usize| lab.topology().nodes[node].address.to_string();
+    let (node_1, node_2, node_3) = (address(0), address(1), address(2));
+    let none = BTreeSet::new();
+
+    // The cutover is done: once its last window has passed, nothing is raised, and for a
+    // while after that nothing is.
+    wait_for(&lab, "no finding after the cutover", &none);
+    let quiet_until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < quiet_until {
+        assert_eq!(raised(&lab), none, "a finding on a clean cutover\n{}", diagnose_all(&lab));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(diagnose(&lab, 0).contains("no finding raised"), "{}", diagnose(&lab, 0));
+
+    // VXLAN blocked on node-3 (across the router, the only VXLAN peer of the others): the
+    // other two send to it and hear nothing back. node-3 itself sends nothing out.
+    let fault = Fault::BlockVxlan { node: "node-3".into() };
+    lab.inject(&fault).unwrap();
+    let one_way = format!("{node_3}:4789");
+    wait_for(
+        &lab,
+        "vxlan_one_way on node-1 and node-2",
+        &[finding(0, "vxlan_one_way", &one_way), finding(1, "vxlan_one_way", &one_way)].into(),
+    );
+    let found = report(&lab, 0, "vxlan_one_way");
+    assert_eq!(found.severity, "critical");
+    assert!(found.evidence.contains("none came back"), "{}", found.evidence);
+    assert!(found.fix.contains("open 4789/udp") && found.fix.contains(&node_3), "{}", found.fix);
+    let scrape = lab.cniguard(0).scrape().unwrap();
+    assert_eq!(scrape.value("cniguard_finding", &[("finding", "vxlan_one_way")]), Some(1.0));
+    assert!(scrape.value("cniguard_finding_evidence", &[("finding", "vxlan_one_way")]).unwrap() >= 5.0);
+    assert!(diagnose(&lab, 1).contains("vxlan_one_way"), "{}", diagnose(&lab, 1));
+    lab.repair(&fault).unwrap();
+    wait_for(&lab, "vxlan_one_way cleared", &none);
+
+    // node-1's firewall answers node-2's BGP with resets: each side's connections to the
+    // other fail, with no session up. node-3's sessions are untouched.
+    let fault = Fault::RejectBgp { node: "node-1".into(), peer: "node-2".into() };
+    lab.inject(&fault).unwrap();
+    wait_for(
+        &lab,
+        "bgp_blocked between node-1 and node-2",
+        &[finding(0, "bgp_blocked", &node_2), finding(1, "bgp_blocked", &node_1)].into(),
+    );
+    let found = report(&lab, 1, "bgp_blocked");
+    assert!(found.evidence.contains(&format!("{node_1}:179 failed")), "{}", found.evidence);
+    assert!(found.fix.contains("allow TCP 179"), "{}", found.fix);
+    lab.repair(&fault).unwrap();
+    wait_for(&lab, "bgp_blocked cleared", &none);
+
+    // Flannel's flannel.1 left behind on node-2 after its cutover.
+    let fault = Fault::FlannelLeftover { node: "node-2".into() };
+    lab.inject(&fault).unwrap();
+    wait_for(&lab, "flannel_leftovers on node-2", &[finding(1, "flannel_leftovers", "flannel.1")].into());
+    assert!(report(&lab, 1, "flannel_leftovers").fix.contains("ip link delete flannel.1"));
+    lab.repair(&fault).unwrap();
+    wait_for(&lab, "flannel_leftovers cleared", &none);
+
+    // A route of node-1's own network into Calico's pod range.
+    let fault = Fault::RouteOverlap { node: "node-1".into() };
+    lab.inject(&fault).unwrap();
+    let route = format!("{OVERLAPPING_ROUTE} dev eth0");
+    wait_for(&lab, "pod_cidr_overlap on node-1", &[finding(0, "pod_cidr_overlap", &route)].into());
+    assert!(report(&lab, 0, "pod_cidr_overlap").evidence.contains("new_pods"));
+    lab.repair(&fault).unwrap();
+    wait_for(&lab, "pod_cidr_overlap cleared", &none);
+
+    // 127.0.0.1:9500 filtered inside the MLServer pod: named on its node, as the pod's
+    // problem, not the CNI's.
+    let mlserver_node = lab.topology().pod("mlserver-0").map(|pod| pod.node).unwrap();
+    let pod = lab.pod_netns_name("mlserver-0").unwrap();
+    let fault = Fault::BlockMlserver;
+    lab.inject(&fault).unwrap();
+    wait_for(
+        &lab,
+        "localhost_cause on the MLServer's node",
+        &[finding(mlserver_node, "localhost_cause", &format!("{pod} port 9500"))].into(),
+    );
+    let found = report(&lab, mlserver_node, "localhost_cause");
+    assert!(found.evidence.contains("not the cutover's fault"), "{}", found.evidence);
+    assert!(found.fix.contains("nft list ruleset"), "{}", found.fix);
+    lab.repair(&fault).unwrap();
+    wait_for(&lab, "localhost_cause cleared", &none);
+    lab.down();
+}
