@@ -10,6 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::VERSION;
+use crate::checks::health::SharedLocalhost;
 use crate::config::Settings;
 use crate::judgement::baseline::{self, BaselineCollector, BaselineSettings, Baselines, SharedBaselines};
 use crate::judgement::phase::{self, PhaseCollector, SharedPhase};
@@ -316,12 +317,11 @@ impl Node {
             &watcher,
         )
         .await?;
-        let localhost = match &settings.health_check {
-            Some(health_check) => {
-                Some(crate::checks::health::start(health_check.clone(), inventory.clone(), &registry)?)
-            }
-            None => None,
-        };
+        let localhost = settings
+            .health_check
+            .as_ref()
+            .map(|check| crate::checks::health::start(check.clone(), inventory.clone(), &registry))
+            .transpose()?;
         let (checks, triggers) = start_judgement(
             settings,
             &registry,
@@ -330,25 +330,8 @@ impl Node {
             state_file(triggers::FILE_NAME, triggers::FORMAT),
             links,
         )?;
-        let diagnosis = match &settings.diagnose {
-            Some(diagnose) => {
-                let events = links.events.clone();
-                let sources = crate::diagnose::Sources {
-                    signals,
-                    phase: phase.latest.clone(),
-                    localhost: localhost.clone(),
-                    handle: watcher.handle().clone(),
-                    typha_port: settings.typha_port,
-                };
-                // In cluster mode, each finding raised or cleared is also an Event on the Node.
-                Some(crate::diagnose::start(diagnose.clone(), sources, &registry, move |change| {
-                    let finding = &change.finding;
-                    let message = format!("{}: {}; fix: {}", finding.subject, finding.evidence, finding.fix);
-                    events.record_finding(finding.name.label(), change.raised, &message);
-                })?)
-            }
-            None => None,
-        };
+        let sources = (signals, phase.latest.clone(), localhost.clone(), watcher.handle().clone());
+        let diagnosis = start_diagnosis(settings, sources, &registry, links)?;
         let _ = links.status.set(crate::judgement::status::Sources {
             node,
             phase: phase.latest.clone(),
@@ -402,6 +385,26 @@ impl Node {
             }
         }
     }
+}
+
+/// The findings over what the probes count, unless `[diagnose] enabled = false`.
+fn start_diagnosis(
+    settings: &Settings,
+    (signals, phase, localhost, handle): (Signals, SharedPhase, Option<SharedLocalhost>, rtnetlink::Handle),
+    registry: &prometheus::Registry,
+    links: &Links,
+) -> Result<Option<crate::diagnose::SharedDiagnosis>> {
+    let Some(diagnose) = &settings.diagnose else { return Ok(None) };
+    let sources =
+        crate::diagnose::Sources { signals, phase, localhost, handle, typha_port: settings.typha_port };
+    let events = links.events.clone();
+    // In cluster mode, each finding raised or cleared is also an Event on the Node.
+    let diagnosis = crate::diagnose::start(diagnose.clone(), sources, registry, move |change| {
+        let finding = &change.finding;
+        let message = format!("{}: {}; fix: {}", finding.subject, finding.evidence, finding.fix);
+        events.record_finding(finding.name.label(), change.raised, &message);
+    })?;
+    Ok(Some(diagnosis))
 }
 
 /// The active checks and the rollback triggers over them, the baselines and the phase.

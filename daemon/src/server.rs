@@ -148,8 +148,10 @@ async fn diagnose(State(endpoints): State<Endpoints>) -> axum::response::Respons
             let report = crate::diagnose::Report { node: sources.node.clone(), findings: sources.findings() };
             match serde_json::to_vec(&report) {
                 Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-                Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the findings failed: {err}\n"))
-                    .into_response(),
+                Err(err) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the findings failed: {err}\n"))
+                        .into_response()
+                }
             }
         }
         None => (StatusCode::SERVICE_UNAVAILABLE, "starting: the probes are loading\n").into_response(),

@@ -43,7 +43,11 @@ fn wait_for(lab: &Lab, what: &str, expected: &BTreeSet<(usize, String, String)>)
         if now == *expected {
             return;
         }
-        assert!(Instant::now() < deadline, "{what}: raised {now:?}, expected {expected:?}\n{}", diagnose_all(lab));
+        assert!(
+            Instant::now() < deadline,
+            "{what}: raised {now:?}, expected {expected:?}\n{}",
+            diagnose_all(lab)
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -83,7 +87,7 @@ fn each_fault_is_diagnosed_by_name_on_the_nodes_that_see_it_and_clears_on_repair
     let mut lab = Lab::up(options).unwrap();
     lab.cutover(None).unwrap();
     let address = |node: usize| lab.topology().nodes[node].address.to_string();
-    let (node_1, node_2, node_3) = (address(0), address(1), address(2));
+    let (node_2, node_3) = (address(1), address(2));
     let none = BTreeSet::new();
 
     // The cutover is done: once its last window has passed, nothing is raised, and for a
@@ -117,17 +121,15 @@ fn each_fault_is_diagnosed_by_name_on_the_nodes_that_see_it_and_clears_on_repair
     lab.repair(&fault).unwrap();
     wait_for(&lab, "vxlan_one_way cleared", &none);
 
-    // node-1's firewall answers node-2's BGP with resets: each side's connections to the
-    // other fail, with no session up. node-3's sessions are untouched.
+    // node-1's firewall answers node-2's BGP with resets: node-1's connections to node-2
+    // fail, with no session up. (node-2 is the passive end of that session in the lab's
+    // mesh: it opens no connection of its own, so its sockets only show the session gone.)
+    // node-3's sessions are untouched.
     let fault = Fault::RejectBgp { node: "node-1".into(), peer: "node-2".into() };
     lab.inject(&fault).unwrap();
-    wait_for(
-        &lab,
-        "bgp_blocked between node-1 and node-2",
-        &[finding(0, "bgp_blocked", &node_2), finding(1, "bgp_blocked", &node_1)].into(),
-    );
-    let found = report(&lab, 1, "bgp_blocked");
-    assert!(found.evidence.contains(&format!("{node_1}:179 failed")), "{}", found.evidence);
+    wait_for(&lab, "bgp_blocked on node-1 for node-2", &[finding(0, "bgp_blocked", &node_2)].into());
+    let found = report(&lab, 0, "bgp_blocked");
+    assert!(found.evidence.contains(&format!("{node_2}:179 failed")), "{}", found.evidence);
     assert!(found.fix.contains("allow TCP 179"), "{}", found.fix);
     lab.repair(&fault).unwrap();
     wait_for(&lab, "bgp_blocked cleared", &none);

@@ -94,14 +94,20 @@ fn assert_path((before, after): &(Vec<Scrape>, Vec<Scrape>), hops: &[(usize, &st
                 hops.iter().filter(|(n, d, _)| *n == node && *d == device).count() as u64 * BURST;
             // What else crossed it, by direction and protocol, if anything did.
             let breakdown = || {
+                let labels = [("interface", device.as_str())];
                 let before: Vec<_> =
-                    before[node].series("cniguard_interface_packets_total", &[("interface", &device)]).collect();
+                    before[node].series("cniguard_interface_packets_total", &labels).collect();
                 after[node]
-                    .series("cniguard_interface_packets_total", &[("interface", &device)])
+                    .series("cniguard_interface_packets_total", &labels)
                     .filter_map(|s| {
                         let earlier = before.iter().find(|b| b.labels == s.labels).map_or(0.0, |b| b.value);
                         (s.value > earlier).then(|| {
-                            format!("{}/{}: +{}", s.labels["direction"], s.labels["protocol"], s.value - earlier)
+                            format!(
+                                "{}/{}: +{}",
+                                s.labels["direction"],
+                                s.labels["protocol"],
+                                s.value - earlier
+                            )
                         })
                     })
                     .collect::<Vec<_>>()

@@ -36,7 +36,9 @@ pub fn run(options: LabOptions) -> Result<()> {
     let fault = Fault::BlockMlserver;
     lab.inject(&fault)?;
     windows.push(settle(&lab));
-    wait_until(&lab, "the MLServer's node to diagnose the fault", |lab| !diagnosing(lab, "localhost_cause").is_empty())?;
+    wait_until(&lab, "the MLServer's node to diagnose the fault", |lab| {
+        !diagnosing(lab, "localhost_cause").is_empty()
+    })?;
     let (node, diagnosis) = diagnosing(&lab, "localhost_cause").remove(0);
     lab.note(&format!("cniguard: localhost_cause diagnosed on {}", lab.topology().nodes[node].name))?;
     lab.repair(&fault)?;

@@ -74,14 +74,24 @@ impl EventRecorder {
     /// human-readable `message` (the numbers behind it). Never blocks and never fails:
     /// errors are logged and counted by the writer.
     pub fn record_trigger(&self, trigger: &str, active: bool, message: &str) {
-        let change = TriggerChange { trigger: trigger.to_owned(), finding: false, active, message: message.to_owned() };
+        let change = TriggerChange {
+            trigger: trigger.to_owned(),
+            finding: false,
+            active,
+            message: message.to_owned(),
+        };
         self.send(change);
     }
 
     /// Records that finding `finding` was raised (`raised`) or cleared, with its evidence
     /// and fix in `message`; rate-limited like the triggers, per finding.
     pub fn record_finding(&self, finding: &str, raised: bool, message: &str) {
-        let change = TriggerChange { trigger: finding.to_owned(), finding: true, active: raised, message: message.to_owned() };
+        let change = TriggerChange {
+            trigger: finding.to_owned(),
+            finding: true,
+            active: raised,
+            message: message.to_owned(),
+        };
         self.send(change);
     }
 

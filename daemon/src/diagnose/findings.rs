@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::observations::{Observations, Route};
 use crate::checks::health::LocalhostStatus;
+use crate::judgement::phase::Phase;
 use crate::judgement::signals::VxlanFlow;
 use crate::probes::cidr::Cidr;
 
@@ -51,7 +52,9 @@ impl FindingName {
     pub const fn severity(self) -> &'static str {
         match self {
             Self::FlannelLeftovers | Self::LocalhostCause => "warning",
-            Self::VxlanOneWay | Self::BgpBlocked | Self::TyphaUnreachable | Self::PodCidrOverlap => "critical",
+            Self::VxlanOneWay | Self::BgpBlocked | Self::TyphaUnreachable | Self::PodCidrOverlap => {
+                "critical"
+            }
         }
     }
 }
@@ -86,7 +89,8 @@ const FLANNEL_PORT: u16 = 8472;
 /// still flowing there.
 fn flannel_leftovers(observed: &Observations) -> Vec<Detected> {
     let Some(phase) = observed.phase else { return Vec::new() };
-    let cut_over = (phase.calico_pod_interfaces > 0 || phase.calico_vxlan) && phase.flannel_pod_interfaces == 0;
+    let cut_over =
+        (phase.calico_pod_interfaces > 0 || phase.calico_vxlan) && phase.flannel_pod_interfaces == 0;
     if !cut_over {
         return Vec::new();
     }
@@ -106,11 +110,23 @@ fn flannel_leftovers(observed: &Observations) -> Vec<Detected> {
                 phase.calico_pod_interfaces
             ),
             value: devices.len() as f64,
-            fix: format!("remove Flannel's devices on this node: {}; rm -f /run/flannel/subnet.env", deletes.join("; ")),
+            fix: format!(
+                "remove Flannel's devices on this node: {}; rm -f /run/flannel/subnet.env",
+                deletes.join("; ")
+            ),
         });
     }
+    // Flannel's VXLAN counts once the node has been on Calico for a whole window, and only
+    // while it still flows (the phase is read every few seconds: a window that began just
+    // before the move may hold the node's own traffic from before its cutover).
+    let calico_all_window = observed
+        .phase_age
+        .is_some_and(|(phase, age)| phase == Phase::Calico && age >= observed.window_seconds);
+    let latest = observed.vxlan_latest();
+    let flowing = |flow: &VxlanFlow| latest.iter().any(|(f, n)| f == flow && *n > 0.0);
     for (flow, packets) in observed.vxlan_window() {
-        if flow.port == FLANNEL_PORT && packets >= observed.min_packets {
+        if calico_all_window && flow.port == FLANNEL_PORT && packets >= observed.min_packets && flowing(&flow)
+        {
             let direction = if flow.egress { "sent to" } else { "received from" };
             found.push(Detected {
                 name: FindingName::FlannelLeftovers,
@@ -130,15 +146,27 @@ fn flannel_leftovers(observed: &Observations) -> Vec<Detected> {
     found
 }
 
-/// VXLAN sent to a peer on a port with nothing coming back from it on that port.
+/// VXLAN sent to a peer on a port with nothing coming back from it on that port. A peer
+/// that sends VXLAN on another port runs the other overlay (a node mid-cutover, whose
+/// cross-node traffic the runbook expects to break), not a firewall: left out.
 fn vxlan_one_way(observed: &Observations) -> Vec<Detected> {
     let window = observed.vxlan_window();
-    let received = |flow: &VxlanFlow| {
-        window.iter().find(|(f, _)| f.peer == flow.peer && f.port == flow.port && !f.egress).map_or(0.0, |(_, n)| *n)
+    // From the flow's peer: on the flow's port (`true`), or on any other.
+    let received = |flow: &VxlanFlow, same_port: bool| {
+        window
+            .iter()
+            .filter(|(f, _)| f.peer == flow.peer && !f.egress && (f.port == flow.port) == same_port)
+            .map(|(_, n)| *n)
+            .sum::<f64>()
     };
     window
         .iter()
-        .filter(|(flow, sent)| flow.egress && *sent >= observed.min_packets && received(flow) == 0.0)
+        .filter(|(flow, sent)| {
+            flow.egress
+                && *sent >= observed.min_packets
+                && received(flow, true) == 0.0
+                && received(flow, false) == 0.0
+        })
         .map(|(flow, sent)| Detected {
             name: FindingName::VxlanOneWay,
             subject: format!("{}:{}", flow.peer, flow.port),
@@ -213,7 +241,12 @@ fn pod_cidr_overlap(observed: &Observations) -> Vec<Detected> {
                     subject: format!("{}/{} dev {}", route.destination, route.prefix_len, route.device),
                     evidence: format!(
                         "the node routes {}/{} through {}, inside {} {}/{}",
-                        route.destination, route.prefix_len, route.device, cidr.name, cidr.network, cidr.prefix_len
+                        route.destination,
+                        route.prefix_len,
+                        route.device,
+                        cidr.name,
+                        cidr.network,
+                        cidr.prefix_len
                     ),
                     value: 1.0,
                     fix: format!(
@@ -263,13 +296,26 @@ fn localhost_cause(observed: &Observations) -> Vec<Detected> {
 fn localhost_fix(status: &LocalhostStatus) -> String {
     let port = status.port;
     match status.cause.as_str() {
-        "nothing_listens" => format!("start the server on {port} in the pod (its container's logs and restarts say why it is down)"),
-        "pod_address_only" => format!("bind the server to 0.0.0.0 or 127.0.0.1:{port}, not only the pod's address"),
-        "ipv6_loopback_only" => format!("bind the server to 127.0.0.1:{port} too, or have the client call [::1]:{port}"),
-        "ipv4_loopback_only" => format!("bind the server to [::1]:{port} too, or have the client call 127.0.0.1:{port}"),
+        "nothing_listens" => format!(
+            "start the server on {port} in the pod (its container's logs and restarts say why it is down)"
+        ),
+        "pod_address_only" => {
+            format!("bind the server to 0.0.0.0 or 127.0.0.1:{port}, not only the pod's address")
+        }
+        "ipv6_loopback_only" => {
+            format!("bind the server to 127.0.0.1:{port} too, or have the client call [::1]:{port}")
+        }
+        "ipv4_loopback_only" => {
+            format!("bind the server to [::1]:{port} too, or have the client call 127.0.0.1:{port}")
+        }
         "slow" => "the server is up but slow: look at its load and the model, not the network".to_owned(),
-        "filtered" => format!("remove the rule inside the pod that drops loopback to {port} (nft list ruleset), or check its accept queue (ss -ltn)"),
-        "not_ready" => "the server answers not ready: load the model (check the model repository and the agent)".to_owned(),
+        "filtered" => format!(
+            "remove the rule inside the pod that drops loopback to {port} (nft list ruleset), or check its accept queue (ss -ltn)"
+        ),
+        "not_ready" => {
+            "the server answers not ready: load the model (check the model repository and the agent)"
+                .to_owned()
+        }
         _ => format!("check what answers on {port} in the pod: the call failed in another way"),
     }
 }
@@ -278,11 +324,14 @@ impl Route {
     /// Devices a CNI owns: their routes into pod ranges are the point.
     fn owned_by_a_cni(&self) -> bool {
         const CNI_DEVICES: &[&str] = &["cali", "veth", "cni0", "flannel", "vxlan.calico", "tunl0", "lo"];
-        self.from_bird || self.device.is_empty() || CNI_DEVICES.iter().any(|prefix| self.device.starts_with(prefix))
+        self.from_bird
+            || self.device.is_empty()
+            || CNI_DEVICES.iter().any(|prefix| self.device.starts_with(prefix))
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "the values compared are small whole numbers, exact in f64")]
 mod tests {
     use std::collections::BTreeMap;
 
@@ -293,12 +342,14 @@ mod tests {
     fn observations() -> Observations {
         Observations {
             before: Totals::default(),
+            previous: Totals::default(),
             now: Totals::default(),
             window_seconds: 60.0,
             min_packets: 10.0,
             min_attempts: 3.0,
             typha_port: 5473,
             phase: None,
+            phase_age: None,
             localhost: Vec::new(),
             routes: Vec::new(),
             cidrs: crate::probes::cidr::parse_all(
@@ -336,8 +387,9 @@ mod tests {
         // One packet back on the port is an answer; on another port it is not.
         observed.now.vxlan = BTreeMap::from([(flow(true, 4789), 40.0), (flow(false, 4789), 1.0)]);
         assert!(vxlan_one_way(&observed).is_empty());
+        // The peer still speaks Flannel's VXLAN: a node mid-cutover, not a firewall.
         observed.now.vxlan = BTreeMap::from([(flow(true, 4789), 40.0), (flow(false, 8472), 5.0)]);
-        assert_eq!(vxlan_one_way(&observed).len(), 1);
+        assert!(vxlan_one_way(&observed).is_empty());
         // Counts before the window do not count.
         observed.before.vxlan = BTreeMap::from([(flow(true, 4789), 40.0)]);
         observed.now.vxlan = BTreeMap::from([(flow(true, 4789), 40.0)]);
@@ -365,6 +417,17 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].subject, "flannel.1");
         assert!(found[0].fix.contains("ip link delete flannel.1"), "{}", found[0].fix);
+        // Flannel's VXLAN still flowing, once the whole window is after the move to Calico.
+        observed.now.vxlan = BTreeMap::from([(flow(true, 8472), 30.0)]);
+        observed.phase_age = Some((Phase::Calico, 30.0));
+        assert_eq!(flannel_leftovers(&observed).len(), 1, "the window began before the move");
+        observed.phase_age = Some((Phase::Calico, 90.0));
+        let found = flannel_leftovers(&observed);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[1].subject, "192.168.10.12:8472");
+        // In the window, but no longer flowing: what the node sent before its move.
+        observed.previous.vxlan = observed.now.vxlan.clone();
+        assert_eq!(flannel_leftovers(&observed).len(), 1);
         // Mid-cutover, with pods still on Flannel: not a leftover.
         phase.flannel_pod_interfaces = 1;
         observed.phase = Some(phase);

@@ -103,7 +103,8 @@ impl Diagnosis {
                     self.dropped += 1;
                     continue;
                 }
-                self.tracked.insert(key.clone(), Tracked { state: TriggerState::default(), latest: finding.clone() });
+                self.tracked
+                    .insert(key.clone(), Tracked { state: TriggerState::default(), latest: finding.clone() });
             }
         }
         let hysteresis = self.hysteresis;
@@ -183,7 +184,13 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(
             out,
             "{:<8} {:<8} {} ({}) for {:.0}s\n  evidence: {}\n  fix:      {}",
-            finding.state, finding.severity, finding.finding, finding.subject, finding.seconds, finding.evidence, finding.fix
+            finding.state,
+            finding.severity,
+            finding.finding,
+            finding.subject,
+            finding.seconds,
+            finding.evidence,
+            finding.fix
         );
     }
     out
@@ -218,8 +225,10 @@ pub fn start(
         loop {
             tick.tick().await;
             let observed = observe(&settings, &sources, &mut history).await;
-            let detected: Vec<Detected> = DETECTORS.iter().flat_map(|(_, detect)| detect(&observed)).collect();
-            let changes = shared.lock().unwrap_or_else(PoisonError::into_inner).evaluate(detected, unix_now());
+            let detected: Vec<Detected> =
+                DETECTORS.iter().flat_map(|(_, detect)| detect(&observed)).collect();
+            let changes =
+                shared.lock().unwrap_or_else(PoisonError::into_inner).evaluate(detected, unix_now());
             for change in &changes {
                 let finding = &change.finding;
                 if change.raised {
@@ -232,7 +241,11 @@ pub fn start(
                         finding.evidence
                     );
                 } else {
-                    tracing::info!(finding = finding.name.label(), subject = finding.subject, "finding cleared");
+                    tracing::info!(
+                        finding = finding.name.label(),
+                        subject = finding.subject,
+                        "finding cleared"
+                    );
                 }
                 on_change(change);
             }
@@ -247,6 +260,7 @@ async fn observe(settings: &DiagnoseSettings, sources: &Sources, history: &mut H
     // Until a whole window is kept, rates over it are not judged (nothing has had time to
     // come back yet).
     let before = if history.spans(settings.window) { oldest } else { now.clone() };
+    let previous = history.previous().clone();
     let routes = observations::routes(&sources.handle).await.unwrap_or_else(|err| {
         tracing::warn!("reading the node's routes for the findings failed, will retry: {err}");
         Vec::new()
@@ -254,14 +268,17 @@ async fn observe(settings: &DiagnoseSettings, sources: &Sources, history: &mut H
     let localhost = sources.localhost.as_ref().map_or_else(Vec::new, |localhost| {
         localhost.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     });
+    let phase = *sources.phase.read().unwrap_or_else(PoisonError::into_inner);
     Observations {
         before,
+        previous,
         now,
         window_seconds: age,
         min_packets: settings.min_packets,
         min_attempts: settings.min_attempts,
         typha_port: sources.typha_port,
-        phase: sources.phase.read().unwrap_or_else(PoisonError::into_inner).as_ref().map(|(_, signals)| *signals),
+        phase: phase.map(|(_, signals)| signals),
+        phase_age: phase.map(|(record, _)| (record.phase, (unix_now() - record.since).max(0.0))),
         localhost,
         routes,
         cidrs: settings.cidrs.clone(),
@@ -313,6 +330,7 @@ impl Collector for FindingCollector {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "the values compared are small whole numbers, exact in f64")]
 mod tests {
     use super::*;
 
@@ -326,13 +344,16 @@ mod tests {
         }
     }
 
+    /// (now, present, raised by this step, cleared by this step)
+    type Step<'a> = (f64, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+
     /// The hold and clear discipline, as a table: (second, subjects present, raised after).
     #[test]
     fn a_finding_is_raised_after_holding_and_cleared_after_being_gone() {
-        let hysteresis = Hysteresis { threshold: 0.5, clear_threshold: 0.5, for_seconds: 10.0, clear_seconds: 20.0 };
+        let hysteresis =
+            Hysteresis { threshold: 0.5, clear_threshold: 0.5, for_seconds: 10.0, clear_seconds: 20.0 };
         let mut diagnosis = Diagnosis::new(hysteresis);
-        let steps: &[(f64, &[&str], &[&str], &[&str])] = &[
-            // (now, present, raised by this step, cleared by this step)
+        let steps: &[Step<'_>] = &[
             (0.0, &["a"], &[], &[]),
             (5.0, &["a"], &[], &[]),
             // Gone before it held 10 s: it starts over.
@@ -361,7 +382,8 @@ mod tests {
 
     #[test]
     fn memory_is_bounded_and_what_is_left_out_is_counted() {
-        let hysteresis = Hysteresis { threshold: 0.5, clear_threshold: 0.5, for_seconds: 0.0, clear_seconds: 0.0 };
+        let hysteresis =
+            Hysteresis { threshold: 0.5, clear_threshold: 0.5, for_seconds: 0.0, clear_seconds: 0.0 };
         let mut diagnosis = Diagnosis::new(hysteresis);
         let many: Vec<Detected> = (0..MAX_TRACKED + 10).map(|i| detected(&format!("peer-{i}"))).collect();
         let changes = diagnosis.evaluate(many, 0.0);

@@ -21,12 +21,16 @@ pub struct Observations {
     /// The totals at the start of the window (or the earliest kept, early on) and now.
     pub before: Totals,
     pub now: Totals,
+    /// The reading one evaluation ago: what flows *now*, not only somewhere in the window.
+    pub previous: Totals,
     pub window_seconds: f64,
     pub min_packets: f64,
     pub min_attempts: f64,
     pub typha_port: u16,
     /// The node's devices, as the phase reader last saw them.
     pub phase: Option<phase::Signals>,
+    /// How long the node has been in its current phase, and which.
+    pub phase_age: Option<(phase::Phase, f64)>,
     /// The latest in-pod health check of each pod and port.
     pub localhost: Vec<LocalhostStatus>,
     /// The node's IPv4 routes in its main table.
@@ -39,10 +43,19 @@ impl Observations {
     /// VXLAN packets per flow within the window.
     #[must_use]
     pub fn vxlan_window(&self) -> Vec<(VxlanFlow, f64)> {
-        self.now
-            .vxlan
+        Self::vxlan_since(&self.before, &self.now)
+    }
+
+    /// VXLAN packets per flow since the previous evaluation.
+    #[must_use]
+    pub fn vxlan_latest(&self) -> Vec<(VxlanFlow, f64)> {
+        Self::vxlan_since(&self.previous, &self.now)
+    }
+
+    fn vxlan_since(before: &Totals, now: &Totals) -> Vec<(VxlanFlow, f64)> {
+        now.vxlan
             .iter()
-            .map(|(flow, now)| (*flow, (now - self.before.vxlan.get(flow).copied().unwrap_or(0.0)).max(0.0)))
+            .map(|(flow, now)| (*flow, (now - before.vxlan.get(flow).copied().unwrap_or(0.0)).max(0.0)))
             .collect()
     }
 }
@@ -61,18 +74,25 @@ pub struct Route {
 /// The totals of the last window, one reading per evaluation: its memory is bounded by
 /// the window over the evaluation interval.
 #[derive(Debug, Default)]
-pub struct History(VecDeque<(Instant, Totals)>);
+pub struct History(VecDeque<(Instant, Totals)>, Totals);
 
 impl History {
     /// Adds the reading at `now` and drops those older than `window`; returns the oldest
     /// left (the window's start) and how long ago it was taken.
     pub fn push(&mut self, now: Instant, totals: Totals, window: std::time::Duration) -> (Totals, f64) {
+        self.1 = self.0.back().map_or_else(|| totals.clone(), |(_, last)| last.clone());
         self.0.push_back((now, totals));
         while self.0.len() > 1 && self.0.get(1).is_some_and(|(at, _)| now.duration_since(*at) >= window) {
             self.0.pop_front();
         }
         let (at, oldest) = self.0.front().cloned().expect("just pushed");
         (oldest, now.duration_since(at).as_secs_f64())
+    }
+
+    /// The reading before the latest.
+    #[must_use]
+    pub fn previous(&self) -> &Totals {
+        &self.1
     }
 
     /// Whether the kept readings span the whole window (before that, a finding that needs
@@ -121,6 +141,7 @@ pub async fn routes(handle: &Handle) -> Result<Vec<Route>, rtnetlink::Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "the values compared are small whole numbers, exact in f64")]
 mod tests {
     use std::time::Duration;
 

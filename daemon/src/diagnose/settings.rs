@@ -89,7 +89,11 @@ impl DiagnoseConfig {
     /// The first field out of range, named.
     pub fn validate(&self, cidrs: &[Cidr]) -> Result<Option<DiagnoseSettings>, DiagnoseError> {
         let seconds = |field: &'static str, value: u64, min: u64| {
-            if (min..=MAX_SECONDS).contains(&value) { Ok(value) } else { Err(DiagnoseError::Seconds { field, value, min }) }
+            if (min..=MAX_SECONDS).contains(&value) {
+                Ok(value)
+            } else {
+                Err(DiagnoseError::Seconds { field, value, min })
+            }
         };
         let evaluate = seconds("diagnose.evaluate_seconds", self.evaluate_seconds, 1)?;
         let window = seconds("diagnose.window_seconds", self.window_seconds, 1)?;
@@ -146,6 +150,8 @@ mod tests {
         });
         assert_eq!(short.field(), "diagnose.window_seconds");
         assert!(short.to_string().contains("at least two evaluations"), "{short}");
-        assert!(DiagnoseConfig { enabled: false, ..DiagnoseConfig::default() }.validate(&[]).unwrap().is_none());
+        assert!(
+            DiagnoseConfig { enabled: false, ..DiagnoseConfig::default() }.validate(&[]).unwrap().is_none()
+        );
     }
 }

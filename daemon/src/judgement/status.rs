@@ -139,7 +139,11 @@ pub fn fetch(address: SocketAddr) -> Result<Status, String> {
 ///
 /// # Errors
 /// A message naming the address and what failed (nothing listening, not cniguard...).
-pub fn fetch_json<T: serde::de::DeserializeOwned>(address: SocketAddr, path: &str, what: &str) -> Result<T, String> {
+pub fn fetch_json<T: serde::de::DeserializeOwned>(
+    address: SocketAddr,
+    path: &str,
+    what: &str,
+) -> Result<T, String> {
     let timeout = Duration::from_secs(5);
     let unreachable = |err: std::io::Error| {
         format!(
@@ -162,8 +166,7 @@ pub fn fetch_json<T: serde::de::DeserializeOwned>(address: SocketAddr, path: &st
     if !status_line.contains(" 200 ") {
         return Err(format!("{address} answered `{status_line}`: {}", body.trim()));
     }
-    serde_json::from_str(body)
-        .map_err(|err| format!("{address} did not answer with {what} ({err})"))
+    serde_json::from_str(body).map_err(|err| format!("{address} did not answer with {what} ({err})"))
 }
 
 /// The status as the table `cniguard status` prints.
@@ -228,7 +231,8 @@ pub fn render(status: &Status) -> String {
     }
     render_localhost(&mut out, &status.localhost);
     if !status.findings.is_empty() {
-        let _ = writeln!(out, "\n{:<18} {:<9} {:<9} {:>9}  SUBJECT: FIX", "FINDING", "SEVERITY", "STATE", "FOR");
+        let _ =
+            writeln!(out, "\n{:<18} {:<9} {:<9} {:>9}  SUBJECT: FIX", "FINDING", "SEVERITY", "STATE", "FOR");
         for finding in &status.findings {
             let _ = writeln!(
                 out,
@@ -363,6 +367,9 @@ mod tests {
             finding.contains("critical") && finding.contains("raised") && finding.contains("12s"),
             "{finding}"
         );
-        assert!(finding.ends_with("192.168.20.13:4789: open 4789/udp between this node and 192.168.20.13"), "{finding}");
+        assert!(
+            finding.ends_with("192.168.20.13:4789: open 4789/udp between this node and 192.168.20.13"),
+            "{finding}"
+        );
     }
 }

@@ -36,7 +36,20 @@ impl Effect for FlannelLeftover<'_> {
     /// up: what a node keeps when Flannel is stopped without its cleanup.
     fn inject(&self, lab: &mut Lab) -> Result<()> {
         let netns = self.netns(lab)?;
-        netns.ip(&["link", "add", DEVICE, "type", "vxlan", "id", "1", "dstport", "8472", "dev", "eth0", "nolearning"])?;
+        netns.ip(&[
+            "link",
+            "add",
+            DEVICE,
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "dstport",
+            "8472",
+            "dev",
+            "eth0",
+            "nolearning",
+        ])?;
         netns.ip(&["link", "set", DEVICE, "up"])?;
         Ok(())
     }
