@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use cniguard::diagnose::{FindingReport, Report};
-use cniguard_lab::binaries::Binaries;
-use cniguard_lab::lab::{Fault, LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG, Lab, OVERLAPPING_ROUTE};
+use cniguard_lab::lab::{
+    Fault, LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG, Lab, OLD_CLUSTER_DNS, OVERLAPPING_ROUTE,
+};
 use cniguard_lab::require_root;
 use cniguard_tests::lab_support::options;
 
@@ -58,16 +59,7 @@ fn diagnose_all(lab: &Lab) -> String {
 }
 
 fn diagnose(lab: &Lab, node: usize) -> String {
-    let endpoint = lab.cniguard(node);
-    let output = endpoint
-        .netns
-        .command(Binaries::beside_test_executable().cniguard)
-        .unwrap()
-        .args(["diagnose", "--address", &endpoint.address.to_string()])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "cniguard diagnose: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
+    lab.diagnose(node).unwrap()
 }
 
 fn finding(node: usize, name: &str, subject: &str) -> (usize, String, String) {
@@ -167,5 +159,26 @@ fn each_fault_is_diagnosed_by_name_on_the_nodes_that_see_it_and_clears_on_repair
     assert!(found.fix.contains("nft list ruleset"), "{}", found.fix);
     lab.repair(&fault).unwrap();
     wait_for(&lab, "localhost_cause cleared", &none);
+
+    // client-3 keeps asking K3s' old cluster DNS, as a pod created before the service range
+    // moved does: named on its node, with the pod's interface to recreate.
+    let fault = Fault::StaleDns { pod: "client-3".into() };
+    lab.inject(&fault).unwrap();
+    wait_for(
+        &lab,
+        "old_service_cidr_in_use on client-3's node",
+        &[finding(2, "old_service_cidr_in_use", OLD_CLUSTER_DNS)].into(),
+    );
+    let found = report(&lab, 2, "old_service_cidr_in_use");
+    assert_eq!(found.severity, "critical");
+    assert!(
+        found.evidence.contains("10.43.0.0/16") && found.evidence.contains("none answered"),
+        "{}",
+        found.evidence
+    );
+    let interface = lab.host_side("client-3").unwrap().1;
+    assert!(found.fix.contains(&format!("recreate the pods on {interface}")), "{}", found.fix);
+    lab.repair(&fault).unwrap();
+    wait_for(&lab, "old_service_cidr_in_use cleared", &none);
     lab.down();
 }

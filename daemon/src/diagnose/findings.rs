@@ -16,6 +16,7 @@ use crate::probes::cidr::Cidr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingName {
+    OldServiceCidrInUse,
     FlannelLeftovers,
     VxlanOneWay,
     BgpBlocked,
@@ -25,7 +26,8 @@ pub enum FindingName {
 }
 
 impl FindingName {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
+        Self::OldServiceCidrInUse,
         Self::FlannelLeftovers,
         Self::VxlanOneWay,
         Self::BgpBlocked,
@@ -37,6 +39,7 @@ impl FindingName {
     #[must_use]
     pub const fn label(self) -> &'static str {
         match self {
+            Self::OldServiceCidrInUse => "old_service_cidr_in_use",
             Self::FlannelLeftovers => "flannel_leftovers",
             Self::VxlanOneWay => "vxlan_one_way",
             Self::BgpBlocked => "bgp_blocked",
@@ -52,9 +55,11 @@ impl FindingName {
     pub const fn severity(self) -> &'static str {
         match self {
             Self::FlannelLeftovers | Self::LocalhostCause => "warning",
-            Self::VxlanOneWay | Self::BgpBlocked | Self::TyphaUnreachable | Self::PodCidrOverlap => {
-                "critical"
-            }
+            Self::OldServiceCidrInUse
+            | Self::VxlanOneWay
+            | Self::BgpBlocked
+            | Self::TyphaUnreachable
+            | Self::PodCidrOverlap => "critical",
         }
     }
 }
@@ -75,6 +80,7 @@ type Detector = fn(&Observations) -> Vec<Detected>;
 
 /// Every finding with its detector, in report order.
 pub const DETECTORS: &[(FindingName, Detector)] = &[
+    (FindingName::OldServiceCidrInUse, old_service_cidr_in_use),
     (FindingName::FlannelLeftovers, flannel_leftovers),
     (FindingName::VxlanOneWay, vxlan_one_way),
     (FindingName::BgpBlocked, bgp_blocked),
@@ -84,6 +90,40 @@ pub const DETECTORS: &[(FindingName, Detector)] = &[
 ];
 
 const FLANNEL_PORT: u16 = 8472;
+
+/// Pods still asking the cluster DNS of before the cutover (an address in an old service
+/// range) with nothing answering: they keep the resolv.conf they were created with.
+fn old_service_cidr_in_use(observed: &Observations) -> Vec<Detected> {
+    let mut found = Vec::new();
+    for (server, now) in &observed.now.dns_servers {
+        let Some(range) = observed.old_service_cidrs.iter().find(|cidr| overlaps(*server, 32, cidr)) else {
+            continue;
+        };
+        let before = observed.before.dns_servers.get(server).cloned().unwrap_or_default();
+        let (queries, answers) = (now.queries - before.queries, now.answers - before.answers);
+        if queries < observed.min_attempts || answers > 0.0 {
+            continue;
+        }
+        let interfaces: Vec<&str> = now.interfaces.iter().map(String::as_str).collect();
+        found.push(Detected {
+            name: FindingName::OldServiceCidrInUse,
+            subject: server.to_string(),
+            evidence: format!(
+                "{queries:.0} DNS queries to {server} (in the old service range {}/{}) in {:.0} s, none answered, from the pods on {}",
+                range.network,
+                range.prefix_len,
+                observed.window_seconds,
+                interfaces.join(", ")
+            ),
+            value: queries,
+            fix: format!(
+                "recreate the pods on {} (they keep the resolv.conf, and the cluster DNS {server}, of before the service range moved)",
+                interfaces.join(", ")
+            ),
+        });
+    }
+    found
+}
 
 /// Flannel's devices on a node whose pods have all moved to Calico, or Flannel's VXLAN
 /// still flowing there.
@@ -352,6 +392,13 @@ mod tests {
             phase_age: None,
             localhost: Vec::new(),
             routes: Vec::new(),
+            old_service_cidrs: vec![
+                crate::probes::cidr::Cidr::parse(&crate::probes::cidr::CidrConfig {
+                    name: "old_services".to_owned(),
+                    cidr: "10.43.0.0/16".to_owned(),
+                })
+                .unwrap(),
+            ],
             cidrs: crate::probes::cidr::parse_all(
                 &crate::probes::cidr::DEFAULT_CIDRS
                     .iter()
@@ -394,6 +441,29 @@ mod tests {
         observed.before.vxlan = BTreeMap::from([(flow(true, 4789), 40.0)]);
         observed.now.vxlan = BTreeMap::from([(flow(true, 4789), 40.0)]);
         assert!(vxlan_one_way(&observed).is_empty());
+    }
+
+    #[test]
+    fn unanswered_queries_to_the_old_cluster_dns_are_named_with_their_pods() {
+        use crate::judgement::signals::DnsServer;
+        let mut observed = observations();
+        let old = Ipv4Addr::new(10, 43, 0, 10);
+        let server = |queries, answers| DnsServer {
+            queries,
+            answers,
+            interfaces: ["cali1234".to_owned()].into_iter().collect(),
+        };
+        observed.now.dns_servers = BTreeMap::from([(old, server(8.0, 0.0))]);
+        let found = old_service_cidr_in_use(&observed);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].value, 8.0);
+        assert!(found[0].evidence.contains("10.43.0.0/16") && found[0].evidence.contains("cali1234"));
+        // Answered: the old range is still the cluster's, nothing wrong.
+        observed.now.dns_servers = BTreeMap::from([(old, server(8.0, 8.0))]);
+        assert!(old_service_cidr_in_use(&observed).is_empty());
+        // Another server's silence is another story (the dns_failing trigger's).
+        observed.now.dns_servers = BTreeMap::from([(Ipv4Addr::new(10, 96, 0, 10), server(8.0, 0.0))]);
+        assert!(old_service_cidr_in_use(&observed).is_empty());
     }
 
     #[test]

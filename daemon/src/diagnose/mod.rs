@@ -256,10 +256,9 @@ pub fn start(
 
 async fn observe(settings: &DiagnoseSettings, sources: &Sources, history: &mut History) -> Observations {
     let now = sources.signals.totals();
-    let (oldest, age) = history.push(Instant::now(), now.clone(), settings.window);
-    // Until a whole window is kept, rates over it are not judged (nothing has had time to
-    // come back yet).
-    let before = if history.spans(settings.window) { oldest } else { now.clone() };
+    // Until a whole window is kept, the window is what there is since the daemon started:
+    // what happened right after a restart is not lost (the hold time still applies).
+    let (before, age) = history.push(Instant::now(), now.clone(), settings.window);
     let previous = history.previous().clone();
     let routes = observations::routes(&sources.handle).await.unwrap_or_else(|err| {
         tracing::warn!("reading the node's routes for the findings failed, will retry: {err}");
@@ -282,6 +281,7 @@ async fn observe(settings: &DiagnoseSettings, sources: &Sources, history: &mut H
         localhost,
         routes,
         cidrs: settings.cidrs.clone(),
+        old_service_cidrs: settings.old_service_cidrs.clone(),
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Observations {
     pub routes: Vec<Route>,
     /// The address plan.
     pub cidrs: Vec<Cidr>,
+    /// The service ranges of before the cutover.
+    pub old_service_cidrs: Vec<Cidr>,
 }
 
 impl Observations {
@@ -94,16 +96,6 @@ impl History {
     pub fn previous(&self) -> &Totals {
         &self.1
     }
-
-    /// Whether the kept readings span the whole window (before that, a finding that needs
-    /// a window's worth of evidence waits).
-    #[must_use]
-    pub fn spans(&self, window: std::time::Duration) -> bool {
-        match (self.0.front(), self.0.back()) {
-            (Some((first, _)), Some((last, _))) => last.duration_since(*first) >= window,
-            _ => false,
-        }
-    }
 }
 
 /// The node's IPv4 routes in the main table, with their devices' names.
@@ -155,11 +147,12 @@ mod tests {
         let at = |s: u64| start + Duration::from_secs(s);
         let totals = |retransmits: f64| Totals { retransmits, ..Totals::default() };
         assert_eq!(history.push(at(0), totals(0.0), window).1, 0.0);
-        assert!(!history.spans(window));
-        for s in 1..=10 {
+        for s in 1..=9 {
             history.push(at(s), totals(s as f64), window);
         }
-        assert!(history.spans(window));
+        // Less than a window kept: the window starts with the first reading.
+        let (oldest, age) = history.push(at(10), totals(10.0), window);
+        assert_eq!((oldest.retransmits, age), (0.0, 10.0));
         let (oldest, age) = history.push(at(25), totals(25.0), window);
         // Every reading 10 s or more before the latest has gone but the newest of them.
         assert_eq!((oldest.retransmits, age), (10.0, 15.0));

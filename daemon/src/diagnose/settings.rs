@@ -25,8 +25,11 @@ pub struct DiagnoseConfig {
     /// VXLAN packets sent to a peer in the window, none back, before `vxlan_one_way` holds.
     pub min_packets: u64,
     /// Failed connection attempts in the window before `bgp_blocked` or
-    /// `typha_unreachable` holds.
+    /// `typha_unreachable` holds; unanswered DNS queries before `old_service_cidr_in_use` does.
     pub min_attempts: u64,
+    /// Service ranges of before the cutover (K3s' default: 10.43.0.0/16): DNS queries to
+    /// an address there that nothing answers mean pods still use the old cluster DNS.
+    pub old_service_cidrs: Vec<String>,
 }
 
 impl Default for DiagnoseConfig {
@@ -39,6 +42,7 @@ impl Default for DiagnoseConfig {
             clear_seconds: 60,
             min_packets: 10,
             min_attempts: 3,
+            old_service_cidrs: vec!["10.43.0.0/16".to_owned()],
         }
     }
 }
@@ -53,6 +57,7 @@ pub struct DiagnoseSettings {
     pub min_attempts: f64,
     /// The address plan (`cidrs`): pod and service ranges a node route must not overlap.
     pub cidrs: Vec<Cidr>,
+    pub old_service_cidrs: Vec<Cidr>,
 }
 
 /// The longest window, hold or clear time: an hour.
@@ -69,6 +74,8 @@ pub enum DiagnoseError {
         "{window} s is shorter than `diagnose.evaluate_seconds` ({evaluate} s): the window must span at least two evaluations"
     )]
     WindowTooShort { window: u64, evaluate: u64 },
+    #[error("{0}")]
+    OldServiceCidr(String),
 }
 
 impl DiagnoseError {
@@ -78,6 +85,7 @@ impl DiagnoseError {
         match self {
             Self::Seconds { field, .. } | Self::Zero { field } => field,
             Self::WindowTooShort { .. } => "diagnose.window_seconds",
+            Self::OldServiceCidr(_) => "diagnose.old_service_cidrs",
         }
     }
 }
@@ -109,6 +117,17 @@ impl DiagnoseConfig {
                 return Err(DiagnoseError::Zero { field });
             }
         }
+        let old_service_cidrs = self
+            .old_service_cidrs
+            .iter()
+            .map(|cidr| {
+                Cidr::parse(&crate::probes::cidr::CidrConfig {
+                    name: "old_services".to_owned(),
+                    cidr: cidr.clone(),
+                })
+                .map_err(DiagnoseError::OldServiceCidr)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if !self.enabled {
             return Ok(None);
         }
@@ -126,6 +145,7 @@ impl DiagnoseConfig {
             min_packets: self.min_packets as f64,
             min_attempts: self.min_attempts as f64,
             cidrs: cidrs.to_vec(),
+            old_service_cidrs,
         }))
     }
 }
@@ -144,6 +164,9 @@ mod tests {
         assert_eq!(bad(|c| c.evaluate_seconds = 0).field(), "diagnose.evaluate_seconds");
         assert_eq!(bad(|c| c.for_seconds = 3601).field(), "diagnose.for_seconds");
         assert_eq!(bad(|c| c.min_packets = 0).field(), "diagnose.min_packets");
+        let cidr = bad(|c| c.old_service_cidrs = vec!["10.43.0.0/33".into()]);
+        assert_eq!(cidr.field(), "diagnose.old_service_cidrs");
+        assert!(cidr.to_string().contains("10.43.0.0/33"), "{cidr}");
         let short = bad(|c| {
             c.window_seconds = 2;
             c.evaluate_seconds = 5;

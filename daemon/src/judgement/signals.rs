@@ -30,6 +30,17 @@ pub struct Totals {
     pub bgp: BTreeMap<Ipv4Addr, Session>,
     /// Connections this node opened to Calico Typha.
     pub typha: Attempts,
+    /// The pods' DNS, by server address.
+    pub dns_servers: BTreeMap<Ipv4Addr, DnsServer>,
+}
+
+/// The pods' DNS to one server, cumulative.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DnsServer {
+    pub queries: f64,
+    pub answers: f64,
+    /// The pod-facing interfaces the queries came through.
+    pub interfaces: std::collections::BTreeSet<String>,
 }
 
 /// One direction of VXLAN between this node and another.

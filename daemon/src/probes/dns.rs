@@ -260,6 +260,19 @@ impl SignalSource for Dns {
             .map(|(_, count)| *count)
             .sum::<u64>() as f64;
         totals.dns_timeouts += self.timeouts_total.load(Ordering::Relaxed) as f64;
+        // By server address, for the findings (`old_service_cidr_in_use`).
+        for (key, count) in summed(&self.counts) {
+            let server = totals.dns_servers.entry(Ipv4Addr::from(key.server));
+            match key.outcome {
+                o if o == DnsOutcome::Query as u8 => {
+                    let server = server.or_default();
+                    server.queries += count as f64;
+                    server.interfaces.extend(self.attached.name(key.ifindex));
+                }
+                o if o == DnsOutcome::Response as u8 => server.or_default().answers += count as f64,
+                _ => {}
+            }
+        }
     }
 }
 

@@ -29,7 +29,9 @@ use crate::process::Processes;
 use crate::topology::{Cni, Topology};
 
 pub use config::{LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG};
-pub use faults::{FAULTS, Fault, FaultKind, FaultParam, FaultValues, OVERLAPPING_ROUTE, ParamKind};
+pub use faults::{
+    FAULTS, Fault, FaultKind, FaultParam, FaultValues, OLD_CLUSTER_DNS, OVERLAPPING_ROUTE, ParamKind,
+};
 pub use observers::LAB_HOOK_FIRING_FOR_SECONDS;
 pub use programs::{REQUIRED_PROGRAMS, check_programs};
 pub use readings::NodePhase;

@@ -4,9 +4,8 @@ use std::fmt;
 
 use anyhow::Result;
 
-use super::{Effect, Fault, FaultKind, FaultParam, ParamKind};
+use super::{Effect, Fault, FaultKind, FaultParam, ParamKind, node_netns};
 use crate::lab::Lab;
-use crate::netns::NetNs;
 
 pub(super) const KIND: FaultKind = FaultKind {
     name: "flannel-leftover",
@@ -21,12 +20,6 @@ pub(super) struct FlannelLeftover<'a> {
 
 const DEVICE: &str = "flannel.1";
 
-impl FlannelLeftover<'_> {
-    fn netns(&self, lab: &Lab) -> Result<NetNs> {
-        Ok(NetNs::existing(&lab.state.topology.node_netns(lab.selected_nodes(Some(self.node))?[0])))
-    }
-}
-
 impl Effect for FlannelLeftover<'_> {
     fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "leave {DEVICE} behind on {}", self.node)
@@ -35,7 +28,7 @@ impl Effect for FlannelLeftover<'_> {
     /// The device as Flannel's VXLAN backend makes it (VNI 1, port 8472, no learning), and
     /// up: what a node keeps when Flannel is stopped without its cleanup.
     fn inject(&self, lab: &mut Lab) -> Result<()> {
-        let netns = self.netns(lab)?;
+        let netns = node_netns(lab, self.node)?;
         netns.ip(&[
             "link",
             "add",
@@ -56,7 +49,7 @@ impl Effect for FlannelLeftover<'_> {
 
     fn repair(&self, lab: &mut Lab) -> Result<()> {
         // Gone already (the node rolled back and forth) is fine.
-        let _ = self.netns(lab)?.ip(&["link", "delete", DEVICE]);
+        let _ = node_netns(lab, self.node)?.ip(&["link", "delete", DEVICE]);
         Ok(())
     }
 }

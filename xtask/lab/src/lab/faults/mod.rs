@@ -9,11 +9,13 @@ mod flannel_leftover;
 mod reject_bgp;
 mod route_overlap;
 mod slow_mlserver;
+mod stale_dns;
 mod stop_bird;
 mod stop_dns;
 mod veth_loss;
 
 pub use route_overlap::OVERLAPPING_ROUTE;
+pub use stale_dns::OLD_CLUSTER_DNS;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -48,6 +50,8 @@ pub enum Fault {
     FlannelLeftover { node: String },
     /// A route of the node's own network into Calico's pod range.
     RouteOverlap { node: String },
+    /// A pod keeps asking the cluster DNS of before the service range moved.
+    StaleDns { pod: String },
 }
 
 /// Every fault as the command line offers it, in the order of its help.
@@ -61,6 +65,7 @@ pub const FAULTS: &[FaultKind] = &[
     reject_bgp::KIND,
     flannel_leftover::KIND,
     route_overlap::KIND,
+    stale_dns::KIND,
 ];
 
 impl Fault {
@@ -76,6 +81,7 @@ impl Fault {
             Self::RejectBgp { node, peer } => Box::new(reject_bgp::RejectBgp { node, peer }),
             Self::FlannelLeftover { node } => Box::new(flannel_leftover::FlannelLeftover { node }),
             Self::RouteOverlap { node } => Box::new(route_overlap::RouteOverlap { node }),
+            Self::StaleDns { pod } => Box::new(stale_dns::StaleDns { pod }),
         }
     }
 }
@@ -201,6 +207,11 @@ impl Lab {
     pub(super) fn stopped_by_fault(&self, key: &str) -> bool {
         self.state.faults.iter().any(|fault| fault.effect().stops(key))
     }
+}
+
+/// The namespace of the node named `node`.
+fn node_netns(lab: &Lab, node: &str) -> Result<crate::netns::NetNs> {
+    Ok(crate::netns::NetNs::existing(&lab.state.topology.node_netns(lab.selected_nodes(Some(node))?[0])))
 }
 
 /// The nftables table the lab's faults add: one per namespace, removed whole on repair.

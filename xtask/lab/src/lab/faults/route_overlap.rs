@@ -4,9 +4,8 @@ use std::fmt;
 
 use anyhow::Result;
 
-use super::{Effect, Fault, FaultKind, FaultParam, ParamKind};
+use super::{Effect, Fault, FaultKind, FaultParam, ParamKind, node_netns};
 use crate::lab::Lab;
-use crate::netns::NetNs;
 
 pub(super) const KIND: FaultKind = FaultKind {
     name: "route-overlap",
@@ -22,12 +21,6 @@ pub(super) struct RouteOverlap<'a> {
 /// Inside the lab's new pod CIDR, 10.244.0.0/16, and outside every node's pod blocks.
 pub const OVERLAPPING_ROUTE: &str = "10.244.250.0/24";
 
-impl RouteOverlap<'_> {
-    fn netns(&self, lab: &Lab) -> Result<NetNs> {
-        Ok(NetNs::existing(&lab.state.topology.node_netns(lab.selected_nodes(Some(self.node))?[0])))
-    }
-}
-
 impl Effect for RouteOverlap<'_> {
     fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "route {OVERLAPPING_ROUTE} through eth0 on {}", self.node)
@@ -35,12 +28,12 @@ impl Effect for RouteOverlap<'_> {
 
     /// As a node network that overlaps the pod range does: a route on the node's own NIC.
     fn inject(&self, lab: &mut Lab) -> Result<()> {
-        self.netns(lab)?.ip(&["route", "add", OVERLAPPING_ROUTE, "dev", "eth0"])?;
+        node_netns(lab, self.node)?.ip(&["route", "add", OVERLAPPING_ROUTE, "dev", "eth0"])?;
         Ok(())
     }
 
     fn repair(&self, lab: &mut Lab) -> Result<()> {
-        let _ = self.netns(lab)?.ip(&["route", "delete", OVERLAPPING_ROUTE, "dev", "eth0"]);
+        let _ = node_netns(lab, self.node)?.ip(&["route", "delete", OVERLAPPING_ROUTE, "dev", "eth0"]);
         Ok(())
     }
 }
