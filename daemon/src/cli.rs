@@ -274,7 +274,10 @@ fn echo(args: &EchoArgs) -> ExitCode {
         }
         tracing::info!(%listen, "echo: answering every HTTP request with 200");
         let app = axum::Router::new().fallback(|| async { "cniguard echo\n" });
-        axum::serve(listener, app).await?;
+        // As a container's pid 1 it gets no default action for SIGTERM: without a handler
+        // the kubelet would wait out the grace period and kill it.
+        let mut stop = crate::daemon::StopSignals::new()?;
+        axum::serve(listener, app).with_graceful_shutdown(async move { stop.recv().await }).await?;
         Ok(())
     })
 }

@@ -553,6 +553,47 @@ async fn trigger_changes_become_events_on_the_node_at_most_one_a_minute_per_trig
     assert_eq!(created(&harness)[3], event("connectivity_lost", "active", "Warning", "node-3 unreachable"));
 }
 
+#[tokio::test(start_paused = true)]
+async fn findings_become_events_of_their_own_with_their_own_rate_limit() {
+    let harness = Harness::start(|_| {});
+    let events = harness.cluster.events();
+    settle().await;
+
+    events.record_trigger("connectivity_lost", true, "node-3 unreachable");
+    events.record_finding(
+        "vxlan_one_way",
+        true,
+        "192.168.20.13:4789: 40 sent, none back; fix: open 4789/udp",
+    );
+    settle().await;
+    let created = harness.fake.created_events();
+    assert_eq!(created.len(), 2, "a finding is not held back by a trigger: {created:?}");
+    let finding = &created[1];
+    assert_eq!(finding["reason"], "CniguardFinding");
+    assert_eq!(finding["type"], "Warning");
+    assert_eq!(finding["action"], "Raised");
+    assert_eq!(finding["metadata"]["labels"]["cniguard.io/finding"], "vxlan_one_way");
+    assert_eq!(finding["metadata"]["labels"]["cniguard.io/state"], "raised");
+    assert_eq!(
+        finding["message"],
+        "finding vxlan_one_way raised: 192.168.20.13:4789: 40 sent, none back; fix: open 4789/udp"
+    );
+    assert_eq!(finding["involvedObject"]["kind"], "Node");
+
+    // Cleared within the minute: held like a trigger's change, written when it ends.
+    events.record_finding("vxlan_one_way", false, "192.168.20.13:4789");
+    settle().await;
+    assert_eq!(harness.fake.created_events().len(), 2);
+    tokio::time::advance(Duration::from_mins(1)).await;
+    settle().await;
+    let created = harness.fake.created_events();
+    assert_eq!(created.len(), 3);
+    assert_eq!(
+        (created[2]["reason"].as_str(), created[2]["action"].as_str()),
+        (Some("CniguardFinding"), Some("Cleared"))
+    );
+}
+
 // RBAC.
 
 /// Log lines written while `f` runs (the test's thread: tokio's current-thread runtime runs
