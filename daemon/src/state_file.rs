@@ -177,18 +177,24 @@ fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, (&'static str, String)> 
     Ok(Some(bytes))
 }
 
-/// Renames `path` to `<path>.rejected-<unix seconds>[-n]`; returns the new name.
-fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
+/// `<path>.rejected-<unix seconds>[-n]`, never an existing one: each rejected file may be
+/// needed to understand what went wrong.
+pub(crate) fn aside_name(path: &Path) -> PathBuf {
     let seconds =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let mut aside = path.with_extension(format!("json.rejected-{seconds}"));
-    // Never over an earlier one: each may be needed to understand what went wrong.
     for attempt in 1.. {
         if !aside.exists() {
             break;
         }
         aside = path.with_extension(format!("json.rejected-{seconds}-{attempt}"));
     }
+    aside
+}
+
+/// Renames `path` to [`aside_name`]; returns the new name.
+fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let aside = aside_name(path);
     std::fs::rename(path, &aside)?;
     Ok(aside)
 }

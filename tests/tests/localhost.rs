@@ -13,7 +13,6 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -315,7 +314,7 @@ fn refused_timed_out_and_reset_connections_are_counted(hook: Hook) {
         let mut request = [0; 1024];
         let _ = stream.read(&mut request).unwrap();
         stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf").unwrap();
-        abort(&stream);
+        cniguard_lab::traffic::abort(&stream).unwrap();
     });
     let mut client = node.pod.run(|| TcpStream::connect("127.0.0.1:8080")).unwrap();
     client.write_all(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -514,21 +513,4 @@ fn the_real_mlserver_reads_healthy_on_both_ports_and_each_failure_names_its_caus
     assert_eq!((counter(&refused, "refused"), counter(&refused, "ok")), (REFUSED, 0), "{refused}");
     let scrape = node.daemon.wait_for("the refusals counted", |s| refusals(s, &pod, "8080") == REFUSED);
     assert_eq!(refusals(&scrape.unwrap(), &pod, "8080"), REFUSED);
-}
-
-/// Closes `stream` with a RST rather than a FIN, as a crashing server's kernel would when
-/// it dies with the connection in use (SO_LINGER with a zero timeout).
-fn abort(stream: &TcpStream) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt reads the struct passed by reference.
-    let result = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            libc::socklen_t::try_from(size_of::<libc::linger>()).unwrap(),
-        )
-    };
-    assert_eq!(result, 0);
 }

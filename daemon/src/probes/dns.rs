@@ -216,8 +216,13 @@ struct DnsCounts {
 
 impl Dns {
     fn counts(&self) -> DnsCounts {
+        self.counts_of(&summed(&self.counts))
+    }
+
+    /// The counts by label, from one read of the map.
+    fn counts_of(&self, entries: &[(DnsCountKey, u64)]) -> DnsCounts {
         let mut counts = DnsCounts::default();
-        for (key, count) in summed(&self.counts) {
+        for &(key, count) in entries {
             let interface = || self.attached.name(key.ifindex);
             match key.outcome {
                 o if o == DnsOutcome::Query as u8 => {
@@ -251,7 +256,9 @@ impl Dns {
 
 impl SignalSource for Dns {
     fn add_to(&self, totals: &mut Totals) {
-        let counts = self.counts();
+        // One read of the map serves both the totals and the per-server view.
+        let entries = summed(&self.counts);
+        let counts = self.counts_of(&entries);
         totals.dns_queries += counts.queries.values().sum::<u64>() as f64;
         totals.dns_failures += counts
             .responses
@@ -261,7 +268,7 @@ impl SignalSource for Dns {
             .sum::<u64>() as f64;
         totals.dns_timeouts += self.timeouts_total.load(Ordering::Relaxed) as f64;
         // By server address, for the findings (`old_service_cidr_in_use`).
-        for (key, count) in summed(&self.counts) {
+        for &(key, count) in &entries {
             let server = totals.dns_servers.entry(Ipv4Addr::from(key.server));
             match key.outcome {
                 o if o == DnsOutcome::Query as u8 => {

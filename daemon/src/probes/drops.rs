@@ -194,12 +194,12 @@ impl Drops {
 
     /// The busiest locations by (reason, function): sampled where the kernel gives
     /// reasons, exact from the counts where it gives none.
-    fn locations(&self) -> Vec<((String, String), u64)> {
+    fn locations(&self, entries: &[(DropKey, u64)]) -> Vec<((String, String), u64)> {
         let mut by_function: HashMap<(String, String), u64> = if self.reasons.is_some() {
             self.locations.lock().unwrap_or_else(PoisonError::into_inner).clone()
         } else {
             let mut exact = HashMap::new();
-            for (key, count) in summed(&self.counts) {
+            for &(key, count) in entries {
                 let function = self.symbols.function(key.location);
                 *exact.entry((self.reason(key.reason), function)).or_default() += count;
             }
@@ -319,8 +319,7 @@ fn follow(ring: RingBuf<MapData>, probe: Arc<Drops>, budget: LogBudget) -> Resul
 impl Drops {
     /// The drops by `cniguard_drops_total`'s labels: reason, interface, netns, protocol.
     /// Drops in namespaces no longer watched are left out.
-    fn by_labels(&self) -> BTreeMap<[String; 4], u64> {
-        let entries = summed(&self.counts);
+    fn by_labels(&self, entries: &[(DropKey, u64)]) -> BTreeMap<[String; 4], u64> {
         let mut totals: BTreeMap<[String; 4], u64> = BTreeMap::new();
         let inventory = namespaces::read(&self.inventory);
         for (key, count) in entries {
@@ -340,7 +339,7 @@ impl Drops {
 
 impl SignalSource for Drops {
     fn add_to(&self, totals: &mut Totals) {
-        for ([reason, ..], count) in self.by_labels() {
+        for ([reason, ..], count) in self.by_labels(&summed(&self.counts)) {
             // The kernel's default reason: skbs freed on many harmless paths.
             if reason != NOT_SPECIFIED {
                 *totals.drops.entry(reason).or_default() += count as f64;
@@ -402,13 +401,15 @@ impl Collector for DropsCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let probe = &self.probe;
-        let totals = probe.by_labels();
+        // One read of the map for both families.
+        let entries = summed(&probe.counts);
+        let totals = probe.by_labels(&entries);
         let mut drops = FamilyBuilder::counter(&self.drops, LABELS);
         for (labels, count) in &totals {
             drops.sample(&[&labels[0], &labels[1], &labels[2], &labels[3]], *count as f64);
         }
         let mut locations = FamilyBuilder::counter(&self.locations, LOCATION_LABELS);
-        for ((reason, function), count) in probe.locations() {
+        for ((reason, function), count) in probe.locations(&entries) {
             locations.sample(&[&reason, &function], count as f64);
         }
         [drops.build(), locations.build()].into_iter().flatten().collect()

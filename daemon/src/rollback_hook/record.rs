@@ -142,7 +142,7 @@ impl Files {
     pub fn load_firing(&self) -> Found<Firing> {
         match read(&self.firing, FIRING_FORMAT) {
             Found::Untrusted { reason, why, aside: _ } => {
-                let aside = aside_name(&self.firing);
+                let aside = crate::state_file::aside_name(&self.firing);
                 let aside = std::fs::rename(&self.firing, &aside).ok().map(|()| aside);
                 Found::Untrusted { reason, why, aside }
             }
@@ -189,23 +189,9 @@ fn read<T: DeserializeOwned>(path: &Path, format: &str) -> Found<T> {
     Found::Trusted(loaded.body)
 }
 
-/// `<path>.rejected-<unix seconds>[-n]`, never an existing one.
-fn aside_name(path: &Path) -> PathBuf {
-    let seconds =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let mut aside = path.with_extension(format!("json.rejected-{seconds}"));
-    for attempt in 1.. {
-        if !aside.exists() {
-            break;
-        }
-        aside = path.with_extension(format!("json.rejected-{seconds}-{attempt}"));
-    }
-    aside
-}
-
 /// Copies the file's bytes to a new aside file, synced; the original stays until replaced.
 fn copy_aside(path: &Path) -> Result<PathBuf> {
-    let aside = aside_name(path);
+    let aside = crate::state_file::aside_name(path);
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)

@@ -9,7 +9,6 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
 use std::process::{Child, ExitCode, Stdio};
 use std::sync::Arc;
@@ -760,31 +759,11 @@ fn sock_state(setup: &Setup) -> Result<()> {
     let (accepted, _) = listener.accept()?;
     let scrape = setup.settle(|s| up(s) == 1)?;
     check("sock_state", "session_up", up(&scrape), 1);
-    abort(&accepted)?;
+    cniguard_lab::traffic::abort(&accepted)?;
     drop(accepted);
     let scrape = setup.settle(|s| up(s) == 0)?;
     check("sock_state", "down_after_rst", up(&scrape), 0);
     drop(session);
-    Ok(())
-}
-
-/// Closes `stream` with a RST rather than a FIN, as a crashing peer's kernel does when it
-/// dies with the connection in use (SO_LINGER with a zero timeout).
-fn abort(stream: &TcpStream) -> Result<()> {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt reads the struct passed by reference, for its stated size.
-    let result = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            libc::socklen_t::try_from(size_of::<libc::linger>())?,
-        )
-    };
-    if result != 0 {
-        bail!("SO_LINGER: {}", std::io::Error::last_os_error());
-    }
     Ok(())
 }
 
@@ -892,7 +871,7 @@ fn localhost(setup: &Setup) -> Result<()> {
         let mut request = [0; 1024];
         let _ = stream.read(&mut request)?;
         stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")?;
-        abort(&stream)
+        cniguard_lab::traffic::abort(&stream)
     });
     let mut client = setup.pod.run(|| TcpStream::connect("127.0.0.1:8080"))?;
     client.write_all(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")?;

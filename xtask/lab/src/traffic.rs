@@ -62,3 +62,25 @@ pub fn tcp(from: &NetNs, to: &NetNs, to_addr: Ipv4Addr, bytes: u64) -> Result<()
     ensure!(received == bytes, "server received {received} bytes, client sent {bytes}");
     Ok(())
 }
+
+/// Closes `stream` with a RST rather than a FIN, as a crashing peer's kernel does when it
+/// dies with the connection in use (SO_LINGER with a zero timeout, then drop it).
+///
+/// # Errors
+/// If the kernel refuses the option.
+pub fn abort(stream: &TcpStream) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt reads the struct passed by reference, for its stated size.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            libc::socklen_t::try_from(size_of::<libc::linger>())?,
+        )
+    };
+    ensure!(result == 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    Ok(())
+}
