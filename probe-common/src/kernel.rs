@@ -49,7 +49,26 @@ pub struct KernelOffsets {
     pub retransmit_err_arg: u16,
     /// `struct sk_buff`: `transport_header` (the TCP header is at `head + transport_header`).
     pub skb_transport_header: u16,
+    /// `struct sk_buff`: `data` (pointer), `len` and `data_len` (the linear part is
+    /// `len - data_len` bytes from `data`), `end` (the shared info is at `head + end`).
+    pub skb_data: u16,
+    pub skb_len: u16,
+    pub skb_data_len: u16,
+    pub skb_end: u16,
+    /// `struct skb_shared_info`: `nr_frags` (u8) and `frags`, an array of 16-byte
+    /// fragments (`bio_vec` or `skb_frag`): the page at 0, then length and offset.
+    pub shinfo_nr_frags: u16,
+    pub shinfo_frags: u16,
+    pub frag_len: u16,
+    pub frag_offset: u16,
+    /// Where `page_offset_base` and `vmemmap_base` are (x86-64, from `/proc/kallsyms`): a
+    /// fragment's page `p` is at `page_offset_base + (p - vmemmap_base) / page_struct_size
+    /// * 4096`. Zero where unknown: then payload outside the linear part cannot be read.
+    pub page_offset_base_at: u64,
+    pub vmemmap_base_at: u64,
+    /// `sizeof(struct page)`.
+    pub page_struct_size: u64,
 }
 
-assert_size!(KernelOffsets, 40);
+assert_size!(KernelOffsets, 80);
 impl_pod!(KernelOffsets);

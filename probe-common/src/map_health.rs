@@ -27,10 +27,12 @@ pub enum MapId {
     DnsCounts = 16,
     DnsLatency = 17,
     DnsServers = 18,
+    LocalhostExchanges = 19,
+    LocalhostStreams = 20,
 }
 
 impl MapId {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 21;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::IfaceStats,
         Self::VxlanStats,
@@ -51,6 +53,8 @@ impl MapId {
         Self::DnsCounts,
         Self::DnsLatency,
         Self::DnsServers,
+        Self::LocalhostExchanges,
+        Self::LocalhostStreams,
     ];
 
     /// The `map` label value of `cniguard_map_full_total`.
@@ -76,6 +80,8 @@ impl MapId {
             Self::DnsCounts => "dns_counts",
             Self::DnsLatency => "dns_latency",
             Self::DnsServers => "dns_servers",
+            Self::LocalhostExchanges => "localhost_exchanges",
+            Self::LocalhostStreams => "localhost_streams",
         }
     }
 }

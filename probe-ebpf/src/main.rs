@@ -14,6 +14,7 @@ mod cidr;
 mod counters;
 mod dns;
 mod drops;
+mod exchanges;
 mod iface_stats;
 mod kernel;
 mod localhost;

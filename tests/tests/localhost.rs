@@ -514,3 +514,160 @@ fn the_real_mlserver_reads_healthy_on_both_ports_and_each_failure_names_its_caus
     let scrape = node.daemon.wait_for("the refusals counted", |s| refusals(s, &pod, "8080") == REFUSED);
     assert_eq!(refusals(&scrape.unwrap(), &pod, "8080"), REFUSED);
 }
+
+/// Waits until the real MLServer in the pod serves its model on both ports.
+fn wait_model_ready(node: &Node) {
+    let http = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, mlserver::HTTP_PORT));
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while !matches!(node.pod.http(http, "GET", "/v2/models/slow/ready", &[], ""), Ok((200, _))) {
+        assert!(Instant::now() < deadline, "the real MLServer did not load its model within a minute");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The pod's response samples on `port` in `protocol`: all, and those at or under `le`.
+fn samples(scrape: &Scrape, netns: &str, port: &str, protocol: &str, le: Option<&str>) -> u64 {
+    let mut labels = vec![("netns", netns), ("port", port), ("protocol", protocol)];
+    match le {
+        Some(le) => {
+            labels.push(("le", le));
+            scrape.count(&format!("{RESPONSE}_bucket"), &labels)
+        }
+        None => scrape.count(&format!("{RESPONSE}_count"), &labels),
+    }
+}
+
+const SEQUENTIAL_CALLS: u64 = 23;
+const CONCURRENT_STREAMS: u64 = 7;
+const CONCURRENT_CALLS: u64 = 13;
+const KEEP_ALIVE_CALLS: u64 = 11;
+/// The lab model's delay, and the bucket bound under it that no call may fall in.
+const MODEL_DELAY_MS: u32 = 3;
+const UNDER_DELAY: &str = "0.0025";
+
+/// Against the real MLServer (its model waits 3 ms), as Seldon's agent calls it: every
+/// gRPC call is one HTTP/2 stream and one sample, sequential or multiplexed on one
+/// connection, and every HTTP/1.1 keep-alive request one sample; none is under the
+/// model's delay, and the connection's SETTINGS, PING and WINDOW_UPDATE frames make none.
+#[test]
+fn every_call_to_the_real_mlserver_is_one_sample_in_its_protocol() {
+    cniguard_lab::require_root!();
+    let node = Node::new(AUTO, "");
+    let pod = node.pod.name().to_owned();
+    let loopback = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
+    let _server = real_mlserver(&node, "mlserver", &mlserver::Server::seldon(loopback, MODEL_DELAY_MS));
+    wait_model_ready(&node);
+    let agent = |name: &str, args: &[&str]| {
+        let base = ["seldon-agent", "--grpc", "127.0.0.1:9500", "--rounds", "1"];
+        node.workload(Some(&node.pod), name, &[&base[..], args].concat()).finish()
+    };
+    // ServerReady and the model load, as the agent does once before it serves.
+    let setup = agent("setup", &["--streams", "1", "--calls", "1"]);
+    assert_eq!((counter(&setup, "server_ready"), counter(&setup, "grpc_ok")), (1, 1), "{setup}");
+    let grpc = |s: &Scrape, le| samples(s, &pod, "9500", "http2", le);
+    let http = |s: &Scrape, le| samples(s, &pod, "9000", "http1", le);
+    // Every sample is in the map once the agent has its answer: no waiting for them.
+    let before = node.daemon.scrape().unwrap();
+
+    let sequential =
+        agent("sequential", &["--skip-setup", "--streams", "1", "--calls", &SEQUENTIAL_CALLS.to_string()]);
+    assert_eq!(counter(&sequential, "grpc_ok"), SEQUENTIAL_CALLS, "{sequential}");
+    let after_sequential = node.daemon.scrape().unwrap();
+    assert_eq!(
+        grpc(&after_sequential, None) - grpc(&before, None),
+        SEQUENTIAL_CALLS,
+        "{}",
+        after_sequential.text
+    );
+
+    let concurrent = agent(
+        "concurrent",
+        &[
+            "--skip-setup",
+            "--streams",
+            &CONCURRENT_STREAMS.to_string(),
+            "--calls",
+            &CONCURRENT_CALLS.to_string(),
+        ],
+    );
+    assert_eq!(counter(&concurrent, "grpc_ok"), CONCURRENT_STREAMS * CONCURRENT_CALLS, "{concurrent}");
+    let after_concurrent = node.daemon.scrape().unwrap();
+    assert_eq!(
+        grpc(&after_concurrent, None) - grpc(&after_sequential, None),
+        CONCURRENT_STREAMS * CONCURRENT_CALLS,
+        "{}",
+        after_concurrent.text
+    );
+
+    let keep_alive = agent(
+        "keep-alive",
+        &[
+            "--skip-setup",
+            "--streams",
+            "1",
+            "--calls",
+            "1",
+            "--http",
+            "127.0.0.1:9000",
+            "--http-calls",
+            &KEEP_ALIVE_CALLS.to_string(),
+        ],
+    );
+    assert_eq!(
+        (counter(&keep_alive, "http_ok"), counter(&keep_alive, "http_connections_opened")),
+        (KEEP_ALIVE_CALLS, 1),
+        "{keep_alive}"
+    );
+    let after = node.daemon.scrape().unwrap();
+    assert_eq!(http(&after, None) - http(&after_concurrent, None), KEEP_ALIVE_CALLS, "{}", after.text);
+    assert_eq!(grpc(&after, None) - grpc(&after_concurrent, None), 1, "{}", after.text);
+    // Every infer waited for the model: none under its delay, in either protocol.
+    assert_eq!(grpc(&after, Some(UNDER_DELAY)), grpc(&before, Some(UNDER_DELAY)), "{}", after.text);
+    assert_eq!(http(&after, Some(UNDER_DELAY)), http(&after_concurrent, Some(UNDER_DELAY)), "{}", after.text);
+    // Nothing was beyond the walk's bounds, and no stream failed.
+    assert_eq!(after.count_sum("cniguard_localhost_unmeasured_total", &[]), 0, "{}", after.text);
+    assert_eq!(after.count_sum("cniguard_localhost_stream_failures_total", &[]), 0, "{}", after.text);
+}
+
+const IPV6_CALLS: u64 = 17;
+const IPV4_CALLS: u64 = 19;
+
+/// `::1` and `127.0.0.1` are both the pod's loopback: each exchange on either is counted.
+#[test]
+fn exchanges_on_ipv6_and_ipv4_loopback_are_both_counted() {
+    cniguard_lab::require_root!();
+    let node = Node::new(AUTO, "");
+    let pod = node.pod.name().to_owned();
+    node.pod.sysctl("net.ipv6.conf.lo.disable_ipv6", "0").unwrap();
+    let _server = node.workload(
+        Some(&node.pod),
+        "server",
+        &["mlserver", "--listen", "[::1]:9000", "--listen", "127.0.0.1:9000"],
+    );
+    for (name, target, count) in
+        [("ipv6-agent", "[::1]:9000", IPV6_CALLS), ("ipv4-agent", "127.0.0.1:9000", IPV4_CALLS)]
+    {
+        let count = count.to_string();
+        let stats = node
+            .workload(
+                Some(&node.pod),
+                name,
+                &[
+                    "agent",
+                    "--target",
+                    target,
+                    "--rate",
+                    "200",
+                    "--count",
+                    &count,
+                    "--requests-per-connection",
+                    &count,
+                ],
+            )
+            .finish();
+        assert_eq!(stats["ok"].as_u64(), Some(count.parse().unwrap()), "{name}: {stats}");
+    }
+    let scrape = node.daemon.scrape().unwrap();
+    assert_eq!(samples(&scrape, &pod, "9000", "http1", None), IPV6_CALLS + IPV4_CALLS, "{}", scrape.text);
+    assert_eq!(histogram_count(&scrape, CONNECT, &pod, "9000", None), 2, "{}", scrape.text);
+}

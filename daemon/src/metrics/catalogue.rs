@@ -106,8 +106,12 @@ define! {
     // probes/localhost.rs
     LOCALHOST_CONNECT_SECONDS: Histogram "cniguard_localhost_connect_seconds" ["netns", "port"]
         "Loopback TCP connect latency inside a namespace: SYN sent to SYN-ACK sent back";
-    LOCALHOST_RESPONSE_SECONDS: Histogram "cniguard_localhost_response_seconds" ["netns", "port"]
-        "Loopback request-to-response latency inside a namespace: the client's first request byte to the server's first answer byte, per exchange";
+    LOCALHOST_RESPONSE_SECONDS: Histogram "cniguard_localhost_response_seconds" ["netns", "port", "protocol"]
+        "Loopback request-to-response latency inside a namespace, per exchange: http1 (a request line to its status line), http2 (a stream's client HEADERS to the server's first HEADERS; a gRPC call), other (first byte to first byte)";
+    LOCALHOST_STREAM_FAILURES_TOTAL: Counter "cniguard_localhost_stream_failures_total" ["netns", "port", "frame", "code"]
+        "HTTP/2 exchanges on loopback that failed: rst_stream (a stream reset before its response) and goaway, by HTTP/2 error code";
+    LOCALHOST_UNMEASURED_TOTAL: Counter "cniguard_localhost_unmeasured_total" ["netns", "port", "reason"]
+        "Loopback exchanges the probe could not follow, counted instead of guessed: frames_beyond_bound, streams_beyond_bound, out_of_sync, no_room";
     LOCALHOST_CONNECT_FAILURES_TOTAL: Counter "cniguard_localhost_connect_failures_total" ["netns", "port", "reason"]
         "Failed loopback connections inside a namespace: refused (RST answered the SYN), timeout (SYN never answered), reset (an open connection reset)";
     LOCALHOST_PROBE_SUCCESS: Gauge "cniguard_localhost_probe_success" ["netns", "port"]

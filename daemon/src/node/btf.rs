@@ -299,6 +299,8 @@ impl Btf {
     /// # Errors
     /// If a struct or field is missing on this kernel.
     pub fn kernel_offsets(&self) -> Result<probe_common::kernel::KernelOffsets> {
+        let fragment = self.fragment_layout()?;
+        let direct_map = crate::node::kallsyms::direct_map();
         Ok(probe_common::kernel::KernelOffsets {
             skb_dev: self.offset("sk_buff", &["dev"])?,
             skb_sk: self.offset("sk_buff", &["sk"])?,
@@ -320,7 +322,51 @@ impl Btf {
             tcp_srtt_us: self.sized("tcp_sock", &["srtt_us"], 4)?,
             retransmit_err_arg: 0,
             skb_transport_header: self.sized("sk_buff", &["transport_header"], 2)?,
+            skb_data: self.sized("sk_buff", &["data"], 8)?,
+            skb_len: self.sized("sk_buff", &["len"], 4)?,
+            skb_data_len: self.sized("sk_buff", &["data_len"], 4)?,
+            skb_end: self.sized("sk_buff", &["end"], 4)?,
+            shinfo_nr_frags: self.sized("skb_shared_info", &["nr_frags"], 1)?,
+            shinfo_frags: self.offset("skb_shared_info", &["frags"])?,
+            frag_len: fragment.1,
+            frag_offset: fragment.2,
+            page_offset_base_at: direct_map.0,
+            vmemmap_base_at: direct_map.1,
+            page_struct_size: u64::from(self.struct_size("page")?),
         })
+    }
+
+    /// Where a socket buffer fragment's page, length and offset are: `struct skb_frag`
+    /// (`netmem`, 6.8 and later) or `struct bio_vec` (before). The programs read the page
+    /// pointer at 0 and a fragment as 16 bytes.
+    fn fragment_layout(&self) -> Result<(u16, u16, u16)> {
+        let (name, fields) = if self.offset("skb_frag", &["netmem"]).is_ok() {
+            ("skb_frag", ["netmem", "len", "offset"])
+        } else {
+            ("bio_vec", ["bv_page", "bv_len", "bv_offset"])
+        };
+        let layout = (
+            self.sized(name, &[fields[0]], 8)?,
+            self.sized(name, &[fields[1]], 4)?,
+            self.sized(name, &[fields[2]], 4)?,
+        );
+        ensure!(
+            layout.0 == 0 && self.struct_size(name)? == 16,
+            "struct {name} is not 16 bytes starting with its page on this kernel: cniguard cannot read fragments"
+        );
+        Ok(layout)
+    }
+
+    /// The byte size of struct `name`.
+    ///
+    /// # Errors
+    /// If the struct does not exist on this kernel.
+    pub fn struct_size(&self, name: &str) -> Result<u32> {
+        let id = self
+            .by_name
+            .get(&(name.to_owned(), KIND_STRUCT))
+            .with_context(|| format!("no struct {name} in the kernel's BTF"))?;
+        Ok(self.types[*id as usize].target)
     }
 
     /// The offset of `path` in `name`, checked to have the size the programs read.

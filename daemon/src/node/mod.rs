@@ -4,6 +4,7 @@
 pub mod btf;
 pub mod ebpf;
 pub mod interfaces;
+pub mod kallsyms;
 pub mod namespaces;
 pub mod preflight;
 

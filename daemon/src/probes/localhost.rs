@@ -36,7 +36,8 @@ use aya::maps::{HashMap, MapData, PerCpuHashMap};
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry};
 use probe_common::counters::Histogram;
 use probe_common::localhost::{
-    ConnectionKey, ConnectionState, FailureKey, FailureReason, LatencyKey, LatencyKind, Phase,
+    ConnectionKey, ConnectionState, ExchangeState, FailureKey, FailureReason, LatencyKey, LatencyKind, Phase,
+    Protocol, StreamKey, http2_error_code,
 };
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -52,7 +53,9 @@ use crate::probes::shared::{LatencyTotals, attach_raw_tracepoint, monotonic_ns, 
 
 pub const NAME: &str = "localhost";
 const LABELS: &[&str] = &["netns", "port"];
+const RESPONSE_LABELS: &[&str] = &["netns", "port", "protocol"];
 const FAILURE_LABELS: &[&str] = &["netns", "port", "reason"];
+const STREAM_FAILURE_LABELS: &[&str] = &["netns", "port", "frame", "code"];
 
 /// The `[localhost]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -169,6 +172,9 @@ pub struct Localhost {
     /// The hook in use: `cgroup_skb` or `loopback_xmit`.
     pub hook: LocalhostHook,
     connections: Mutex<HashMap<MapData, ConnectionKey, ConnectionState>>,
+    /// The HTTP walks and HTTP/2 streams of the connections: reclaimed with them.
+    exchanges: Mutex<HashMap<MapData, ConnectionKey, ExchangeState>>,
+    streams: Mutex<HashMap<MapData, StreamKey, u64>>,
     latency: Mutex<PerCpuHashMap<MapData, LatencyKey, Histogram>>,
     failures: Mutex<PerCpuHashMap<MapData, FailureKey, u64>>,
     /// Timeouts, counted here: a SYN that is never answered leaves no packet to see.
@@ -197,6 +203,8 @@ impl Localhost {
             ports.insert(port, 1, 0)?;
         }
         let connections = HashMap::try_from(take("CONNECTIONS")?)?;
+        let exchanges = HashMap::try_from(take("EXCHANGES")?)?;
+        let streams = HashMap::try_from(take("STREAMS")?)?;
         let latency = PerCpuHashMap::try_from(take("LATENCY")?)?;
         let failures = PerCpuHashMap::try_from(take("FAILURES")?)?;
         let (hook, links, place) = match settings.hook {
@@ -220,6 +228,8 @@ impl Localhost {
             _links: links,
             hook,
             connections: Mutex::new(connections),
+            exchanges: Mutex::new(exchanges),
+            streams: Mutex::new(streams),
             latency: Mutex::new(latency),
             failures: Mutex::new(failures),
             timeouts: Mutex::new(BTreeMap::new()),
@@ -240,8 +250,8 @@ impl Localhost {
     }
 
     /// Counts SYNs unanswered for longer than the connect timeout as timeouts, forgets
-    /// connections silent for longer than the idle timeout, and drops what is kept for
-    /// namespaces that are gone.
+    /// connections silent for longer than the idle timeout (with their walks and streams),
+    /// and drops what is kept for namespaces that are gone.
     fn sweep(&self) {
         let now = monotonic_ns();
         let connect_timeout = u64::try_from(self.settings.connect_timeout.as_nanos()).unwrap_or(u64::MAX);
@@ -249,6 +259,7 @@ impl Localhost {
         let mut connections = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
         let entries: Vec<(ConnectionKey, ConnectionState)> =
             connections.iter().filter_map(Result::ok).collect();
+        let mut live_connections = std::collections::HashSet::with_capacity(entries.len());
         for (key, state) in entries {
             if state.phase == Phase::SynSent as u8 && now.saturating_sub(state.since_ns) > connect_timeout {
                 *self
@@ -260,9 +271,30 @@ impl Localhost {
                 let _ = connections.remove(&key);
             } else if now.saturating_sub(state.last_ns) > idle_timeout {
                 let _ = connections.remove(&key);
+            } else {
+                live_connections.insert(key);
             }
         }
         drop(connections);
+        // A walk or stream whose connection is gone (closed, timed out, idle) goes too. A
+        // walk is made after its connection, so one seen here without it is stale.
+        let mut exchanges = self.exchanges.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale: Vec<ConnectionKey> =
+            exchanges.keys().filter_map(Result::ok).filter(|key| !live_connections.contains(key)).collect();
+        for key in stale {
+            let _ = exchanges.remove(&key);
+        }
+        drop(exchanges);
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale: Vec<StreamKey> = streams
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !live_connections.contains(&key.connection))
+            .collect();
+        for key in stale {
+            let _ = streams.remove(&key);
+        }
+        drop(streams);
         let live = namespaces::read(&self.inventory).ids();
         if live.is_empty() {
             return; // not scanned yet
@@ -397,7 +429,8 @@ fn load_net_dev_start_xmit(ebpf: &mut Ebpf, btf: &Result<Btf, String>) -> Result
 }
 
 impl Localhost {
-    /// The connect and response histograms by `netns` and `port`, of the namespaces watched.
+    /// The connect histograms by `netns` and `port`, and the response histograms by
+    /// `netns`, `port` and `protocol`, of the namespaces watched.
     fn latency(&self) -> (LatencyTotals, LatencyTotals) {
         let inventory = namespaces::read(&self.inventory);
         let (mut connect, mut response) = (LatencyTotals::default(), LatencyTotals::default());
@@ -405,8 +438,12 @@ impl Localhost {
             self.latency.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Result::ok)
         {
             let Some(netns) = inventory.label(key.netns) else { continue };
-            let totals = if key.kind == LatencyKind::Connect as u8 { &mut connect } else { &mut response };
-            totals.add(vec![netns, key.port.to_string()], &per_cpu);
+            if key.kind == LatencyKind::Connect as u8 {
+                connect.add(vec![netns, key.port.to_string()], &per_cpu);
+            } else {
+                let protocol = Protocol::from_u8(key.protocol).label().to_owned();
+                response.add(vec![netns, key.port.to_string(), protocol], &per_cpu);
+            }
         }
         (connect, response)
     }
@@ -445,6 +482,8 @@ struct LocalhostCollector {
     connect: Desc,
     response: Desc,
     failures: Desc,
+    stream_failures: Desc,
+    unmeasured: Desc,
 }
 
 impl LocalhostCollector {
@@ -454,13 +493,15 @@ impl LocalhostCollector {
             connect: catalogue::LOCALHOST_CONNECT_SECONDS.desc(),
             response: catalogue::LOCALHOST_RESPONSE_SECONDS.desc(),
             failures: catalogue::LOCALHOST_CONNECT_FAILURES_TOTAL.desc(),
+            stream_failures: catalogue::LOCALHOST_STREAM_FAILURES_TOTAL.desc(),
+            unmeasured: catalogue::LOCALHOST_UNMEASURED_TOTAL.desc(),
         }
     }
 }
 
 impl Collector for LocalhostCollector {
     fn desc(&self) -> Vec<&Desc> {
-        vec![&self.connect, &self.response, &self.failures]
+        vec![&self.connect, &self.response, &self.failures, &self.stream_failures, &self.unmeasured]
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -468,15 +509,25 @@ impl Collector for LocalhostCollector {
         let (connect, response) = probe.latency();
         let inventory = namespaces::read(&probe.inventory);
         let (connect, response) =
-            (connect.family(&self.connect, LABELS), response.family(&self.response, LABELS));
+            (connect.family(&self.connect, LABELS), response.family(&self.response, RESPONSE_LABELS));
         let mut failures: BTreeMap<[String; 3], u64> = BTreeMap::new();
+        let mut stream_failures: BTreeMap<[String; 4], u64> = BTreeMap::new();
+        let mut unmeasured: BTreeMap<[String; 3], u64> = BTreeMap::new();
         for (key, count) in summed(&probe.failures) {
             let (Some(netns), Some(reason)) =
                 (inventory.label(key.netns), FailureReason::from_u8(key.reason))
             else {
                 continue;
             };
-            *failures.entry([netns, key.port.to_string(), reason.label().to_owned()]).or_default() += count;
+            let port = key.port.to_string();
+            if FailureReason::STREAM.contains(&reason) {
+                let code = http2_error_code(key.code).to_owned();
+                *stream_failures.entry([netns, port, reason.label().to_owned(), code]).or_default() += count;
+            } else if FailureReason::UNMEASURED.contains(&reason) {
+                *unmeasured.entry([netns, port, reason.label().to_owned()]).or_default() += count;
+            } else {
+                *failures.entry([netns, port, reason.label().to_owned()]).or_default() += count;
+            }
         }
         for ((netns, port), count) in probe.timeouts.lock().unwrap_or_else(PoisonError::into_inner).iter() {
             let Some(netns) = inventory.label(*netns) else { continue };
@@ -488,6 +539,17 @@ impl Collector for LocalhostCollector {
         for (labels, count) in &failures {
             failure_family.sample(&[&labels[0], &labels[1], &labels[2]], *count as f64);
         }
-        [connect, response, failure_family.build()].into_iter().flatten().collect()
+        let mut stream_family = FamilyBuilder::counter(&self.stream_failures, STREAM_FAILURE_LABELS);
+        for (labels, count) in &stream_failures {
+            stream_family.sample(&[&labels[0], &labels[1], &labels[2], &labels[3]], *count as f64);
+        }
+        let mut unmeasured_family = FamilyBuilder::counter(&self.unmeasured, FAILURE_LABELS);
+        for (labels, count) in &unmeasured {
+            unmeasured_family.sample(&[&labels[0], &labels[1], &labels[2]], *count as f64);
+        }
+        [connect, response, failure_family.build(), stream_family.build(), unmeasured_family.build()]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }

@@ -51,6 +51,9 @@ pub struct Args {
     /// How long one call may take.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     timeout_ms: u64,
+    /// No ServerReady and model load first (another agent did them): only the calls.
+    #[arg(long)]
+    skip_setup: bool,
     /// Stats file, rewritten atomically.
     #[arg(long, value_name = "FILE")]
     stats: PathBuf,
@@ -99,7 +102,7 @@ pub async fn run(args: Args, mut shutdown: Shutdown) -> Result<(), Failure> {
         }),
         grpc: None,
         http: None,
-        started: false,
+        started: args.skip_setup,
         tally,
     };
     let mut ticker = pacer(period);

@@ -1,0 +1,415 @@
+//! The exchanges of one loopback connection, in the protocol it speaks: HTTP/1.1 requests
+//! answered in order, HTTP/2 (and so gRPC) streams. The localhost hooks hand each
+//! segment's payload here as a few contiguous chunks ([`Chunk`]): one for `cgroup_skb`,
+//! which reads through the kernel; the linear part and the page fragments for the tracing
+//! hooks.
+//!
+//! HTTP/2 is walked frame header by frame header, at most
+//! [`MAX_FRAMES_PER_SEGMENT`] per segment, carrying the position in the byte stream across
+//! segments (a frame's rest, a header cut in two) and checking TCP sequence numbers, so a
+//! retransmission is not read twice. What the walk cannot follow is counted, never
+//! guessed: a segment with more frames, a segment after a gap, a stream over
+//! [`MAX_OPEN_STREAMS`].
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use probe_common::{
+    localhost::{
+        ConnectionKey, EXCHANGES_MAX_ENTRIES, ExchangeState, FailureKey, FailureReason, FrameCursor,
+        FrameEvent, FrameEvents, HTTP2_FRAME_HEADER_LEN, HTTP2_PREFACE_LEN, LatencyKey, LatencyKind,
+        MAX_FRAMES_PER_SEGMENT, MAX_OPEN_STREAMS, MAX_PIPELINED, Protocol, STREAMS_MAX_ENTRIES, StreamKey,
+    },
+    map_health::MapId,
+};
+
+use crate::{
+    counters::{add, record_latency},
+    localhost::{FAILURES, LATENCY},
+    map_health::record_full,
+};
+
+/// The exchange walk of HTTP connections; goes with the connection.
+#[map]
+pub static EXCHANGES: HashMap<ConnectionKey, ExchangeState> =
+    HashMap::with_max_entries(EXCHANGES_MAX_ENTRIES, 0);
+
+/// Where a fresh walk state is made: off the program's 512-byte stack.
+#[map]
+static SCRATCH: PerCpuArray<ExchangeState> = PerCpuArray::with_max_entries(1, 0);
+
+/// HTTP/2 streams awaiting their response: when the client's HEADERS opened them.
+#[map]
+static STREAMS: HashMap<StreamKey, u64> = HashMap::with_max_entries(STREAMS_MAX_ENTRIES, 0);
+
+const FRAME_HEADERS: u8 = 0x1;
+const FRAME_RST_STREAM: u8 = 0x3;
+const FRAME_GOAWAY: u8 = 0x7;
+/// The `code` of an error code the walk could not read (it lies in the next segment).
+const CODE_UNREAD: u8 = 255;
+/// Chunks of one segment the walk reads: the linear part and three page fragments (a
+/// loopback segment of 64 KiB spans two or three 32 KiB page fragments).
+pub const MAX_CHUNKS: usize = 4;
+
+/// Contiguous payload bytes of one segment.
+pub trait Chunk {
+    fn len(&self) -> u32;
+    /// `T` at `at` bytes into the chunk.
+    fn read<T>(&self, at: u32) -> Option<T>;
+}
+
+/// Where a segment fits: which connection, which way, its first payload byte's sequence
+/// number, its payload length, and which map the counts go to.
+pub struct Context<'a> {
+    pub key: &'a ConnectionKey,
+    pub from_client: bool,
+    pub seq: u32,
+    pub payload: u32,
+    pub now: u64,
+}
+
+impl Context<'_> {
+    #[inline(always)]
+    fn sample(&self, protocol: Protocol, nanoseconds: u64) {
+        let key = LatencyKey {
+            netns: self.key.netns,
+            port: self.key.server_port,
+            kind: LatencyKind::Response as u8,
+            protocol: protocol as u8,
+            _pad: [0; 4],
+        };
+        record_latency(&LATENCY, &key, nanoseconds, MapId::LocalhostLatency);
+    }
+
+    #[inline(always)]
+    pub fn count(&self, reason: FailureReason, code: u8) {
+        let key = FailureKey {
+            netns: self.key.netns,
+            port: self.key.server_port,
+            reason: reason as u8,
+            code,
+            _pad: [0; 4],
+        };
+        add(&FAILURES, &key, 1, MapId::LocalhostFailures);
+    }
+}
+
+/// What the client's first payload bytes say the connection speaks.
+#[inline(always)]
+pub fn detect(first: [u8; 4]) -> Protocol {
+    match &first {
+        b"PRI " => Protocol::Http2,
+        b"GET " | b"POST" | b"PUT " | b"HEAD" | b"DELE" | b"PATC" | b"OPTI" | b"CONN" | b"TRAC" => {
+            Protocol::Http1
+        }
+        _ => Protocol::Other,
+    }
+}
+
+/// Starts the walk of a connection: its HTTP/2 cursors start at its first payload bytes
+/// where its handshake was seen (`client_seq`, `server_seq`; 0: not seen), the client's
+/// after the 24-byte preface. False if there is no room.
+#[inline(always)]
+pub fn start(key: &ConnectionKey, client_seq: u32, server_seq: u32) -> bool {
+    let Some(state) = SCRATCH.get_ptr_mut(0) else { return false };
+    // SAFETY: this CPU's scratch value, alive while this program runs.
+    let state = unsafe { &mut *state };
+    *state = ExchangeState::default();
+    if client_seq != 0 {
+        state.cursors[0].next_seq = client_seq;
+        state.cursors[0].skip = HTTP2_PREFACE_LEN;
+        state.cursors[0].synced = 1;
+    }
+    if server_seq != 0 {
+        state.cursors[1].next_seq = server_seq;
+        state.cursors[1].synced = 1;
+    }
+    // The scratch value itself, not a copy of it on the stack.
+    #[expect(clippy::needless_borrows_for_generic_args, reason = "a copy would take 80 bytes of stack")]
+    EXCHANGES.insert(key, &*state, 0).is_ok()
+}
+
+/// An HTTP/1.1 segment: a request line queues its send time, a final status line answers
+/// the oldest (interim `1xx` answers do not). A request or response is one whose
+/// segment starts with its first line: a client writes each request at once.
+#[inline(always)]
+pub fn http1<C: Chunk>(context: &Context, state: &mut ExchangeState, chunk: &C) {
+    if context.from_client {
+        let Some(first) = chunk.read::<[u8; 4]>(0) else { return };
+        if detect(first) != Protocol::Http1 {
+            return; // a request body's next segment
+        }
+        if usize::from(state.pipelined) >= MAX_PIPELINED {
+            context.count(FailureReason::StreamsBeyondBound, 0);
+            return;
+        }
+        let slot = (usize::from(state.head) + usize::from(state.pipelined)) % MAX_PIPELINED;
+        state.requests_ns[slot] = context.now;
+        state.pipelined += 1;
+        return;
+    }
+    // "HTTP/1.1 200": the status's first digit is byte 9.
+    let Some(line) = chunk.read::<[u8; 10]>(0) else { return };
+    if &line[..7] != b"HTTP/1." || line[9] == b'1' || state.pipelined == 0 {
+        return;
+    }
+    let slot = usize::from(state.head) % MAX_PIPELINED;
+    context.sample(Protocol::Http1, context.now.saturating_sub(state.requests_ns[slot]));
+    state.head = ((usize::from(state.head) + 1) % MAX_PIPELINED) as u8;
+    state.pipelined -= 1;
+}
+
+/// Walks an HTTP/2 segment, given as up to [`MAX_CHUNKS`] chunks of `chunks` (the rest of
+/// its payload, if any, is unread: the walk loses its place), noting the frames that
+/// matter in `EVENTS`; true if [`http2_act`] has them to act on. Two passes, so that the
+/// verifier's cost stays linear in the bound, each a BPF subprogram of its own.
+#[inline(never)]
+pub fn http2_walk<C: Chunk, const N: usize>(context: &Context, chunks: &[Option<C>; N]) -> bool {
+    let Some(state) = EXCHANGES.get_ptr_mut(context.key) else { return false };
+    // SAFETY: a map value, alive while this program runs.
+    let state = unsafe { &mut *state };
+    // Each direction its own copy, with its cursor at a constant offset: the verifier
+    // sees a bool from the stack as any byte, and would refuse an index made of it.
+    if context.from_client {
+        http2_direction::<C, N, 0>(context, state, chunks)
+    } else {
+        http2_direction::<C, N, 1>(context, state, chunks)
+    }
+}
+
+#[inline(always)]
+fn http2_direction<C: Chunk, const N: usize, const DIRECTION: usize>(
+    context: &Context,
+    state: &mut ExchangeState,
+    chunks: &[Option<C>; N],
+) -> bool {
+    let mut cursor = state.cursors[DIRECTION];
+    if cursor.lost != 0 {
+        return false;
+    }
+    if cursor.synced == 0 {
+        // Handshake not seen: the direction's first payload starts the stream.
+        cursor.synced = 1;
+        cursor.next_seq = context.seq;
+        if context.from_client {
+            cursor.skip = HTTP2_PREFACE_LEN;
+        }
+    }
+    let ahead = context.seq.wrapping_sub(cursor.next_seq) as i32;
+    if ahead < 0 {
+        return false; // a retransmission of bytes already walked
+    }
+    if ahead > 0 {
+        lose(context, state, FailureReason::OutOfSync);
+        return false;
+    }
+    cursor.next_seq = context.seq.wrapping_add(context.payload);
+    let Some(events) = EVENTS.get_ptr_mut(0) else { return false };
+    // SAFETY: this CPU's scratch value, alive while this program runs.
+    let events = unsafe { &mut *events };
+    events.count = 0;
+    events.frames = 0;
+    let mut walked = 0u32;
+    for chunk in chunks.iter().flatten() {
+        if let Err(reason) = walk_frames(&mut cursor, chunk, events) {
+            lose(context, state, reason);
+            return false;
+        }
+        walked += chunk.len();
+    }
+    if walked != context.payload {
+        // Payload the hook could not read (fragments beyond MAX_CHUNKS, or unmapped).
+        lose(context, state, FailureReason::FramesBeyondBound);
+        return false;
+    }
+    state.cursors[DIRECTION] = cursor;
+    events.count != 0
+}
+
+/// Frames of one segment noted while walking it.
+#[map]
+static EVENTS: PerCpuArray<FrameEvents> = PerCpuArray::with_max_entries(1, 0);
+
+/// Reads the frame headers in one chunk, noting the ones [`http2_act`] acts on.
+#[inline(always)]
+fn walk_frames<C: Chunk>(
+    cursor: &mut FrameCursor,
+    chunk: &C,
+    events: &mut FrameEvents,
+) -> Result<(), FailureReason> {
+    let length = chunk.len();
+    let mut at = 0u32;
+    if cursor.partial_len != 0 {
+        // Finish the header the previous chunk or segment cut.
+        at = finish_header(cursor, chunk, length)?;
+        if usize::from(cursor.partial_len) < HTTP2_FRAME_HEADER_LEN {
+            return Ok(());
+        }
+        cursor.partial_len = 0;
+        let header = cursor.partial;
+        cursor.skip = note(events, &header, error_code(chunk, &header, at, length))?;
+    }
+    let mut cut = false;
+    for _ in 0..=MAX_FRAMES_PER_SEGMENT {
+        let left = length - at.min(length);
+        if cursor.skip >= left {
+            cursor.skip -= left;
+            return Ok(());
+        }
+        at += cursor.skip;
+        cursor.skip = 0;
+        if length - at < HTTP2_FRAME_HEADER_LEN as u32 {
+            cut = true;
+            break;
+        }
+        let header =
+            chunk.read::<[u8; HTTP2_FRAME_HEADER_LEN]>(at).ok_or(FailureReason::FramesBeyondBound)?;
+        at += HTTP2_FRAME_HEADER_LEN as u32;
+        cursor.skip = note(events, &header, error_code(chunk, &header, at, length))?;
+    }
+    if !cut {
+        return Err(FailureReason::FramesBeyondBound);
+    }
+    // A header the next chunk or segment finishes: keep its first bytes.
+    let left = length - at;
+    for index in 0..HTTP2_FRAME_HEADER_LEN - 1 {
+        if index as u32 >= left {
+            break;
+        }
+        cursor.partial[index] =
+            chunk.read::<u8>(at + index as u32).ok_or(FailureReason::FramesBeyondBound)?;
+    }
+    cursor.partial_len = left as u8;
+    Ok(())
+}
+
+/// Completes a cut header from the start of `chunk`; returns where the bytes after it are.
+#[inline(always)]
+fn finish_header<C: Chunk>(cursor: &mut FrameCursor, chunk: &C, length: u32) -> Result<u32, FailureReason> {
+    let mut at = 0u32;
+    for index in 1..HTTP2_FRAME_HEADER_LEN {
+        if index < usize::from(cursor.partial_len) {
+            continue;
+        }
+        if at >= length {
+            break;
+        }
+        cursor.partial[index] = chunk.read::<u8>(at).ok_or(FailureReason::FramesBeyondBound)?;
+        at += 1;
+    }
+    cursor.partial_len = (usize::from(cursor.partial_len) + at as usize) as u8;
+    Ok(at)
+}
+
+/// Counts one frame header against the bound and notes it if [`http2_act`] needs it; returns
+/// the frame's payload length, to skip.
+#[inline(always)]
+fn note(
+    events: &mut FrameEvents,
+    header: &[u8; HTTP2_FRAME_HEADER_LEN],
+    code: u8,
+) -> Result<u32, FailureReason> {
+    if events.frames as usize >= MAX_FRAMES_PER_SEGMENT {
+        return Err(FailureReason::FramesBeyondBound);
+    }
+    events.frames += 1;
+    let frame_type = header[3];
+    if matches!(frame_type, FRAME_HEADERS | FRAME_RST_STREAM | FRAME_GOAWAY) {
+        let index = events.count as usize;
+        if index < MAX_FRAMES_PER_SEGMENT {
+            events.events[index] = FrameEvent {
+                frame_type,
+                code,
+                _pad: [0; 2],
+                stream_id: u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff,
+            };
+            events.count += 1;
+        }
+    }
+    Ok(u32::from_be_bytes([0, header[0], header[1], header[2]]))
+}
+
+/// The error code of a `RST_STREAM` (first word of its payload) or `GOAWAY` (second) whose
+/// payload starts at `at`, if it is in this chunk.
+#[inline(always)]
+fn error_code<C: Chunk>(chunk: &C, header: &[u8; HTTP2_FRAME_HEADER_LEN], at: u32, length: u32) -> u8 {
+    let at = match header[3] {
+        FRAME_RST_STREAM => at,
+        FRAME_GOAWAY => at + 4,
+        _ => return 0,
+    };
+    if at + 4 > length {
+        return CODE_UNREAD;
+    }
+    match chunk.read::<[u8; 4]>(at) {
+        Some(code) => u32::from_be_bytes(code).min(u32::from(CODE_UNREAD - 1)) as u8,
+        None => CODE_UNREAD,
+    }
+}
+
+/// The frames [`http2_walk`] noted, in order: a client's HEADERS opens a stream, the
+/// server's first HEADERS on it answers it (one sample), a RST_STREAM fails it, a GOAWAY
+/// is counted.
+#[inline(never)]
+pub fn http2_act(context: &Context) {
+    let (Some(state), Some(events)) = (EXCHANGES.get_ptr_mut(context.key), EVENTS.get_ptr_mut(0)) else {
+        return;
+    };
+    // SAFETY: map values, alive while this program runs.
+    let (state, events) = unsafe { (&mut *state, &mut *events) };
+    events.key.connection = *context.key;
+    // A bound the compiler cannot unroll (one copy of the body, which keeps the stack
+    // small); the verifier still sees it end.
+    let count = (events.count as usize).min(MAX_FRAMES_PER_SEGMENT);
+    for index in 0..count {
+        let event = events.events[index % MAX_FRAMES_PER_SEGMENT];
+        events.key.stream_id = event.stream_id;
+        let key = &events.key;
+        match event.frame_type {
+            FRAME_HEADERS if event.stream_id != 0 => {
+                if context.from_client {
+                    // A client's HEADERS on a stream already open is its trailers.
+                    if STREAMS.get_ptr(key).is_some() {
+                        continue;
+                    }
+                    if state.open_streams >= MAX_OPEN_STREAMS {
+                        context.count(FailureReason::StreamsBeyondBound, 0);
+                    } else if STREAMS.insert(key, context.now, 0).is_ok() {
+                        state.open_streams += 1;
+                    } else {
+                        record_full(MapId::LocalhostStreams);
+                        context.count(FailureReason::NoRoom, 0);
+                    }
+                } else if let Some(opened) = STREAMS.get_ptr(key) {
+                    // SAFETY: a map value, read at once.
+                    let opened = unsafe { *opened };
+                    context.sample(Protocol::Http2, context.now.saturating_sub(opened));
+                    close_stream(state, key);
+                }
+            }
+            FRAME_RST_STREAM if STREAMS.get_ptr(key).is_some() => {
+                context.count(FailureReason::RstStream, event.code);
+                close_stream(state, key);
+            }
+            FRAME_GOAWAY => context.count(FailureReason::GoAway, event.code),
+            _ => {}
+        }
+    }
+}
+
+#[inline(always)]
+fn close_stream(state: &mut ExchangeState, key: &StreamKey) {
+    if STREAMS.remove(key).is_ok() {
+        state.open_streams = state.open_streams.saturating_sub(1);
+    }
+}
+
+/// The walk cannot follow the byte stream any more: counted once, and nothing more is
+/// measured on the connection (its open streams are reclaimed with it).
+#[inline(always)]
+fn lose(context: &Context, state: &mut ExchangeState, reason: FailureReason) {
+    context.count(reason, 0);
+    state.cursors[0].lost = 1;
+    state.cursors[1].lost = 1;
+}
