@@ -27,10 +27,11 @@ pub enum MapId {
     DnsCounts = 16,
     DnsLatency = 17,
     DnsServers = 18,
+    BgpOpens = 19,
 }
 
 impl MapId {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::IfaceStats,
         Self::VxlanStats,
@@ -51,6 +52,7 @@ impl MapId {
         Self::DnsCounts,
         Self::DnsLatency,
         Self::DnsServers,
+        Self::BgpOpens,
     ];
 
     /// The `map` label value of `cniguard_map_full_total`.
@@ -76,6 +78,7 @@ impl MapId {
             Self::DnsCounts => "dns_counts",
             Self::DnsLatency => "dns_latency",
             Self::DnsServers => "dns_servers",
+            Self::BgpOpens => "bgp_opens",
         }
     }
 }
