@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use cniguard::diagnose::{FindingReport, Report};
 use cniguard_lab::lab::{
-    Fault, LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG, Lab, OLD_CLUSTER_DNS, OVERLAPPING_ROUTE,
-    WRONG_ROUTER_ID, WRONG_ROUTER_ID_DEVICE,
+    Fault, LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG, Lab, OLD_API_SERVICE, OLD_CLUSTER_DNS,
+    OVERLAPPING_ROUTE, WRONG_ROUTER_ID, WRONG_ROUTER_ID_DEVICE,
 };
 use cniguard_lab::require_root;
 use cniguard_tests::lab_support::options;
@@ -189,6 +189,7 @@ fn each_fault_is_diagnosed_by_name_on_the_nodes_that_see_it_and_clears_on_repair
     assert!(found.fix.contains(&format!("recreate the pods on {interface}")), "{}", found.fix);
     lab.repair(&fault).unwrap();
     wait_for(&lab, "old_service_cidr_in_use cleared", &none);
+    stale_service_is_the_old_service_range_in_use(&mut lab);
     lab.down();
 }
 
@@ -282,4 +283,32 @@ fn a_narrower_underlay_is_an_mtu_mismatch(lab: &mut Lab) {
     assert_eq!(scrape.value("cniguard_finding_evidence", &[("finding", "mtu_mismatch")]), Some(100.0));
     lab.repair(&fault).unwrap();
     wait_for(lab, "mtu_mismatch cleared", &none);
+}
+
+fn stale_service_is_the_old_service_range_in_use(lab: &mut Lab) {
+    let none = BTreeSet::new();
+    // client-1 keeps calling K3s' old API ClusterIP, as a pod whose KUBERNETES_SERVICE_HOST
+    // is of before the service range moved: named on client-1's node only (the sockets'
+    // events reach every node's cniguard on the lab's one kernel; the routes tell whose
+    // pod it is).
+    let fault = Fault::StaleService { pod: "client-1".into() };
+    lab.inject(&fault).unwrap();
+    wait_for(
+        lab,
+        "old_service_cidr_in_use for the old API address on client-1's node",
+        &[finding(0, "old_service_cidr_in_use", OLD_API_SERVICE)].into(),
+    );
+    let found = report(lab, 0, "old_service_cidr_in_use");
+    println!("old_service_cidr_in_use (connections):\n{}", diagnose(lab, 0));
+    assert!(
+        found.evidence.contains(&format!(
+            "connections to {OLD_API_SERVICE} (in the old service range 10.43.0.0/16) failed"
+        )) && found.evidence.contains("none established"),
+        "{}",
+        found.evidence
+    );
+    let interface = lab.host_side("client-1").unwrap().1;
+    assert!(found.fix.contains(&format!("recreate the pods on {interface}")), "{}", found.fix);
+    lab.repair(&fault).unwrap();
+    wait_for(lab, "old_service_cidr_in_use (connections) cleared", &none);
 }

@@ -144,7 +144,73 @@ fn old_service_cidr_in_use(observed: &Observations) -> Vec<Detected> {
             ),
         });
     }
+    found.extend(old_service_connections(observed));
     found
+}
+
+/// Connections from this node's pods to an address of an old service range (K3s' API
+/// ClusterIP 10.43.0.1:443) that fail, none established: the pods keep the
+/// `KUBERNETES_SERVICE_HOST` (or a configured address) of before the service range moved.
+fn old_service_connections(observed: &Observations) -> Vec<Detected> {
+    // By service: failed and established in the window, and the pod devices that failed.
+    let mut by_service: BTreeMap<std::net::SocketAddrV4, (f64, f64, Vec<String>)> = BTreeMap::new();
+    for ((service, local), now) in &observed.now.old_service_connections {
+        // Another node's pod (one kernel runs the lab's nodes) or the node itself: not here.
+        let Some(device) = pod_device(&observed.routes, *local) else { continue };
+        let before =
+            observed.before.old_service_connections.get(&(*service, *local)).copied().unwrap_or_default();
+        let entry = by_service.entry(*service).or_default();
+        let failed = now.failed - before.failed;
+        entry.0 += failed;
+        entry.1 += now.established - before.established;
+        if failed > 0.0 && !entry.2.contains(&device.to_owned()) {
+            entry.2.push(device.to_owned());
+        }
+    }
+    let mut found = Vec::new();
+    for (service, (failed, established, devices)) in by_service {
+        if established > 0.0 || failed < observed.min_attempts {
+            continue;
+        }
+        let range = observed.old_service_cidrs.iter().find(|cidr| cidr.contains(*service.ip()));
+        let range = range.map_or_else(String::new, |r| {
+            format!(" (in the old service range {}/{})", r.network, r.prefix_len)
+        });
+        found.push(Detected {
+            name: FindingName::OldServiceCidrInUse,
+            subject: service.to_string(),
+            evidence: format!(
+                "{failed:.0} connections to {service}{range} failed in {:.0} s, none established, from the pods on {}",
+                observed.window_seconds,
+                devices.join(", ")
+            ),
+            value: failed,
+            fix: format!(
+                "recreate the pods on {} (they keep KUBERNETES_SERVICE_HOST={}, or an address they were given, of before the service range moved)",
+                devices.join(", "),
+                service.ip()
+            ),
+        });
+    }
+    found
+}
+
+/// The pod device of this node that `address` is routed to (the most specific route that
+/// holds it, on a `cali*` or `veth*` device or Flannel's `cni0`).
+fn pod_device(routes: &[Route], address: Ipv4Addr) -> Option<&str> {
+    const POD_DEVICES: &[&str] = &["cali", "veth", "cni0"];
+    let route = routes
+        .iter()
+        .filter(|r| {
+            r.prefix_len > 0
+                && overlaps(
+                    address,
+                    32,
+                    &Cidr { name: String::new(), network: r.destination, prefix_len: r.prefix_len },
+                )
+        })
+        .max_by_key(|r| r.prefix_len)?;
+    POD_DEVICES.iter().any(|prefix| route.device.starts_with(prefix)).then_some(route.device.as_str())
 }
 
 /// Flannel's devices on a node whose pods have all moved to Calico, or Flannel's VXLAN
@@ -702,6 +768,42 @@ mod tests {
         assert!(old_service_cidr_in_use(&observed).is_empty());
         // Another server's silence is another story (the dns_failing trigger's).
         observed.now.dns_servers = BTreeMap::from([(Ipv4Addr::new(10, 96, 0, 10), server(8.0, 0.0))]);
+        assert!(old_service_cidr_in_use(&observed).is_empty());
+    }
+
+    #[test]
+    fn failed_connections_from_this_nodes_pods_to_the_old_api_address_are_named() {
+        use std::net::SocketAddrV4;
+        let mut observed = observations();
+        let api = SocketAddrV4::new(Ipv4Addr::new(10, 43, 0, 1), 443);
+        let (pod, elsewhere) = (Ipv4Addr::new(10, 244, 3, 11), Ipv4Addr::new(10, 244, 1, 11));
+        observed.routes = vec![
+            Route { destination: pod, prefix_len: 32, device: "cali1234".to_owned(), from_bird: false },
+            Route {
+                destination: Ipv4Addr::new(10, 244, 1, 0),
+                prefix_len: 26,
+                device: "vxlan.calico".to_owned(),
+                from_bird: false,
+            },
+        ];
+        let attempts = |established, failed| Attempts { established, failed };
+        observed.now.old_service_connections =
+            BTreeMap::from([((api, pod), attempts(0.0, 5.0)), ((api, elsewhere), attempts(0.0, 9.0))]);
+        let found = old_service_cidr_in_use(&observed);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            (found[0].subject.as_str(), found[0].value),
+            ("10.43.0.1:443", 5.0),
+            "another node's pod left out"
+        );
+        assert!(
+            found[0].evidence.contains("(in the old service range 10.43.0.0/16)"),
+            "{}",
+            found[0].evidence
+        );
+        assert!(found[0].fix.contains("recreate the pods on cali1234"), "{}", found[0].fix);
+        // One established: the address still answers (the range has not moved yet).
+        observed.now.old_service_connections.insert((api, pod), attempts(1.0, 5.0));
         assert!(old_service_cidr_in_use(&observed).is_empty());
     }
 

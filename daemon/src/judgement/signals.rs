@@ -32,6 +32,9 @@ pub struct Totals {
     pub bgp_rejections: BTreeMap<Ipv4Addr, BgpRejections>,
     /// The latest OPEN this node sent to each BGP peer.
     pub bgp_opens_sent: BTreeMap<Ipv4Addr, OpenSent>,
+    /// Connections opened to an address of an old service range, by that address and port
+    /// and by the address they were opened from (any namespace's: a pod's).
+    pub old_service_connections: BTreeMap<(std::net::SocketAddrV4, Ipv4Addr), Attempts>,
     /// Connections this node opened to Calico Typha.
     pub typha: Attempts,
     /// The pods' DNS, by server address.

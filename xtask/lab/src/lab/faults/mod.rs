@@ -12,6 +12,7 @@ mod reject_bgp;
 mod route_overlap;
 mod slow_mlserver;
 mod stale_dns;
+mod stale_service;
 mod stop_bird;
 mod stop_dns;
 mod veth_loss;
@@ -19,6 +20,7 @@ mod wrong_router_id;
 
 pub use route_overlap::OVERLAPPING_ROUTE;
 pub use stale_dns::OLD_CLUSTER_DNS;
+pub use stale_service::OLD_API_SERVICE;
 pub use wrong_router_id::{WRONG_ROUTER_ID, WRONG_ROUTER_ID_DEVICE};
 
 use std::collections::BTreeMap;
@@ -62,6 +64,8 @@ pub enum Fault {
     WrongRouterId { node: String },
     /// The node's underlay link gets MTU `mtu`; its VXLAN device keeps its own.
     LowUnderlayMtu { node: String, mtu: u32 },
+    /// A pod keeps calling the API ClusterIP of before the service range moved.
+    StaleService { pod: String },
 }
 
 /// Every fault as the command line offers it, in the order of its help.
@@ -79,6 +83,7 @@ pub const FAULTS: &[FaultKind] = &[
     bgp_wrong_as::KIND,
     wrong_router_id::KIND,
     low_underlay_mtu::KIND,
+    stale_service::KIND,
 ];
 
 impl Fault {
@@ -97,6 +102,7 @@ impl Fault {
             Self::StaleDns { pod } => Box::new(stale_dns::StaleDns { pod }),
             Self::BgpWrongAs { node, peer } => Box::new(bgp_wrong_as::BgpWrongAs { node, peer }),
             Self::WrongRouterId { node } => Box::new(wrong_router_id::WrongRouterId { node }),
+            Self::StaleService { pod } => Box::new(stale_service::StaleService { pod }),
             Self::LowUnderlayMtu { node, mtu } => {
                 Box::new(low_underlay_mtu::LowUnderlayMtu { node, mtu: *mtu })
             }
