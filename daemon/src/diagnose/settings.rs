@@ -66,6 +66,9 @@ pub struct DiagnoseSettings {
     pub old_service_ports: Vec<u16>,
 }
 
+/// `sock_state` watches these next to BGP's and Typha's ports, in a map of 64.
+const MAX_OLD_SERVICE_PORTS: usize = 32;
+
 /// The longest window, hold or clear time: an hour.
 const MAX_SECONDS: u64 = 3600;
 
@@ -82,7 +85,7 @@ pub enum DiagnoseError {
     WindowTooShort { window: u64, evaluate: u64 },
     #[error("{0}")]
     OldServiceCidr(String),
-    #[error("port 0 is no port")]
+    #[error("port 0 is no port, and at most {MAX_OLD_SERVICE_PORTS} ports are followed")]
     OldServicePort,
 }
 
@@ -137,7 +140,7 @@ impl DiagnoseConfig {
                 .map_err(DiagnoseError::OldServiceCidr)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if self.old_service_ports.contains(&0) {
+        if self.old_service_ports.contains(&0) || self.old_service_ports.len() > MAX_OLD_SERVICE_PORTS {
             return Err(DiagnoseError::OldServicePort);
         }
         if !self.enabled {
@@ -178,6 +181,7 @@ mod tests {
         assert_eq!(bad(|c| c.for_seconds = 3601).field(), "diagnose.for_seconds");
         assert_eq!(bad(|c| c.min_packets = 0).field(), "diagnose.min_packets");
         assert_eq!(bad(|c| c.old_service_ports = vec![443, 0]).field(), "diagnose.old_service_ports");
+        assert_eq!(bad(|c| c.old_service_ports = (1..=33).collect()).field(), "diagnose.old_service_ports");
         let cidr = bad(|c| c.old_service_cidrs = vec!["10.43.0.0/33".into()]);
         assert_eq!(cidr.field(), "diagnose.old_service_cidrs");
         assert!(cidr.to_string().contains("10.43.0.0/33"), "{cidr}");
