@@ -457,6 +457,9 @@ fn probe_settings(settings: &Settings) -> ProbeSettings {
         localhost: settings.localhost.clone(),
         typha_port: settings.typha_port,
         drop_locations: settings.drop_locations,
+        old_services: settings.diagnose.as_ref().map_or_else(Default::default, |diagnose| {
+            (diagnose.old_service_cidrs.clone(), diagnose.old_service_ports.clone())
+        }),
     }
 }
 

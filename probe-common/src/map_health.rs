@@ -27,12 +27,13 @@ pub enum MapId {
     DnsCounts = 16,
     DnsLatency = 17,
     DnsServers = 18,
-    LocalhostExchanges = 19,
-    LocalhostStreams = 20,
+    BgpOpens = 19,
+    LocalhostExchanges = 20,
+    LocalhostStreams = 21,
 }
 
 impl MapId {
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::IfaceStats,
         Self::VxlanStats,
@@ -53,6 +54,7 @@ impl MapId {
         Self::DnsCounts,
         Self::DnsLatency,
         Self::DnsServers,
+        Self::BgpOpens,
         Self::LocalhostExchanges,
         Self::LocalhostStreams,
     ];
@@ -80,6 +82,7 @@ impl MapId {
             Self::DnsCounts => "dns_counts",
             Self::DnsLatency => "dns_latency",
             Self::DnsServers => "dns_servers",
+            Self::BgpOpens => "bgp_opens",
             Self::LocalhostExchanges => "localhost_exchanges",
             Self::LocalhostStreams => "localhost_streams",
         }

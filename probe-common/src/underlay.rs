@@ -143,8 +143,37 @@ pub struct BgpNotificationEvent {
     pub established: u8,
 }
 
+/// The latest OPEN seen on a BGP peer's session, by peer and direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BgpOpenKey {
+    pub peer: [u8; 4],
+    /// A `Direction` as u8: egress is this node's own OPEN.
+    pub direction: u8,
+    pub _pad: [u8; 3],
+}
+
+/// What an OPEN says about its sender (RFC 4271 4.2), with this node's address on the
+/// segment: a sender whose identifier is not the address it peers from is worth naming.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BgpOpen {
+    /// This node's address on the segment (its source going out, destination coming in).
+    pub local: [u8; 4],
+    /// The BGP identifier (router id) the sender announces.
+    pub identifier: [u8; 4],
+    /// "My Autonomous System", network order turned host (AS_TRANS, 23456, for a 4-byte AS).
+    pub my_as: u16,
+    pub hold_time: u16,
+}
+
+/// The OPEN's fixed fields after the header: version, my AS, hold time, identifier.
+pub const BGP_OPEN_FIXED_LEN: usize = 9;
+
 assert_size!(VxlanKey, 16);
 assert_size!(VxlanMalformedKey, 8);
 assert_size!(BgpKey, 8);
 assert_size!(BgpNotificationEvent, 12);
-impl_pod!(VxlanKey, VxlanMalformedKey, BgpKey, BgpNotificationEvent);
+assert_size!(BgpOpenKey, 8);
+assert_size!(BgpOpen, 12);
+impl_pod!(VxlanKey, VxlanMalformedKey, BgpKey, BgpNotificationEvent, BgpOpenKey, BgpOpen);

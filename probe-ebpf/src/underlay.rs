@@ -20,9 +20,10 @@ use probe_common::{
     counters::PacketCount,
     map_health::MapId,
     underlay::{
-        BGP_FILTER_ON, BGP_HEADER_LEN, BGP_PORT, BGP_STATS_MAX_ENTRIES, BgpKey, BgpMessageKind,
-        BgpNotificationEvent, MAX_BGP_MESSAGES_PER_SEGMENT, VXLAN_FLAG_VNI, VXLAN_HEADER_LEN,
-        VXLAN_PORTS_MAX_ENTRIES, VXLAN_STATS_MAX_ENTRIES, VxlanKey, VxlanMalformedKey,
+        BGP_FILTER_ON, BGP_HEADER_LEN, BGP_OPEN_FIXED_LEN, BGP_PORT, BGP_STATS_MAX_ENTRIES, BgpKey,
+        BgpMessageKind, BgpNotificationEvent, BgpOpen, BgpOpenKey, MAX_BGP_MESSAGES_PER_SEGMENT,
+        VXLAN_FLAG_VNI, VXLAN_HEADER_LEN, VXLAN_PORTS_MAX_ENTRIES, VXLAN_STATS_MAX_ENTRIES, VxlanKey,
+        VxlanMalformedKey,
     },
 };
 
@@ -55,6 +56,10 @@ static BGP_FILTER: Array<u32> = Array::with_max_entries(1, 0);
 /// takes the latest).
 #[map]
 static BGP_LAST_SEEN: PerCpuHashMap<[u8; 4], u64> = PerCpuHashMap::with_max_entries(BGP_STATS_MAX_ENTRIES, 0);
+
+/// The latest OPEN per peer and direction: sessions open rarely, so one write each.
+#[map]
+static BGP_OPENS: HashMap<BgpOpenKey, BgpOpen> = HashMap::with_max_entries(BGP_STATS_MAX_ENTRIES, 0);
 
 /// NOTIFICATIONs: rare, so a ring buffer write each costs nothing that matters.
 #[map]
@@ -173,6 +178,10 @@ fn bgp(ctx: &TcContext, direction: Direction, peer: [u8; 4], local: [u8; 4], l4:
         if kind == BgpMessageKind::Notification {
             notify(ctx, direction, event_peer, established, offset);
         }
+        // Only a session of this node's own sockets says what its ends are.
+        if kind == BgpMessageKind::Open && established {
+            record_open(ctx, direction, peer, local, offset, end);
+        }
         offset += length;
     }
     if seen_message && established && direction == Direction::Ingress {
@@ -188,6 +197,33 @@ fn bgp(ctx: &TcContext, direction: Direction, peer: [u8; 4], local: [u8; 4], l4:
 fn count_bgp(direction: Direction, peer: [u8; 4], kind: BgpMessageKind) {
     let key = BgpKey { peer, direction: direction as u8, kind: kind as u8, _pad: [0; 2] };
     add(&BGP_STATS, &key, 1, MapId::BgpStats);
+}
+
+/// Keeps what the OPEN at `offset` says of its sender; one cut short is left out.
+#[inline(always)]
+fn record_open(
+    ctx: &TcContext,
+    direction: Direction,
+    peer: [u8; 4],
+    local: [u8; 4],
+    offset: usize,
+    end: usize,
+) {
+    let fields = offset + BGP_HEADER_LEN;
+    if fields + BGP_OPEN_FIXED_LEN > end {
+        return;
+    }
+    let Ok(open) = ctx.load::<[u8; BGP_OPEN_FIXED_LEN]>(fields) else { return };
+    let key = BgpOpenKey { peer, direction: direction as u8, _pad: [0; 3] };
+    let value = BgpOpen {
+        local,
+        identifier: [open[5], open[6], open[7], open[8]],
+        my_as: u16::from_be_bytes([open[1], open[2]]),
+        hold_time: u16::from_be_bytes([open[3], open[4]]),
+    };
+    if BGP_OPENS.insert(key, value, 0).is_err() {
+        record_full(MapId::BgpOpens);
+    }
 }
 
 /// Sends the NOTIFICATION at `offset` (error code and subcode follow the header) to

@@ -156,6 +156,15 @@ impl Classifiers {
         Ok(map.iter().filter_map(Result::ok).map(|(k, per_cpu)| (k, per_cpu.iter().sum())).collect())
     }
 
+    /// Every entry of (shared, not per-CPU) hash map `name`.
+    ///
+    /// # Errors
+    /// If the map cannot be read.
+    pub fn all_values<K: Pod, V: Pod>(&self, name: &str) -> Result<Vec<(K, V)>> {
+        let map: HashMap<_, K, V> = HashMap::try_from(self.ebpf.map(name).context("no such map")?)?;
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
     /// The records waiting in ring buffer `name`.
     ///
     /// # Errors

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use cniguard::diagnose::{FindingReport, Report};
 use cniguard_lab::lab::{
-    Fault, LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG, Lab, OLD_CLUSTER_DNS, OVERLAPPING_ROUTE,
+    Fault, LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG, Lab, OLD_API_SERVICE, OLD_CLUSTER_DNS,
+    OVERLAPPING_ROUTE, WRONG_ROUTER_ID, WRONG_ROUTER_ID_DEVICE,
 };
 use cniguard_lab::require_root;
 use cniguard_tests::lab_support::options;
@@ -66,6 +67,11 @@ fn finding(node: usize, name: &str, subject: &str) -> (usize, String, String) {
     (node, name.to_owned(), subject.to_owned())
 }
 
+/// The nodes' underlay addresses.
+fn addresses(lab: &Lab) -> [String; 3] {
+    NODES.map(|node| lab.topology().nodes[node].address.to_string())
+}
+
 /// The finding's report on `node`, raised.
 fn report(lab: &Lab, node: usize, name: &str) -> FindingReport {
     findings(lab, node).into_iter().find(|f| f.finding == name && f.state == "raised").unwrap()
@@ -78,8 +84,7 @@ fn each_fault_is_diagnosed_by_name_on_the_nodes_that_see_it_and_clears_on_repair
     options.cniguard_config = format!("{LAB_CNIGUARD_CONFIG}{LAB_JUDGEMENT_CONFIG}");
     let mut lab = Lab::up(options).unwrap();
     lab.cutover(None).unwrap();
-    let address = |node: usize| lab.topology().nodes[node].address.to_string();
-    let (node_2, node_3) = (address(1), address(2));
+    let [_, node_2, node_3] = addresses(&lab);
     let none = BTreeSet::new();
 
     // The cutover is done: once its last window has passed, nothing is raised, and for a
@@ -125,6 +130,10 @@ fn each_fault_is_diagnosed_by_name_on_the_nodes_that_see_it_and_clears_on_repair
     assert!(found.fix.contains("allow TCP 179"), "{}", found.fix);
     lab.repair(&fault).unwrap();
     wait_for(&lab, "bgp_blocked cleared", &none);
+
+    bgp_wrong_as_is_not_established_on_both_ends(&mut lab);
+    a_wrong_router_id_is_a_wrong_node_address(&mut lab);
+    a_narrower_underlay_is_an_mtu_mismatch(&mut lab);
 
     // Flannel's flannel.1 left behind on node-2 after its cutover.
     let fault = Fault::FlannelLeftover { node: "node-2".into() };
@@ -180,5 +189,126 @@ fn each_fault_is_diagnosed_by_name_on_the_nodes_that_see_it_and_clears_on_repair
     assert!(found.fix.contains(&format!("recreate the pods on {interface}")), "{}", found.fix);
     lab.repair(&fault).unwrap();
     wait_for(&lab, "old_service_cidr_in_use cleared", &none);
+    stale_service_is_the_old_service_range_in_use(&mut lab);
     lab.down();
+}
+
+fn bgp_wrong_as_is_not_established_on_both_ends(lab: &mut Lab) {
+    let [node_1, node_2, _] = addresses(lab);
+    let none = BTreeSet::new();
+    // node-1's BIRD expects the wrong AS of node-2: TCP 179 connects, and node-1 refuses
+    // node-2's OPEN on every attempt. Both ends' sessions never come up: node-1 sends the
+    // NOTIFICATION, node-2 receives it. No firewall in the way: not bgp_blocked.
+    let fault = Fault::BgpWrongAs { node: "node-1".into(), peer: "node-2".into() };
+    lab.inject(&fault).unwrap();
+    wait_for(
+        lab,
+        "bgp_not_established on node-1 and node-2",
+        &[finding(0, "bgp_not_established", &node_2), finding(1, "bgp_not_established", &node_1)].into(),
+    );
+    let refusing = report(lab, 0, "bgp_not_established");
+    let refused = report(lab, 1, "bgp_not_established");
+    println!("bgp_not_established:\n{}{}", diagnose(lab, 0), diagnose(lab, 1));
+    assert_eq!(refusing.severity, "critical");
+    let reason = "open message error / bad peer as (code 2, subcode 2)";
+    assert!(
+        refusing.evidence.contains(&format!("sent to {node_2}: {reason}, refused by this node")),
+        "{}",
+        refusing.evidence
+    );
+    assert!(
+        refused.evidence.contains(&format!("received from {node_1}: {reason}, refused by the peer")),
+        "{}",
+        refused.evidence
+    );
+    assert!(refusing.fix.contains(&format!("the AS this node expects of {node_2}")), "{}", refusing.fix);
+    assert!(refused.fix.contains(&format!("{node_1} expects another AS of this node")), "{}", refused.fix);
+    let scrape = lab.cniguard(0).scrape().unwrap();
+    let evidence = scrape.value("cniguard_finding_evidence", &[("finding", "bgp_not_established")]).unwrap();
+    assert!(evidence >= 2.0, "at least two sessions refused in the window: {evidence}");
+    lab.repair(&fault).unwrap();
+    wait_for(lab, "bgp_not_established cleared", &none);
+}
+
+fn a_wrong_router_id_is_a_wrong_node_address(lab: &mut Lab) {
+    let [node_1, node_2, node_3] = addresses(lab);
+    let none = BTreeSet::new();
+    // node-1 gets a second interface and its BIRD announces that one's address as router
+    // id, as Calico's first-found does when it picks the wrong interface. The sessions come
+    // up (peers accept any identifier but their own): only node-1's OPENs say it.
+    let fault = Fault::WrongRouterId { node: "node-1".into() };
+    lab.inject(&fault).unwrap();
+    let subject = format!("router id {WRONG_ROUTER_ID}");
+    wait_for(lab, "wrong_node_address on node-1", &[finding(0, "wrong_node_address", &subject)].into());
+    let found = report(lab, 0, "wrong_node_address");
+    println!("wrong_node_address:\n{}", diagnose(lab, 0));
+    assert!(
+        found.evidence.contains(&format!(
+            "OPENs to {node_2}, {node_3} announce the identifier {WRONG_ROUTER_ID} ({WRONG_ROUTER_ID_DEVICE}), but it peers from {node_1} (eth0)"
+        )),
+        "{}",
+        found.evidence
+    );
+    assert!(
+        found.fix.contains("nodeAddressAutodetectionV4") && found.fix.contains("interface: eth0"),
+        "{}",
+        found.fix
+    );
+    let scrape = lab.cniguard(0).scrape().unwrap();
+    assert_eq!(scrape.value("cniguard_finding_evidence", &[("finding", "wrong_node_address")]), Some(2.0));
+    lab.repair(&fault).unwrap();
+    wait_for(lab, "wrong_node_address cleared", &none);
+}
+
+fn a_narrower_underlay_is_an_mtu_mismatch(lab: &mut Lab) {
+    let none = BTreeSet::new();
+    // node-3's underlay link narrows to 1400 while its vxlan.calico keeps 1450: VXLAN's 50
+    // bytes no longer fit. Named on node-3 with the MTU to set.
+    let fault = Fault::LowUnderlayMtu { node: "node-3".into(), mtu: 1400 };
+    lab.inject(&fault).unwrap();
+    wait_for(lab, "mtu_mismatch on node-3", &[finding(2, "mtu_mismatch", "vxlan.calico")].into());
+    let found = report(lab, 2, "mtu_mismatch");
+    println!("mtu_mismatch:\n{}", diagnose(lab, 2));
+    assert!(
+        found.evidence.starts_with("vxlan.calico has MTU 1450, but its underlay eth0 has 1400"),
+        "{}",
+        found.evidence
+    );
+    assert!(
+        found.fix.starts_with("set Calico's MTU to 1350 (1400 on eth0 less 50 for VXLAN)"),
+        "{}",
+        found.fix
+    );
+    let scrape = lab.cniguard(2).scrape().unwrap();
+    assert_eq!(scrape.value("cniguard_finding_evidence", &[("finding", "mtu_mismatch")]), Some(100.0));
+    lab.repair(&fault).unwrap();
+    wait_for(lab, "mtu_mismatch cleared", &none);
+}
+
+fn stale_service_is_the_old_service_range_in_use(lab: &mut Lab) {
+    let none = BTreeSet::new();
+    // client-1 keeps calling K3s' old API ClusterIP, as a pod whose KUBERNETES_SERVICE_HOST
+    // is of before the service range moved: named on client-1's node only (the sockets'
+    // events reach every node's cniguard on the lab's one kernel; the routes tell whose
+    // pod it is).
+    let fault = Fault::StaleService { pod: "client-1".into() };
+    lab.inject(&fault).unwrap();
+    wait_for(
+        lab,
+        "old_service_cidr_in_use for the old API address on client-1's node",
+        &[finding(0, "old_service_cidr_in_use", OLD_API_SERVICE)].into(),
+    );
+    let found = report(lab, 0, "old_service_cidr_in_use");
+    println!("old_service_cidr_in_use (connections):\n{}", diagnose(lab, 0));
+    assert!(
+        found.evidence.contains(&format!(
+            "connections to {OLD_API_SERVICE} (in the old service range 10.43.0.0/16) failed"
+        )) && found.evidence.contains("none established"),
+        "{}",
+        found.evidence
+    );
+    let interface = lab.host_side("client-1").unwrap().1;
+    assert!(found.fix.contains(&format!("recreate the pods on {interface}")), "{}", found.fix);
+    lab.repair(&fault).unwrap();
+    wait_for(lab, "old_service_cidr_in_use (connections) cleared", &none);
 }

@@ -9,7 +9,8 @@ use etherparse::{PacketBuilder, VlanId};
 use probe_common::Direction;
 use probe_common::counters::PacketCount;
 use probe_common::underlay::{
-    BgpKey, BgpMessageKind, BgpNotificationEvent, MAX_BGP_MESSAGES_PER_SEGMENT, VxlanKey, VxlanMalformedKey,
+    BgpKey, BgpMessageKind, BgpNotificationEvent, BgpOpen, BgpOpenKey, MAX_BGP_MESSAGES_PER_SEGMENT,
+    VxlanKey, VxlanMalformedKey,
 };
 
 use cniguard_lab::netns::NetNs;
@@ -331,5 +332,50 @@ fn segments_of_no_socket_share_the_unknown_peer() {
                 .iter()
                 .all(|n| n.peer == NODE_3 && n.established == 0 && (n.code, n.subcode) == (6, 2))
         );
+    });
+}
+
+/// An OPEN keeps what it says of its sender (identifier, AS, hold time) under its peer and
+/// direction, with this node's address on the segment; the latest wins. One cut short
+/// before its identifier, or of no socket of this namespace (the filter on), is left out.
+#[test]
+fn opens_keep_the_senders_identifier_and_the_local_address() {
+    require_root!();
+    let ns = NetNs::new("underlay-opens").unwrap();
+    ns.run(|| {
+        let mut classifiers = Classifiers::load(&["underlay_ingress", "underlay_egress"]).unwrap();
+        let opens = |classifiers: &Classifiers| -> BTreeMap<([u8; 4], u8), BgpOpen> {
+            let all: Vec<(BgpOpenKey, BgpOpen)> = classifiers.all_values("BGP_OPENS").unwrap();
+            all.into_iter().map(|(k, v)| ((k.peer, k.direction), v)).collect()
+        };
+        // Cut short: the header and four bytes of the body, no identifier.
+        let short = bgp_message(1, &open_body());
+        assert_eq!(classifiers.run("underlay_ingress", &tcp(&short[..23])).unwrap(), PASS_THROUGH);
+        assert!(opens(&classifiers).is_empty());
+        let mut body = open_body();
+        body[5..9].copy_from_slice(&[10, 0, 2, 15]);
+        for frame in [tcp(&bgp_message(1, &open_body())), tcp(&bgp_message(1, &body))] {
+            assert_eq!(classifiers.run("underlay_ingress", &frame).unwrap(), PASS_THROUGH);
+            assert_eq!(classifiers.run("underlay_egress", &frame).unwrap(), PASS_THROUGH);
+        }
+        let open = |local, identifier| BgpOpen { local, identifier, my_as: 64512, hold_time: 9 };
+        // The frame goes from NODE_3 to NODE_1: coming in, NODE_3 is the peer and NODE_1 this
+        // node; going out, the other way round.
+        assert_eq!(
+            opens(&classifiers),
+            BTreeMap::from([
+                ((NODE_3, Direction::Ingress as u8), open(NODE_1, [10, 0, 2, 15])),
+                ((NODE_1, Direction::Egress as u8), open(NODE_3, [10, 0, 2, 15])),
+            ])
+        );
+    });
+    let ns = NetNs::new("underlay-opens-filter").unwrap();
+    ns.run(|| {
+        let mut classifiers = Classifiers::load(&["underlay_ingress"]).unwrap();
+        classifiers.set_bgp_filter().unwrap();
+        let frame = tcp(&bgp_message(1, &open_body()));
+        assert_eq!(classifiers.run("underlay_ingress", &frame).unwrap(), PASS_THROUGH);
+        let all: Vec<(BgpOpenKey, BgpOpen)> = classifiers.all_values("BGP_OPENS").unwrap();
+        assert!(all.is_empty(), "{all:?}");
     });
 }

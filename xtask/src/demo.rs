@@ -32,6 +32,10 @@ pub fn run(options: LabOptions) -> Result<()> {
         lab.cutover(Some(node))?;
         windows.push(settle(&lab));
     }
+    // A clean cutover raises no finding once its windows have passed: the demo fails if one
+    // stays (lab_diagnose asserts the same, and that none comes back for a while).
+    wait_until(&lab, "no finding on any node after the cutover", |lab| raised_anywhere(lab) == Some(0))?;
+    lab.note("cniguard: no finding after the cutover")?;
     // 127.0.0.1:9500 filtered inside the MLServer pod: cniguard names the cause.
     let fault = Fault::BlockMlserver;
     lab.inject(&fault)?;
@@ -98,6 +102,18 @@ fn diagnosing(lab: &Lab, finding: &str) -> Vec<(usize, String)> {
         })
         .filter_map(|node| Some((node, lab.diagnose(node).ok()?)))
         .collect()
+}
+
+/// How many findings are raised across the nodes now (`None` if a node did not answer).
+fn raised_anywhere(lab: &Lab) -> Option<usize> {
+    (0..lab.topology().nodes.len())
+        .map(|node| {
+            let scrape = lab.cniguard(node).scrape().ok()?;
+            // `cniguard_finding` is 1 for each finding raised, 0 for the others.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "0 or 1 per finding")]
+            Some(scrape.sum("cniguard_finding", &[]) as usize)
+        })
+        .sum()
 }
 
 /// The nodes whose cniguard recommends a rollback now.

@@ -3,6 +3,7 @@
 //! the in-pod health checks), with its evidence and the fix in one line. One row of
 //! [`DETECTORS`] per finding.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::observations::{Observations, Route};
 use crate::checks::health::LocalhostStatus;
 use crate::judgement::phase::Phase;
-use crate::judgement::signals::VxlanFlow;
+use crate::judgement::signals::{Totals, VxlanFlow};
+use crate::probes::bgp_codes;
 use crate::probes::cidr::Cidr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -19,18 +21,26 @@ pub enum FindingName {
     OldServiceCidrInUse,
     FlannelLeftovers,
     VxlanOneWay,
+    VxlanChecksum,
     BgpBlocked,
+    BgpNotEstablished,
+    WrongNodeAddress,
+    MtuMismatch,
     TyphaUnreachable,
     PodCidrOverlap,
     LocalhostCause,
 }
 
 impl FindingName {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 11] = [
         Self::OldServiceCidrInUse,
         Self::FlannelLeftovers,
         Self::VxlanOneWay,
+        Self::VxlanChecksum,
         Self::BgpBlocked,
+        Self::BgpNotEstablished,
+        Self::WrongNodeAddress,
+        Self::MtuMismatch,
         Self::TyphaUnreachable,
         Self::PodCidrOverlap,
         Self::LocalhostCause,
@@ -42,7 +52,11 @@ impl FindingName {
             Self::OldServiceCidrInUse => "old_service_cidr_in_use",
             Self::FlannelLeftovers => "flannel_leftovers",
             Self::VxlanOneWay => "vxlan_one_way",
+            Self::VxlanChecksum => "vxlan_checksum",
             Self::BgpBlocked => "bgp_blocked",
+            Self::BgpNotEstablished => "bgp_not_established",
+            Self::WrongNodeAddress => "wrong_node_address",
+            Self::MtuMismatch => "mtu_mismatch",
             Self::TyphaUnreachable => "typha_unreachable",
             Self::PodCidrOverlap => "pod_cidr_overlap",
             Self::LocalhostCause => "localhost_cause",
@@ -57,7 +71,11 @@ impl FindingName {
             Self::FlannelLeftovers | Self::LocalhostCause => "warning",
             Self::OldServiceCidrInUse
             | Self::VxlanOneWay
+            | Self::VxlanChecksum
             | Self::BgpBlocked
+            | Self::BgpNotEstablished
+            | Self::WrongNodeAddress
+            | Self::MtuMismatch
             | Self::TyphaUnreachable
             | Self::PodCidrOverlap => "critical",
         }
@@ -83,7 +101,11 @@ pub const DETECTORS: &[(FindingName, Detector)] = &[
     (FindingName::OldServiceCidrInUse, old_service_cidr_in_use),
     (FindingName::FlannelLeftovers, flannel_leftovers),
     (FindingName::VxlanOneWay, vxlan_one_way),
+    (FindingName::VxlanChecksum, vxlan_checksum),
     (FindingName::BgpBlocked, bgp_blocked),
+    (FindingName::BgpNotEstablished, bgp_not_established),
+    (FindingName::WrongNodeAddress, wrong_node_address),
+    (FindingName::MtuMismatch, mtu_mismatch),
     (FindingName::TyphaUnreachable, typha_unreachable),
     (FindingName::PodCidrOverlap, pod_cidr_overlap),
     (FindingName::LocalhostCause, localhost_cause),
@@ -122,7 +144,73 @@ fn old_service_cidr_in_use(observed: &Observations) -> Vec<Detected> {
             ),
         });
     }
+    found.extend(old_service_connections(observed));
     found
+}
+
+/// Connections from this node's pods to an address of an old service range (K3s' API
+/// ClusterIP 10.43.0.1:443) that fail, none established: the pods keep the
+/// `KUBERNETES_SERVICE_HOST` (or a configured address) of before the service range moved.
+fn old_service_connections(observed: &Observations) -> Vec<Detected> {
+    // By service: failed and established in the window, and the pod devices that failed.
+    let mut by_service: BTreeMap<std::net::SocketAddrV4, (f64, f64, Vec<String>)> = BTreeMap::new();
+    for ((service, local), now) in &observed.now.old_service_connections {
+        // Another node's pod (one kernel runs the lab's nodes) or the node itself: not here.
+        let Some(device) = pod_device(&observed.routes, *local) else { continue };
+        let before =
+            observed.before.old_service_connections.get(&(*service, *local)).copied().unwrap_or_default();
+        let entry = by_service.entry(*service).or_default();
+        let failed = now.failed - before.failed;
+        entry.0 += failed;
+        entry.1 += now.established - before.established;
+        if failed > 0.0 && !entry.2.contains(&device.to_owned()) {
+            entry.2.push(device.to_owned());
+        }
+    }
+    let mut found = Vec::new();
+    for (service, (failed, established, devices)) in by_service {
+        if established > 0.0 || failed < observed.min_attempts {
+            continue;
+        }
+        let range = observed.old_service_cidrs.iter().find(|cidr| cidr.contains(*service.ip()));
+        let range = range.map_or_else(String::new, |r| {
+            format!(" (in the old service range {}/{})", r.network, r.prefix_len)
+        });
+        found.push(Detected {
+            name: FindingName::OldServiceCidrInUse,
+            subject: service.to_string(),
+            evidence: format!(
+                "{failed:.0} connections to {service}{range} failed in {:.0} s, none established, from the pods on {}",
+                observed.window_seconds,
+                devices.join(", ")
+            ),
+            value: failed,
+            fix: format!(
+                "recreate the pods on {} (they keep KUBERNETES_SERVICE_HOST={}, or an address they were given, of before the service range moved)",
+                devices.join(", "),
+                service.ip()
+            ),
+        });
+    }
+    found
+}
+
+/// The pod device of this node that `address` is routed to (the most specific route that
+/// holds it, on a `cali*` or `veth*` device or Flannel's `cni0`).
+fn pod_device(routes: &[Route], address: Ipv4Addr) -> Option<&str> {
+    const POD_DEVICES: &[&str] = &["cali", "veth", "cni0"];
+    let route = routes
+        .iter()
+        .filter(|r| {
+            r.prefix_len > 0
+                && overlaps(
+                    address,
+                    32,
+                    &Cidr { name: String::new(), network: r.destination, prefix_len: r.prefix_len },
+                )
+        })
+        .max_by_key(|r| r.prefix_len)?;
+    POD_DEVICES.iter().any(|prefix| route.device.starts_with(prefix)).then_some(route.device.as_str())
 }
 
 /// Flannel's devices on a node whose pods have all moved to Calico, or Flannel's VXLAN
@@ -223,6 +311,49 @@ fn vxlan_one_way(observed: &Observations) -> Vec<Detected> {
         .collect()
 }
 
+/// The kernel's drop reasons for a bad TCP or UDP checksum (6.0 and later).
+const CHECKSUM_DROPS: &[&str] = &["TCP_CSUM", "UDP_CSUM"];
+
+/// VXLAN arriving while the kernel drops TCP and UDP for bad checksums: the senders' tx
+/// checksum offload on the VXLAN device leaves the inner checksum unfilled (calico#3145,
+/// #9433; Felix works around it only on kernels up to 5.7). ICMP still works, which is
+/// how it looks from a pod.
+fn vxlan_checksum(observed: &Observations) -> Vec<Detected> {
+    let dropped: f64 = CHECKSUM_DROPS
+        .iter()
+        .map(|reason| {
+            observed.now.drops.get(*reason).copied().unwrap_or(0.0)
+                - observed.before.drops.get(*reason).copied().unwrap_or(0.0)
+        })
+        .sum();
+    let mut senders: Vec<Ipv4Addr> = observed
+        .vxlan_window()
+        .into_iter()
+        .filter(|(flow, packets)| !flow.egress && *packets > 0.0 && flow.port != FLANNEL_PORT)
+        .map(|(flow, _)| flow.peer)
+        .collect();
+    senders.dedup();
+    if dropped < observed.min_packets || senders.is_empty() {
+        return Vec::new();
+    }
+    let listed: Vec<String> = senders.iter().map(ToString::to_string).collect();
+    vec![Detected {
+        name: FindingName::VxlanChecksum,
+        subject: "checksum drops".to_owned(),
+        evidence: format!(
+            "{dropped:.0} packets dropped for a bad TCP or UDP checksum ({}) in {:.0} s while VXLAN arrives from {}",
+            CHECKSUM_DROPS.join(", "),
+            observed.window_seconds,
+            listed.join(", ")
+        ),
+        value: dropped,
+        fix: format!(
+            "turn off tx checksum offload on the VXLAN device of the sending nodes ({}): ethtool -K vxlan.calico tx-checksum-ip-generic off (persist it, e.g. FelixConfiguration featureDetectOverride ChecksumOffloadBroken=true)",
+            listed.join(", ")
+        ),
+    }]
+}
+
 /// Connections to a BGP peer's port 179 failing, with no session up.
 fn bgp_blocked(observed: &Observations) -> Vec<Detected> {
     let mut found = Vec::new();
@@ -242,6 +373,177 @@ fn bgp_blocked(observed: &Observations) -> Vec<Detected> {
             ),
             value: failed,
             fix: format!("allow TCP 179 between this node and {peer} (host firewall, security groups), then `calicoctl node status`"),
+        });
+    }
+    found
+}
+
+/// BGP sessions with a peer that TCP opens but BGP closes before they are established:
+/// NOTIFICATIONs that refuse the OPEN (or the connection), with no session up for a whole
+/// evaluation. A firewall shows as `bgp_blocked` instead (no BGP message gets through), and
+/// a peer nobody configured as one never speaks BGP at all: neither is raised here, nor is
+/// a VXLAN-only cluster (no BGP, no NOTIFICATION).
+fn bgp_not_established(observed: &Observations) -> Vec<Detected> {
+    // One refused OPEN may be a configuration change caught between its two ends; two in a
+    // window are a session that cannot come up. (BIRD waits `error wait time` between
+    // attempts, 60 s growing to 300 s by default: the window must span two of them.)
+    const MIN_REFUSED: f64 = 2.0;
+    let mut found = Vec::new();
+    let up = |totals: &Totals, peer: &Ipv4Addr| totals.bgp.get(peer).is_some_and(|s| s.up);
+    for (peer, now) in &observed.now.bgp_rejections {
+        let before = observed.before.bgp_rejections.get(peer).copied().unwrap_or_default();
+        let rejected = (now.sent - before.sent) + (now.received - before.received);
+        // A failing session is up for a few milliseconds per attempt: only one up at both
+        // readings is a session that came up.
+        let came_up = up(&observed.now, peer) && up(&observed.previous, peer);
+        let Some((sent_by_us, code, subcode)) = now.latest else { continue };
+        if came_up || rejected < MIN_REFUSED {
+            continue;
+        }
+        let (direction, by) =
+            if sent_by_us { ("sent to", "this node") } else { ("received from", "the peer") };
+        found.push(Detected {
+            name: FindingName::BgpNotEstablished,
+            subject: peer.to_string(),
+            evidence: format!(
+                "{rejected:.0} BGP sessions with {peer} closed by a NOTIFICATION before they were established in {:.0} s (TCP 179 connects: not a firewall); the latest {direction} {peer}: {} (code {code}, subcode {subcode}), refused by {by}",
+                observed.window_seconds,
+                bgp_codes::describe(code, subcode),
+            ),
+            value: rejected,
+            fix: bgp_not_established_fix(*peer, sent_by_us, code, subcode),
+        });
+    }
+    found
+}
+
+/// The fix for the refusal's reason; `sent_by_us`: this node refused (its expectation of
+/// the peer is what disagrees), else the peer refused this node.
+fn bgp_not_established_fix(peer: Ipv4Addr, sent_by_us: bool, code: u8, subcode: u8) -> String {
+    let check = "calicoctl get bgpconfig default -o yaml; calicoctl get nodes,bgppeers -o yaml";
+    match (code, subcode) {
+        (2, 2) if sent_by_us => format!(
+            "make the AS numbers agree: the AS this node expects of {peer} (the mesh's or its BGPPeer's asNumber) is not the one {peer} runs ({check}), then calicoctl node status"
+        ),
+        (2, 2) => format!(
+            "make the AS numbers agree: {peer} expects another AS of this node than the one it runs (the mesh's, this node's or {peer}'s BGPPeer asNumber: {check}), then calicoctl node status"
+        ),
+        (2, 3) => format!(
+            "this node and {peer} announce the same or an invalid BGP router id: give each node its own address (nodeAddressAutodetectionV4) or router id"
+        ),
+        (6, 5) => format!(
+            "{peer} rejects this node's connections: add this node to its peers (node-to-node mesh on, or a BGPPeer for it) and check its BIRD log"
+        ),
+        _ => format!(
+            "compare both ends' BGP configuration (AS numbers, peer addresses, hold time, capabilities): calicoctl node status on this node and on {peer}, and calico-node's BIRD log"
+        ),
+    }
+}
+
+/// This node announcing, in its BGP OPENs, a router id that is another of its own addresses
+/// than the one it peers from: Calico took the node's address from another interface
+/// (`first-found`). An identifier that is none of the node's addresses (a hashed router id)
+/// is a choice, not a wrong pick.
+fn wrong_node_address(observed: &Observations) -> Vec<Detected> {
+    let device = |address: Ipv4Addr| {
+        observed.addresses.iter().find(|(a, _)| *a == address).map(|(_, device)| device.as_str())
+    };
+    let mut wrong: BTreeMap<(Ipv4Addr, Ipv4Addr), Vec<Ipv4Addr>> = BTreeMap::new();
+    for (peer, open) in &observed.now.bgp_opens_sent {
+        if open.identifier != open.local && device(open.identifier).is_some() {
+            wrong.entry((open.identifier, open.local)).or_default().push(*peer);
+        }
+    }
+    wrong
+        .into_iter()
+        .map(|((identifier, local), peers)| {
+            let (wrong_device, right_device) =
+                (device(identifier).unwrap_or_default(), device(local).unwrap_or("its underlay device"));
+            let listed: Vec<String> = peers.iter().map(ToString::to_string).collect();
+            let count = peers.len() as f64;
+            Detected {
+                name: FindingName::WrongNodeAddress,
+                subject: format!("router id {identifier}"),
+                evidence: format!(
+                    "this node's BGP OPENs to {} announce the identifier {identifier} ({wrong_device}), but it peers from {local} ({right_device}): Calico took the node's address from {wrong_device}",
+                    listed.join(", ")
+                ),
+                value: count,
+                fix: format!(
+                    "set nodeAddressAutodetectionV4 in the Installation so Calico picks {local}: interface: {right_device} (IP_AUTODETECTION_METHOD=interface={right_device}) or canReach: {}, then restart calico-node on this node",
+                    peers[0]
+                ),
+            }
+        })
+        .collect()
+}
+
+/// What an encapsulation adds to each packet: a tunnel's MTU must leave it free of its
+/// underlay's (outer Ethernet is not counted: MTUs are IP sizes).
+const VXLAN_OVERHEAD: u32 = 50;
+const IPIP_OVERHEAD: u32 = 20;
+/// The kernel's drop reason where it forwards a packet larger than the way out with DF set
+/// and answers ICMP fragmentation-needed (`ip_forward`, 6.0 and later).
+const TOO_BIG: &str = "PKT_TOO_BIG";
+
+/// A tunnel device (VXLAN, IPIP) whose MTU does not fit in its underlay's less the
+/// encapsulation, so full-size packets are fragmented or dropped; or, with no such device,
+/// packets the kernel dropped as too big (it answered ICMP fragmentation-needed): the path
+/// is narrower than the pods think.
+fn mtu_mismatch(observed: &Observations) -> Vec<Detected> {
+    let before = observed.before.drops.get(TOO_BIG).copied().unwrap_or(0.0);
+    let too_big = observed.now.drops.get(TOO_BIG).copied().unwrap_or(0.0) - before;
+    let dropped = if too_big > 0.0 {
+        format!("; {too_big:.0} packets dropped as too big ({TOO_BIG}) in {:.0} s", observed.window_seconds)
+    } else {
+        String::new()
+    };
+    // Calico's tunl0 names no underlay: the node's traffic leaves by the default route.
+    let default_device = observed.routes.iter().find(|r| r.prefix_len == 0).map(|r| r.device.as_str());
+    let mut found = Vec::new();
+    for tunnel in &observed.links {
+        let (encapsulation, overhead) = match tunnel.kind.as_deref() {
+            Some("vxlan") => ("VXLAN", VXLAN_OVERHEAD),
+            Some("ipip") => ("IPIP", IPIP_OVERHEAD),
+            _ => continue,
+        };
+        let underlay = tunnel
+            .underlay
+            .and_then(|index| observed.links.iter().find(|l| l.index == index))
+            .or_else(|| default_device.and_then(|name| observed.links.iter().find(|l| l.name == name)));
+        let Some(underlay) = underlay else { continue };
+        let fits = underlay.mtu.saturating_sub(overhead);
+        if tunnel.mtu <= fits {
+            continue;
+        }
+        found.push(Detected {
+            name: FindingName::MtuMismatch,
+            subject: tunnel.name.clone(),
+            evidence: format!(
+                "{} has MTU {}, but its underlay {} has {}: less {encapsulation}'s {overhead} bytes that leaves {fits}, so full-size packets through {} are fragmented or dropped{dropped}",
+                tunnel.name, tunnel.mtu, underlay.name, underlay.mtu, tunnel.name
+            ),
+            value: f64::from(tunnel.mtu - fits),
+            fix: format!(
+                "set Calico's MTU to {fits} ({} on {} less {overhead} for {encapsulation}): the Installation's spec.calicoNetwork.mtu (or FelixConfiguration {}), then recreate the pods on this node (a pod's MTU is set when it is created)",
+                underlay.mtu,
+                underlay.name,
+                if overhead == VXLAN_OVERHEAD { "vxlanMTU" } else { "ipipMTU" }
+            ),
+        });
+    }
+    if found.is_empty() && too_big >= observed.min_packets {
+        found.push(Detected {
+            name: FindingName::MtuMismatch,
+            subject: "packets too big".to_owned(),
+            evidence: format!(
+                "{too_big:.0} packets dropped as too big ({TOO_BIG}: the node answered ICMP fragmentation-needed) in {:.0} s, though its devices' MTUs agree: the path is narrower than they say",
+                observed.window_seconds
+            ),
+            value: too_big,
+            fix: format!(
+                "find the narrowest MTU on the path between the nodes (ping -M do -s <size> <peer>) and set Calico's MTU to it less {VXLAN_OVERHEAD} for VXLAN or {IPIP_OVERHEAD} for IPIP (spec.calicoNetwork.mtu)"
+            ),
         });
     }
     found
@@ -373,8 +675,6 @@ impl Route {
 #[cfg(test)]
 #[allow(clippy::float_cmp, reason = "the values compared are small whole numbers, exact in f64")]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::judgement::phase::Signals;
     use crate::judgement::signals::{Attempts, Session, Totals};
@@ -392,6 +692,11 @@ mod tests {
             phase_age: None,
             localhost: Vec::new(),
             routes: Vec::new(),
+            links: Vec::new(),
+            addresses: vec![
+                (Ipv4Addr::new(192, 168, 10, 11), "eth0".to_owned()),
+                (Ipv4Addr::new(10, 0, 2, 15), "eth1".to_owned()),
+            ],
             old_service_cidrs: vec![
                 crate::probes::cidr::Cidr::parse(&crate::probes::cidr::CidrConfig {
                     name: "old_services".to_owned(),
@@ -467,6 +772,42 @@ mod tests {
     }
 
     #[test]
+    fn failed_connections_from_this_nodes_pods_to_the_old_api_address_are_named() {
+        use std::net::SocketAddrV4;
+        let mut observed = observations();
+        let api = SocketAddrV4::new(Ipv4Addr::new(10, 43, 0, 1), 443);
+        let (pod, elsewhere) = (Ipv4Addr::new(10, 244, 3, 11), Ipv4Addr::new(10, 244, 1, 11));
+        observed.routes = vec![
+            Route { destination: pod, prefix_len: 32, device: "cali1234".to_owned(), from_bird: false },
+            Route {
+                destination: Ipv4Addr::new(10, 244, 1, 0),
+                prefix_len: 26,
+                device: "vxlan.calico".to_owned(),
+                from_bird: false,
+            },
+        ];
+        let attempts = |established, failed| Attempts { established, failed };
+        observed.now.old_service_connections =
+            BTreeMap::from([((api, pod), attempts(0.0, 5.0)), ((api, elsewhere), attempts(0.0, 9.0))]);
+        let found = old_service_cidr_in_use(&observed);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            (found[0].subject.as_str(), found[0].value),
+            ("10.43.0.1:443", 5.0),
+            "another node's pod left out"
+        );
+        assert!(
+            found[0].evidence.contains("(in the old service range 10.43.0.0/16)"),
+            "{}",
+            found[0].evidence
+        );
+        assert!(found[0].fix.contains("recreate the pods on cali1234"), "{}", found[0].fix);
+        // One established: the address still answers (the range has not moved yet).
+        observed.now.old_service_connections.insert((api, pod), attempts(1.0, 5.0));
+        assert!(old_service_cidr_in_use(&observed).is_empty());
+    }
+
+    #[test]
     fn failed_bgp_connections_without_a_session_are_blocked() {
         let mut observed = observations();
         let session = |up, failed| Session { up, attempts: Attempts { established: 0.0, failed } };
@@ -476,6 +817,128 @@ mod tests {
         assert!(bgp_blocked(&observed).is_empty(), "a session is up: a lost race, not a block");
         observed.now.bgp = BTreeMap::from([(peer(), session(false, 2.0))]);
         assert!(bgp_blocked(&observed).is_empty(), "below min_attempts");
+    }
+
+    #[test]
+    fn bgp_sessions_refused_before_they_are_up_are_not_established_and_a_session_up_clears_it() {
+        use crate::judgement::signals::BgpRejections;
+        let mut observed = observations();
+        let rejections = |sent, received| BgpRejections { sent, received, latest: Some((true, 2, 2)) };
+        observed.now.bgp_rejections = BTreeMap::from([(peer(), rejections(2.0, 1.0))]);
+        let found = bgp_not_established(&observed);
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].subject.as_str(), found[0].value), ("192.168.10.12", 3.0));
+        assert!(found[0].evidence.contains("open message error / bad peer as"), "{}", found[0].evidence);
+        assert!(found[0].evidence.contains("sent to 192.168.10.12"), "{}", found[0].evidence);
+        assert!(found[0].fix.contains("AS numbers agree"), "{}", found[0].fix);
+        // One in the window: earlier ones do not count.
+        observed.before.bgp_rejections = BTreeMap::from([(peer(), rejections(2.0, 0.0))]);
+        assert!(bgp_not_established(&observed).is_empty());
+        observed.before.bgp_rejections.clear();
+        // Up at this reading only: an attempt caught between its OPEN and its NOTIFICATION.
+        let up = Session { up: true, attempts: Attempts::default() };
+        observed.now.bgp = BTreeMap::from([(peer(), up)]);
+        assert_eq!(bgp_not_established(&observed).len(), 1);
+        // Up at two readings: the session came up.
+        observed.previous.bgp = observed.now.bgp.clone();
+        assert!(bgp_not_established(&observed).is_empty());
+    }
+
+    #[test]
+    fn a_router_id_from_another_interface_of_the_node_is_a_wrong_node_address() {
+        use crate::judgement::signals::OpenSent;
+        let mut observed = observations();
+        let open = |identifier: [u8; 4]| OpenSent {
+            local: Ipv4Addr::new(192, 168, 10, 11),
+            identifier: Ipv4Addr::from(identifier),
+        };
+        let other = Ipv4Addr::new(192, 168, 20, 13);
+        observed.now.bgp_opens_sent =
+            BTreeMap::from([(peer(), open([10, 0, 2, 15])), (other, open([10, 0, 2, 15]))]);
+        let found = wrong_node_address(&observed);
+        assert_eq!(found.len(), 1, "one finding for the node, not one per peer");
+        assert_eq!((found[0].subject.as_str(), found[0].value), ("router id 10.0.2.15", 2.0));
+        assert!(found[0].evidence.contains("192.168.10.12, 192.168.20.13 announce the identifier 10.0.2.15 (eth1), but it peers from 192.168.10.11 (eth0)"), "{}", found[0].evidence);
+        assert!(
+            found[0].fix.contains("nodeAddressAutodetectionV4") && found[0].fix.contains("interface: eth0"),
+            "{}",
+            found[0].fix
+        );
+        // The address it peers from: right. None of the node's addresses: a hashed router id.
+        observed.now.bgp_opens_sent =
+            BTreeMap::from([(peer(), open([192, 168, 10, 11])), (other, open([1, 2, 3, 4]))]);
+        assert!(wrong_node_address(&observed).is_empty());
+    }
+
+    #[test]
+    fn a_tunnel_wider_than_its_underlay_less_the_encapsulation_is_an_mtu_mismatch() {
+        use super::super::observations::Link;
+        let mut observed = observations();
+        let link = |index, name: &str, kind: Option<&str>, mtu, underlay| Link {
+            index,
+            name: name.to_owned(),
+            kind: kind.map(str::to_owned),
+            mtu,
+            underlay,
+        };
+        observed.links = vec![
+            link(2, "eth0", None, 1400, None),
+            link(3, "vxlan.calico", Some("vxlan"), 1450, Some(2)),
+            link(4, "cali1234", Some("veth"), 1500, None),
+        ];
+        let found = mtu_mismatch(&observed);
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].subject.as_str(), found[0].value), ("vxlan.calico", 100.0));
+        assert!(
+            found[0].fix.starts_with("set Calico's MTU to 1350 (1400 on eth0 less 50 for VXLAN)"),
+            "{}",
+            found[0].fix
+        );
+        // Fits: 1350 + 50 = 1400.
+        observed.links[1].mtu = 1350;
+        assert!(mtu_mismatch(&observed).is_empty());
+        // IPIP's tunl0 names no underlay: the default route's device is.
+        observed.routes = vec![Route {
+            destination: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 0,
+            device: "eth0".to_owned(),
+            from_bird: false,
+        }];
+        observed.links.push(link(5, "tunl0", Some("ipip"), 1440, None));
+        let found = mtu_mismatch(&observed);
+        assert_eq!((found.len(), found[0].value), (1, 60.0));
+        assert!(found[0].fix.contains("to 1380 (1400 on eth0 less 20 for IPIP)"), "{}", found[0].fix);
+        // Devices that agree, and the kernel dropping packets as too big: the path is narrower.
+        observed.links.truncate(3);
+        observed.now.drops = BTreeMap::from([(TOO_BIG.to_owned(), 12.0)]);
+        let found = mtu_mismatch(&observed);
+        assert_eq!((found[0].subject.as_str(), found[0].value), ("packets too big", 12.0));
+        observed.before.drops = BTreeMap::from([(TOO_BIG.to_owned(), 8.0)]);
+        assert!(mtu_mismatch(&observed).is_empty(), "4 in the window, below min_packets");
+    }
+
+    #[test]
+    fn checksum_drops_while_vxlan_arrives_name_the_senders() {
+        let mut observed = observations();
+        observed.now.drops = BTreeMap::from([("TCP_CSUM".to_owned(), 7.0), ("UDP_CSUM".to_owned(), 5.0)]);
+        // No VXLAN arriving: a checksum problem, not the overlay's.
+        assert!(vxlan_checksum(&observed).is_empty());
+        observed.now.vxlan = BTreeMap::from([(flow(false, 4789), 30.0), (flow(true, 4789), 30.0)]);
+        let found = vxlan_checksum(&observed);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].value, 12.0);
+        assert!(
+            found[0].evidence.contains("while VXLAN arrives from 192.168.10.12"),
+            "{}",
+            found[0].evidence
+        );
+        assert!(
+            found[0].fix.contains("ethtool -K vxlan.calico tx-checksum-ip-generic off"),
+            "{}",
+            found[0].fix
+        );
+        observed.before.drops = BTreeMap::from([("TCP_CSUM".to_owned(), 7.0)]);
+        assert!(vxlan_checksum(&observed).is_empty(), "5 in the window, below min_packets");
     }
 
     #[test]

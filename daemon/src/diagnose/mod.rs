@@ -25,7 +25,7 @@ use prometheus::proto::MetricFamily;
 use serde::{Deserialize, Serialize};
 
 use self::findings::{DETECTORS, Detected, FindingName};
-use self::observations::{History, Observations};
+use self::observations::{Devices, History, Observations};
 use self::settings::DiagnoseSettings;
 use crate::checks::health::SharedLocalhost;
 use crate::judgement::phase::{SharedPhase, unix_now};
@@ -221,10 +221,11 @@ pub fn start(
     let shared = diagnosis.clone();
     tokio::spawn(async move {
         let mut history = History::default();
+        let mut devices = Devices::default();
         let mut tick = tokio::time::interval(settings.evaluate_every);
         loop {
             tick.tick().await;
-            let observed = observe(&settings, &sources, &mut history).await;
+            let observed = observe(&settings, &sources, &mut history, &mut devices).await;
             let detected: Vec<Detected> =
                 DETECTORS.iter().flat_map(|(_, detect)| detect(&observed)).collect();
             let changes =
@@ -254,16 +255,26 @@ pub fn start(
     Ok(diagnosis)
 }
 
-async fn observe(settings: &DiagnoseSettings, sources: &Sources, history: &mut History) -> Observations {
+async fn observe(
+    settings: &DiagnoseSettings,
+    sources: &Sources,
+    history: &mut History,
+    kept: &mut Devices,
+) -> Observations {
     let now = sources.signals.totals();
     // Until a whole window is kept, the window is what there is since the daemon started:
     // what happened right after a restart is not lost (the hold time still applies).
     let (before, age) = history.push(Instant::now(), now.clone(), settings.window);
     let previous = history.previous().clone();
-    let routes = observations::routes(&sources.handle).await.unwrap_or_else(|err| {
-        tracing::warn!("reading the node's routes for the findings failed, will retry: {err}");
-        Vec::new()
-    });
+    // A dump refused (the handle is shared: another dump may be under way) keeps the last
+    // reading: a finding about a route or a device must not flicker with it.
+    match Devices::read(&sources.handle).await {
+        Ok(devices) => *kept = devices,
+        Err(err) => {
+            tracing::debug!("reading the node's devices for the findings failed, kept the last: {err}");
+        }
+    }
+    let Devices { links, routes, addresses } = kept.clone();
     let localhost = sources.localhost.as_ref().map_or_else(Vec::new, |localhost| {
         localhost.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     });
@@ -280,6 +291,8 @@ async fn observe(settings: &DiagnoseSettings, sources: &Sources, history: &mut H
         phase_age: phase.map(|(record, _)| (record.phase, (unix_now() - record.since).max(0.0))),
         localhost,
         routes,
+        addresses,
+        links,
         cidrs: settings.cidrs.clone(),
         old_service_cidrs: settings.old_service_cidrs.clone(),
     }

@@ -35,6 +35,10 @@ pub struct Observations {
     pub localhost: Vec<LocalhostStatus>,
     /// The node's IPv4 routes in its main table.
     pub routes: Vec<Route>,
+    /// The node's IPv4 addresses, with their devices' names.
+    pub addresses: Vec<(Ipv4Addr, String)>,
+    /// The node's devices with their MTUs.
+    pub links: Vec<Link>,
     /// The address plan.
     pub cidrs: Vec<Cidr>,
     /// The service ranges of before the cutover.
@@ -73,6 +77,33 @@ pub struct Route {
     pub from_bird: bool,
 }
 
+/// A device of the node, as the MTU check reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// The driver: `vxlan`, `ipip`, `veth`; none for a NIC.
+    pub kind: Option<String>,
+    pub mtu: u32,
+    /// For a VXLAN device, the device it sends through, when it was given one.
+    pub underlay: Option<u32>,
+}
+
+/// The node's devices with their MTUs.
+async fn links(handle: &Handle) -> Result<Vec<Link>, rtnetlink::Error> {
+    Ok(crate::node::interfaces::list_with_mtu(handle)
+        .await?
+        .into_iter()
+        .map(|(interface, mtu)| Link {
+            index: interface.index,
+            underlay: interface.vxlan.and_then(|v| v.underlay),
+            name: interface.name,
+            kind: interface.kind,
+            mtu,
+        })
+        .collect())
+}
+
 /// The totals of the last window, one reading per evaluation: its memory is bounded by
 /// the window over the evaluation interval.
 #[derive(Debug, Default)]
@@ -98,13 +129,34 @@ impl History {
     }
 }
 
+/// The node's devices, routes and addresses, as one evaluation reads them.
+#[derive(Debug, Clone, Default)]
+pub struct Devices {
+    pub links: Vec<Link>,
+    pub routes: Vec<Route>,
+    pub addresses: Vec<(Ipv4Addr, String)>,
+}
+
+impl Devices {
+    /// Reads them: one dump each, the devices' names from the first.
+    ///
+    /// # Errors
+    /// If the kernel refuses a dump (busy with another dump on the shared handle, say).
+    pub async fn read(handle: &Handle) -> Result<Self, rtnetlink::Error> {
+        let links = links(handle).await?;
+        let routes = routes(handle, &links).await?;
+        let addresses = addresses(handle, &links).await?;
+        Ok(Self { links, routes, addresses })
+    }
+}
+
+fn device_name(links: &[Link], index: u32) -> Option<String> {
+    links.iter().find(|l| l.index == index).map(|l| l.name.clone())
+}
+
 /// The node's IPv4 routes in the main table, with their devices' names.
-///
-/// # Errors
-/// If the kernel refuses the dumps.
-pub async fn routes(handle: &Handle) -> Result<Vec<Route>, rtnetlink::Error> {
-    let interfaces = crate::node::interfaces::list(handle).await?;
-    let name = |index: u32| interfaces.iter().find(|i| i.index == index).map(|i| i.name.clone());
+async fn routes(handle: &Handle, links: &[Link]) -> Result<Vec<Route>, rtnetlink::Error> {
+    let name = |index: u32| device_name(links, index);
     let mut dump = handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
     let mut routes = Vec::new();
     while let Some(message) = dump.try_next().await? {
@@ -130,6 +182,26 @@ pub async fn routes(handle: &Handle) -> Result<Vec<Route>, rtnetlink::Error> {
         });
     }
     Ok(routes)
+}
+
+/// The node's IPv4 addresses, with their devices' names.
+async fn addresses(handle: &Handle, links: &[Link]) -> Result<Vec<(Ipv4Addr, String)>, rtnetlink::Error> {
+    use netlink_packet_route::AddressFamily;
+    use netlink_packet_route::address::AddressAttribute;
+    let mut dump = handle.address().get().execute();
+    let mut addresses = Vec::new();
+    while let Some(message) = dump.try_next().await? {
+        if message.header.family != AddressFamily::Inet {
+            continue;
+        }
+        let device = device_name(links, message.header.index).unwrap_or_default();
+        for attribute in &message.attributes {
+            if let AddressAttribute::Local(std::net::IpAddr::V4(address)) = attribute {
+                addresses.push((*address, device.clone()));
+            }
+        }
+    }
+    Ok(addresses)
 }
 
 #[cfg(test)]

@@ -30,6 +30,10 @@ pub struct DiagnoseConfig {
     /// Service ranges of before the cutover (K3s' default: 10.43.0.0/16): DNS queries to
     /// an address there that nothing answers mean pods still use the old cluster DNS.
     pub old_service_cidrs: Vec<String>,
+    /// The ports connections to an old service range are followed on (K3s' API ClusterIP
+    /// 10.43.0.1:443): each watched port costs an event per TCP state change of every
+    /// connection to it on the node.
+    pub old_service_ports: Vec<u16>,
 }
 
 impl Default for DiagnoseConfig {
@@ -43,6 +47,7 @@ impl Default for DiagnoseConfig {
             min_packets: 10,
             min_attempts: 3,
             old_service_cidrs: vec!["10.43.0.0/16".to_owned()],
+            old_service_ports: vec![443],
         }
     }
 }
@@ -58,7 +63,11 @@ pub struct DiagnoseSettings {
     /// The address plan (`cidrs`): pod and service ranges a node route must not overlap.
     pub cidrs: Vec<Cidr>,
     pub old_service_cidrs: Vec<Cidr>,
+    pub old_service_ports: Vec<u16>,
 }
+
+/// `sock_state` watches these next to BGP's and Typha's ports, in a map of 64.
+const MAX_OLD_SERVICE_PORTS: usize = 32;
 
 /// The longest window, hold or clear time: an hour.
 const MAX_SECONDS: u64 = 3600;
@@ -76,6 +85,8 @@ pub enum DiagnoseError {
     WindowTooShort { window: u64, evaluate: u64 },
     #[error("{0}")]
     OldServiceCidr(String),
+    #[error("port 0 is no port, and at most {MAX_OLD_SERVICE_PORTS} ports are followed")]
+    OldServicePort,
 }
 
 impl DiagnoseError {
@@ -86,6 +97,7 @@ impl DiagnoseError {
             Self::Seconds { field, .. } | Self::Zero { field } => field,
             Self::WindowTooShort { .. } => "diagnose.window_seconds",
             Self::OldServiceCidr(_) => "diagnose.old_service_cidrs",
+            Self::OldServicePort => "diagnose.old_service_ports",
         }
     }
 }
@@ -128,6 +140,9 @@ impl DiagnoseConfig {
                 .map_err(DiagnoseError::OldServiceCidr)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if self.old_service_ports.contains(&0) || self.old_service_ports.len() > MAX_OLD_SERVICE_PORTS {
+            return Err(DiagnoseError::OldServicePort);
+        }
         if !self.enabled {
             return Ok(None);
         }
@@ -146,6 +161,7 @@ impl DiagnoseConfig {
             min_attempts: self.min_attempts as f64,
             cidrs: cidrs.to_vec(),
             old_service_cidrs,
+            old_service_ports: self.old_service_ports.clone(),
         }))
     }
 }
@@ -164,6 +180,8 @@ mod tests {
         assert_eq!(bad(|c| c.evaluate_seconds = 0).field(), "diagnose.evaluate_seconds");
         assert_eq!(bad(|c| c.for_seconds = 3601).field(), "diagnose.for_seconds");
         assert_eq!(bad(|c| c.min_packets = 0).field(), "diagnose.min_packets");
+        assert_eq!(bad(|c| c.old_service_ports = vec![443, 0]).field(), "diagnose.old_service_ports");
+        assert_eq!(bad(|c| c.old_service_ports = (1..=33).collect()).field(), "diagnose.old_service_ports");
         let cidr = bad(|c| c.old_service_cidrs = vec!["10.43.0.0/33".into()]);
         assert_eq!(cidr.field(), "diagnose.old_service_cidrs");
         assert!(cidr.to_string().contains("10.43.0.0/33"), "{cidr}");

@@ -28,6 +28,13 @@ pub struct Totals {
     pub vxlan: BTreeMap<VxlanFlow, f64>,
     /// This node's BGP sessions, by peer.
     pub bgp: BTreeMap<Ipv4Addr, Session>,
+    /// NOTIFICATIONs that end a BGP session before it is established, by peer.
+    pub bgp_rejections: BTreeMap<Ipv4Addr, BgpRejections>,
+    /// The latest OPEN this node sent to each BGP peer.
+    pub bgp_opens_sent: BTreeMap<Ipv4Addr, OpenSent>,
+    /// Connections opened to an address of an old service range, by that address and port
+    /// and by the address they were opened from (any namespace's: a pod's).
+    pub old_service_connections: BTreeMap<(std::net::SocketAddrV4, Ipv4Addr), Attempts>,
     /// Connections this node opened to Calico Typha.
     pub typha: Attempts,
     /// The pods' DNS, by server address.
@@ -78,6 +85,28 @@ pub struct Session {
     pub up: bool,
     /// Connections this node opened to the peer's port 179.
     pub attempts: Attempts,
+}
+
+/// NOTIFICATIONs on one peer's sessions that end them before they are established (an
+/// OPEN rejected, a header or FSM error, a connection rejected), cumulative; only those of
+/// segments of this node's own sockets (a spoofed source never counts).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BgpRejections {
+    /// Sent by this node to the peer.
+    pub sent: f64,
+    /// Received from the peer.
+    pub received: f64,
+    /// The latest: sent by this node (else received), its code and subcode.
+    pub latest: Option<(bool, u8, u8)>,
+}
+
+/// What this node's latest OPEN to a peer announced, and where it was sent from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenSent {
+    /// The source address of the segment: the address this node peers from.
+    pub local: Ipv4Addr,
+    /// The BGP identifier (router id) it announced.
+    pub identifier: Ipv4Addr,
 }
 
 /// A probe that counts something judgement reads.

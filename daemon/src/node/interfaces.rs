@@ -173,6 +173,24 @@ pub async fn list(handle: &Handle) -> Result<Vec<Interface>, rtnetlink::Error> {
     Ok(interfaces)
 }
 
+/// Every interface of the namespace with its MTU (the findings compare a tunnel's with
+/// its underlay's).
+///
+/// # Errors
+/// If the kernel refuses the dump.
+pub async fn list_with_mtu(handle: &Handle) -> Result<Vec<(Interface, u32)>, rtnetlink::Error> {
+    let mut links = handle.link().get().execute();
+    let mut interfaces = Vec::new();
+    while let Some(message) = links.try_next().await? {
+        let mtu = message.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Mtu(mtu) => Some(*mtu),
+            _ => None,
+        });
+        interfaces.extend(Interface::from_message(&message).map(|i| (i, mtu.unwrap_or(0))));
+    }
+    Ok(interfaces)
+}
+
 /// What a link notification means for the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkChange {

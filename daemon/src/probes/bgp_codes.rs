@@ -63,6 +63,17 @@ fn subcode_known(code: u8, subcode: u8) -> Option<&'static str> {
     }
 }
 
+/// Whether a NOTIFICATION with this code ends a session before (or instead of) reaching
+/// Established: a header error, an OPEN refused, an FSM error, or the peer rejecting the
+/// connection (Cease / connection rejected). UPDATE errors and hold timer expiry come from
+/// sessions that were up; the other Cease subcodes are an operator's (shutdown, reset,
+/// peer deconfigured, configuration change) or collision resolution: none of them is a
+/// session that cannot come up.
+#[must_use]
+pub const fn before_established(code: u8, subcode: u8) -> bool {
+    matches!((code, subcode), (1 | 2 | 5, _) | (6, 5))
+}
+
 /// A readable reason for a log line: `cease / administrative shutdown`; numbers where
 /// there is no name.
 #[must_use]
@@ -87,6 +98,17 @@ mod tests {
         assert_eq!(code_name(99), OTHER);
         assert_eq!(subcode_name(99, 0), OTHER, "an unknown code has no unspecific subcode");
         assert_eq!(describe(99, 7), "code 99 / subcode 7");
+    }
+
+    #[test]
+    fn open_errors_end_a_session_before_it_is_up_and_an_operator_cease_does_not() {
+        assert!(before_established(2, 2), "bad peer AS");
+        assert!(before_established(1, 1));
+        assert!(before_established(6, 5), "connection rejected");
+        assert!(!before_established(6, 2), "administrative shutdown");
+        assert!(!before_established(6, 3), "peer deconfigured");
+        assert!(!before_established(4, 0), "hold timer expired: the session was up");
+        assert!(!before_established(3, 1), "an UPDATE error: the session was up");
     }
 
     #[test]

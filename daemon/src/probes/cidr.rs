@@ -56,6 +56,13 @@ impl Cidr {
         }
         Ok(Self { name: name.clone(), network, prefix_len })
     }
+
+    /// Whether `address` lies in the range.
+    #[must_use]
+    pub fn contains(&self, address: Ipv4Addr) -> bool {
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
+        u32::from(address) & mask == u32::from(self.network)
+    }
 }
 
 /// What is wrong with the `cidrs` list.

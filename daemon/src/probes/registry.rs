@@ -112,6 +112,9 @@ pub struct ProbeSettings {
     pub localhost: localhost::LocalhostSettings,
     pub typha_port: u16,
     pub drop_locations: usize,
+    /// Old service ranges and the ports whose connections to them `sock_state` follows
+    /// (the findings' `[diagnose]`; none when it is off).
+    pub old_services: (Vec<super::cidr::Cidr>, Vec<u16>),
 }
 
 /// Everything a probe may start from: one signature for every probe.

@@ -8,7 +8,7 @@
 //! `/proc/self/net/tcp`, so a restart mid-migration does not report them down.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use anyhow::{Context as _, Result};
@@ -22,6 +22,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use tokio::io::unix::AsyncFd;
 
+use super::cidr::Cidr;
 use super::registry::{Need, ProbeSpec, Programs, Started};
 use super::shared::attach_raw_tracepoint;
 use crate::judgement::signals::{Attempts, Session, SignalSource, Totals};
@@ -56,6 +57,25 @@ struct Sessions {
     attempts: BTreeMap<Ipv4Addr, Attempts>,
     /// Connections this node opened to Typha.
     typha: Attempts,
+    /// Connections opened to an old service range, by its address and port and the
+    /// address they came from; at most `MAX_OLD_SERVICE_CONNECTIONS`.
+    old_services: BTreeMap<(SocketAddrV4, Ipv4Addr), Attempts>,
+}
+
+/// Where connections to the old service ranges are followed from: a bound on memory,
+/// whatever the pods try.
+const MAX_OLD_SERVICE_CONNECTIONS: usize = 1024;
+
+/// The old service ranges and the ports connections to them are followed on.
+pub struct OldServices {
+    pub cidrs: Vec<Cidr>,
+    pub ports: Vec<u16>,
+}
+
+impl OldServices {
+    fn watches(&self, remote: Ipv4Addr, port: u16) -> bool {
+        self.ports.contains(&port) && self.cidrs.iter().any(|cidr| cidr.contains(remote))
+    }
 }
 
 /// The running probe: its tracepoint link and what it has learnt.
@@ -79,6 +99,7 @@ impl SignalSource for SockState {
         }
         totals.typha.established += sessions.typha.established;
         totals.typha.failed += sessions.typha.failed;
+        totals.old_service_connections.extend(sessions.old_services.iter().map(|(k, v)| (*k, *v)));
     }
 }
 
@@ -91,10 +112,12 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     required: false,
     prepare: None,
     start: |context| {
+        let (cidrs, ports) = context.settings.old_services.clone();
         let probe = SockState::start(
             context.ebpf,
             context.btf()?,
             context.settings.typha_port,
+            OldServices { cidrs, ports },
             context.addresses.clone(),
             context.peers.clone(),
             context.metrics,
@@ -116,6 +139,7 @@ impl SockState {
         ebpf: &mut Ebpf,
         btf: &Btf,
         typha_port: u16,
+        old_services: OldServices,
         addresses: LocalAddresses,
         peers: Arc<PeerLabels>,
         metrics: &DaemonMetrics,
@@ -125,6 +149,9 @@ impl SockState {
         )?;
         watched.insert(BGP_PORT, 1, 0)?;
         watched.insert(typha_port, 1, 0)?;
+        for port in &old_services.ports {
+            watched.insert(port, 1, 0)?;
+        }
         let events = RingBuf::try_from(
             ebpf.take_map("SOCK_EVENTS").context("the eBPF object has no SOCK_EVENTS map")?,
         )?;
@@ -165,6 +192,7 @@ impl SockState {
             transitions,
             connections,
             typha_port,
+            old_services,
         };
         follow(events, handler)?;
         Ok(Self { _link: link, sessions })
@@ -184,6 +212,7 @@ struct EventHandler {
     transitions: IntCounterVec,
     connections: IntCounterVec,
     typha_port: u16,
+    old_services: OldServices,
 }
 
 impl EventHandler {
@@ -194,6 +223,19 @@ impl EventHandler {
             remote: Ipv4Addr::from(event.daddr),
             remote_port: event.dport,
         };
+        // A pod's connection, from its own namespace: which node's pod it is, the findings
+        // tell from the node's routes.
+        if event.oldstate == TCP_SYN_SENT
+            && self.old_services.watches(connection.remote, connection.remote_port)
+        {
+            let key = (SocketAddrV4::new(connection.remote, connection.remote_port), connection.local);
+            let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            if sessions.old_services.len() < MAX_OLD_SERVICE_CONNECTIONS
+                || sessions.old_services.contains_key(&key)
+            {
+                sessions.old_services.entry(key).or_default().count(event.newstate == TCP_ESTABLISHED);
+            }
+        }
         if !self.addresses.read().unwrap_or_else(PoisonError::into_inner).contains(&connection.local) {
             return; // another namespace's socket (or a listener on 0.0.0.0)
         }

@@ -12,7 +12,8 @@ use aya::maps::{Array, HashMap, MapData, PerCpuHashMap, RingBuf};
 use probe_common::Direction;
 use probe_common::counters::PacketCount;
 use probe_common::underlay::{
-    BGP_FILTER_ON, BgpKey, BgpMessageKind, BgpNotificationEvent, VxlanKey, VxlanMalformedKey,
+    BGP_FILTER_ON, BGP_STATS_MAX_ENTRIES, BgpKey, BgpMessageKind, BgpNotificationEvent, BgpOpen, BgpOpenKey,
+    VxlanKey, VxlanMalformedKey,
 };
 use prometheus::IntCounterVec;
 use prometheus::core::{Collector, Desc};
@@ -22,7 +23,7 @@ use tokio::io::unix::AsyncFd;
 use super::registry::{ProbeSpec, Programs, Started};
 use super::shared::{LogBudget, monotonic_ns};
 use super::{InterfaceProbe, TcProgram};
-use crate::judgement::signals::{SignalSource, Totals, VxlanFlow};
+use crate::judgement::signals::{BgpRejections, OpenSent, SignalSource, Totals, VxlanFlow};
 use crate::metrics::labels::{self, PeerLabels};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::interfaces::AttachedInterfaces;
@@ -47,6 +48,12 @@ const PEER_LABEL: &[&str] = &["peer"];
 /// NOTIFICATION log lines: this many at once, then one per minute (the rest counted).
 const NOTIFICATION_LOG_BURST: u32 = 10;
 const NOTIFICATION_LOG_EVERY: std::time::Duration = std::time::Duration::from_mins(1);
+/// Peers whose rejected sessions are followed, as many as the kernel's BGP maps hold; only
+/// this node's own sockets' peers count, so the bound is never reached by spoofing.
+const MAX_REJECTING_PEERS: usize = BGP_STATS_MAX_ENTRIES as usize;
+
+/// NOTIFICATIONs that ended sessions before they were established, by peer.
+type Rejections = Arc<Mutex<BTreeMap<Ipv4Addr, BgpRejections>>>;
 
 pub struct Underlay {
     ports: Mutex<HashMap<MapData, u16, u8>>,
@@ -55,6 +62,8 @@ pub struct Underlay {
     malformed: Mutex<PerCpuHashMap<MapData, VxlanMalformedKey, u64>>,
     bgp: Mutex<PerCpuHashMap<MapData, BgpKey, u64>>,
     last_seen: Mutex<PerCpuHashMap<MapData, [u8; 4], u64>>,
+    rejections: Rejections,
+    opens: Mutex<HashMap<MapData, BgpOpenKey, BgpOpen>>,
     /// `BGP_FILTER`, held open for the programs loaded after it.
     _filter: Array<MapData, u32>,
     selector: InterfaceSelector,
@@ -111,6 +120,8 @@ impl Underlay {
             malformed: Mutex::new(PerCpuHashMap::try_from(take("VXLAN_MALFORMED")?)?),
             bgp: Mutex::new(PerCpuHashMap::try_from(take("BGP_STATS")?)?),
             last_seen: Mutex::new(PerCpuHashMap::try_from(take("BGP_LAST_SEEN")?)?),
+            rejections: Rejections::default(),
+            opens: Mutex::new(HashMap::try_from(take("BGP_OPENS")?)?),
             _filter: filter,
             selector,
             attached: attached.clone(),
@@ -127,8 +138,7 @@ impl Underlay {
         )?;
         read_notifications(
             RingBuf::try_from(take("BGP_EVENTS")?)?,
-            notifications,
-            budget,
+            Readers { counter: notifications, budget, rejections: probe.rejections.clone() },
             attached.clone(),
             peers,
         )?;
@@ -197,16 +207,24 @@ impl InterfaceProbe for Underlay {
     }
 }
 
-/// Counts every NOTIFICATION the programs report, and logs them within `budget`, for as
-/// long as the daemon runs. Those from sources without an established socket count under
-/// `peer="unknown"`.
-fn read_notifications(
-    ring: RingBuf<MapData>,
+/// Where the NOTIFICATIONs go: the counter, the log within its budget, and the rejected
+/// sessions judgement reads.
+struct Readers {
     counter: IntCounterVec,
     budget: LogBudget,
+    rejections: Rejections,
+}
+
+/// Counts every NOTIFICATION the programs report, and logs them within the budget, for as
+/// long as the daemon runs. Those from sources without an established socket count under
+/// `peer="unknown"`, and are never a rejected session.
+fn read_notifications(
+    ring: RingBuf<MapData>,
+    readers: Readers,
     attached: AttachedInterfaces,
     peers: Arc<PeerLabels>,
 ) -> Result<()> {
+    let Readers { counter, budget, rejections } = readers;
     // SAFETY: the ring buffer owns its fd, which stays open and the same while it lives, and
     // the AsyncFd owns the ring buffer.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -225,6 +243,10 @@ fn read_notifications(
                     peers.label(catalogue::BGP_NOTIFICATIONS_TOTAL.name, peer)
                 };
                 counter.with_label_values(&[label.as_str(), code, subcode]).inc();
+                let sent_by_us = event.direction == Direction::Egress as u8;
+                if event.established != 0 && bgp_codes::before_established(event.code, event.subcode) {
+                    count_rejection(&rejections, peer, sent_by_us, event.code, event.subcode);
+                }
                 let Some(suppressed) = budget.allow() else { continue };
                 let interface = attached.name(event.ifindex).unwrap_or_else(|| event.ifindex.to_string());
                 let sent =
@@ -245,6 +267,20 @@ fn read_notifications(
         }
     });
     Ok(())
+}
+
+fn count_rejection(rejections: &Rejections, peer: Ipv4Addr, sent_by_us: bool, code: u8, subcode: u8) {
+    let mut rejections = rejections.lock().unwrap_or_else(PoisonError::into_inner);
+    if rejections.len() >= MAX_REJECTING_PEERS && !rejections.contains_key(&peer) {
+        return;
+    }
+    let entry = rejections.entry(peer).or_default();
+    if sent_by_us {
+        entry.sent += 1.0;
+    } else {
+        entry.received += 1.0;
+    }
+    entry.latest = Some((sent_by_us, code, subcode));
 }
 
 fn read_event(bytes: &[u8]) -> Option<BgpNotificationEvent> {
@@ -276,7 +312,8 @@ impl UnderlayCollector {
     }
 }
 
-/// VXLAN by peer, port and direction (every VNI and interface), for the findings.
+/// VXLAN by peer, port and direction (every VNI and interface), the BGP sessions rejected
+/// before they were established, and the OPENs this node sent, for the findings.
 impl SignalSource for Underlay {
     fn add_to(&self, totals: &mut Totals) {
         for (key, per_cpu) in
@@ -288,6 +325,18 @@ impl SignalSource for Underlay {
                 egress: key.direction == Direction::Egress as u8,
             };
             *totals.vxlan.entry(flow).or_default() += per_cpu.iter().map(|c| c.packets).sum::<u64>() as f64;
+        }
+        let rejections = self.rejections.lock().unwrap_or_else(PoisonError::into_inner);
+        totals.bgp_rejections.extend(rejections.iter().map(|(peer, r)| (*peer, *r)));
+        let opens = self.opens.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, open) in opens.iter().filter_map(Result::ok) {
+            if key.direction == Direction::Egress as u8 {
+                let sent = OpenSent {
+                    local: Ipv4Addr::from(open.local),
+                    identifier: Ipv4Addr::from(open.identifier),
+                };
+                totals.bgp_opens_sent.insert(Ipv4Addr::from(key.peer), sent);
+            }
         }
     }
 }

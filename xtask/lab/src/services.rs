@@ -10,18 +10,32 @@ use anyhow::{Context as _, Result, bail};
 use crate::netns::NetNs;
 use crate::topology::{CALICO_AS, CNIGUARD_PORT, HOOK_ADDRESS, PROMETHEUS_PORT, Topology};
 
+/// What the lab's faults change in a node's BIRD configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BirdFaults {
+    /// Peers whose AS this node expects wrongly (`CALICO_AS + 1`): it refuses their OPEN.
+    pub wrong_as: Vec<usize>,
+    /// The router id the node announces instead of its underlay address.
+    pub router_id: Option<Ipv4Addr>,
+}
+
+/// The AS a node expects of a peer under [`BirdFaults::wrong_as`].
+pub const WRONG_AS: u32 = CALICO_AS + 1;
+
 /// BIRD's configuration on `node`, as calico-node writes it for the node-to-node mesh:
 /// an iBGP session to every other Calico node in `peers`, exporting this node's /26 block
 /// and installing into the kernel only routes whose next hop is on the node's own subnet.
 /// Blocks of nodes across the router are reached through vxlan.calico instead
 /// (VXLANCrossSubnet), whose routes Felix programs (here: `dataplane::enable_calico`).
+/// The timers are the lab's (seconds, not minutes), so a session refused or lost is tried
+/// again within a diagnose window.
 #[must_use]
-pub fn bird_config(topology: &Topology, node: usize, peers: &[usize]) -> String {
+pub fn bird_config(topology: &Topology, node: usize, peers: &[usize], faults: &BirdFaults) -> String {
     let spec = &topology.nodes[node];
     let subnet = topology.subnet_of(node).cidr();
     let mut config = format!(
         "# Written by the cniguard lab for {name}.\n\
-         router id {address};\n\
+         router id {router_id};\n\
          protocol device {{ scan time 10; }}\n\
          protocol static local_block {{\n  ipv4;\n  route {block}/26 blackhole;\n}}\n\
          protocol kernel {{\n  ipv4 {{\n    import none;\n    export filter {{\n\
@@ -29,7 +43,7 @@ pub fn bird_config(topology: &Topology, node: usize, peers: &[usize]) -> String 
          \x20     if net ~ [ 10.244.0.0/16+ ] && gw ~ {subnet} then accept;\n\
          \x20     reject;\n    }};\n  }};\n  learn off;\n  merge paths on;\n}}\n",
         name = spec.name,
-        address = spec.address,
+        router_id = faults.router_id.unwrap_or(spec.address),
         block = spec.calico_block(),
     );
     for &peer in peers.iter().filter(|&&p| p != node) {
@@ -41,10 +55,12 @@ pub fn bird_config(topology: &Topology, node: usize, peers: &[usize]) -> String 
         // One side of each pair waits for the other: no connection collision, so a session
         // always opens with exactly one OPEN each way.
         let passive = if peer_spec.index < spec.index { "on" } else { "off" };
+        let peer_as = if faults.wrong_as.contains(&peer) { WRONG_AS } else { CALICO_AS };
         let _ = write!(
             config,
-            "protocol bgp mesh_{peer_name} {{\n  local {local} as {CALICO_AS};\n  neighbor {neighbor} as {CALICO_AS};\n\
+            "protocol bgp mesh_{peer_name} {{\n  local {local} as {CALICO_AS};\n  neighbor {neighbor} as {peer_as};\n\
              \x20 {reach};\n  passive {passive};\n  hold time 9;\n  keepalive time 3;\n  connect retry time 1;\n\
+             \x20 connect delay time 1;\n  error wait time 1, 2;\n\
              \x20 ipv4 {{\n    import filter {{ if net ~ [ 10.244.0.0/16{{26,32}} ] then accept; reject; }};\n\
              \x20   export filter {{ if proto = \"local_block\" then accept; reject; }};\n\
              \x20   next hop self;\n    gateway {gateway};\n  }};\n}}\n",
@@ -222,16 +238,22 @@ mod tests {
     #[test]
     fn bird_meshes_with_every_other_calico_node() {
         let topology = Topology::standard("cglab-test");
-        let config = bird_config(&topology, 0, &[0, 1, 2]);
+        let config = bird_config(&topology, 0, &[0, 1, 2], &BirdFaults::default());
         assert!(config.contains("protocol bgp mesh_node_2 {"));
         assert!(config.contains("neighbor 192.168.10.12 as 64512;\n  direct;\n  passive off;"));
         assert!(
-            bird_config(&topology, 1, &[0, 1])
+            bird_config(&topology, 1, &[0, 1], &BirdFaults::default())
                 .contains("neighbor 192.168.10.11 as 64512;\n  direct;\n  passive on;")
         );
         assert!(config.contains("neighbor 192.168.20.13 as 64512;\n  multihop;"));
         assert!(!config.contains("mesh_node_1"), "no session to itself");
         assert!(config.contains("gw ~ 192.168.10.0/24"));
+        assert!(config.contains("router id 192.168.10.11;"));
+        let router_id = Some(Ipv4Addr::new(10, 0, 2, 15));
+        let wrong = bird_config(&topology, 0, &[0, 1, 2], &BirdFaults { wrong_as: vec![1], router_id });
+        assert!(wrong.contains("router id 10.0.2.15;"), "{wrong}");
+        assert!(wrong.contains("neighbor 192.168.10.12 as 64513;"), "{wrong}");
+        assert!(wrong.contains("neighbor 192.168.20.13 as 64512;"), "{wrong}");
     }
 
     #[test]

@@ -30,7 +30,8 @@ use crate::topology::{Cni, Topology};
 
 pub use config::{LAB_CNIGUARD_CONFIG, LAB_JUDGEMENT_CONFIG};
 pub use faults::{
-    FAULTS, Fault, FaultKind, FaultParam, FaultValues, OLD_CLUSTER_DNS, OVERLAPPING_ROUTE, ParamKind,
+    FAULTS, Fault, FaultKind, FaultParam, FaultValues, OLD_API_SERVICE, OLD_CLUSTER_DNS, OVERLAPPING_ROUTE,
+    ParamKind, WRONG_ROUTER_ID, WRONG_ROUTER_ID_DEVICE,
 };
 pub use observers::LAB_HOOK_FIRING_FOR_SECONDS;
 pub use programs::{REQUIRED_PROGRAMS, check_programs};

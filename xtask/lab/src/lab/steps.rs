@@ -214,7 +214,10 @@ impl Lab {
             dataplane::enable_calico(&topology, node, &calico_nodes)?;
             let name = &topology.nodes[node].name;
             let config = self.state.state_dir.join(format!("bird-{name}.conf"));
-            std::fs::write(&config, services::bird_config(&topology, node, &calico_nodes))?;
+            std::fs::write(
+                &config,
+                services::bird_config(&topology, node, &calico_nodes, &self.bird_faults(node)),
+            )?;
             let key = format!("bird/{name}");
             if self.state.faults.contains(&Fault::StopBird { node: name.clone() }) {
                 continue;
@@ -228,6 +231,24 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// What the lab's faults change in `node`'s BIRD configuration.
+    fn bird_faults(&self, node: usize) -> services::BirdFaults {
+        let topology = &self.state.topology;
+        let mut faults = services::BirdFaults::default();
+        for fault in &self.state.faults {
+            match fault {
+                Fault::BgpWrongAs { node: on, peer } if topology.node(on) == Some(node) => {
+                    faults.wrong_as.extend(topology.node(peer));
+                }
+                Fault::WrongRouterId { node: on } if topology.node(on) == Some(node) => {
+                    faults.router_id = Some(super::faults::WRONG_ROUTER_ID);
+                }
+                _ => {}
+            }
+        }
+        faults
     }
 
     pub(super) fn bird_socket(&self, node: usize) -> String {

@@ -3,19 +3,25 @@
 //! what it does (inject) and how that is taken back (repair). [`FAULTS`] lists them for
 //! `cargo xtask lab inject|repair`, whose subcommands are made from it.
 
+mod bgp_wrong_as;
 mod block_mlserver;
 mod block_vxlan;
 mod flannel_leftover;
+mod low_underlay_mtu;
 mod reject_bgp;
 mod route_overlap;
 mod slow_mlserver;
 mod stale_dns;
+mod stale_service;
 mod stop_bird;
 mod stop_dns;
 mod veth_loss;
+mod wrong_router_id;
 
 pub use route_overlap::OVERLAPPING_ROUTE;
 pub use stale_dns::OLD_CLUSTER_DNS;
+pub use stale_service::OLD_API_SERVICE;
+pub use wrong_router_id::{WRONG_ROUTER_ID, WRONG_ROUTER_ID_DEVICE};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -52,6 +58,14 @@ pub enum Fault {
     RouteOverlap { node: String },
     /// A pod keeps asking the cluster DNS of before the service range moved.
     StaleDns { pod: String },
+    /// BIRD on `node` expects the wrong AS of `peer`: their session never comes up.
+    BgpWrongAs { node: String, peer: String },
+    /// BIRD on `node` announces another of its interfaces' addresses as its router id.
+    WrongRouterId { node: String },
+    /// The node's underlay link gets MTU `mtu`; its VXLAN device keeps its own.
+    LowUnderlayMtu { node: String, mtu: u32 },
+    /// A pod keeps calling the API ClusterIP of before the service range moved.
+    StaleService { pod: String },
 }
 
 /// Every fault as the command line offers it, in the order of its help.
@@ -66,6 +80,10 @@ pub const FAULTS: &[FaultKind] = &[
     flannel_leftover::KIND,
     route_overlap::KIND,
     stale_dns::KIND,
+    bgp_wrong_as::KIND,
+    wrong_router_id::KIND,
+    low_underlay_mtu::KIND,
+    stale_service::KIND,
 ];
 
 impl Fault {
@@ -82,6 +100,12 @@ impl Fault {
             Self::FlannelLeftover { node } => Box::new(flannel_leftover::FlannelLeftover { node }),
             Self::RouteOverlap { node } => Box::new(route_overlap::RouteOverlap { node }),
             Self::StaleDns { pod } => Box::new(stale_dns::StaleDns { pod }),
+            Self::BgpWrongAs { node, peer } => Box::new(bgp_wrong_as::BgpWrongAs { node, peer }),
+            Self::WrongRouterId { node } => Box::new(wrong_router_id::WrongRouterId { node }),
+            Self::StaleService { pod } => Box::new(stale_service::StaleService { pod }),
+            Self::LowUnderlayMtu { node, mtu } => {
+                Box::new(low_underlay_mtu::LowUnderlayMtu { node, mtu: *mtu })
+            }
         }
     }
 }
