@@ -1,8 +1,7 @@
 //! The exchanges of one loopback connection, in the protocol it speaks: HTTP/1.1 requests
 //! answered in order, HTTP/2 (and so gRPC) streams. The localhost hooks hand each
-//! segment's payload here as a few contiguous chunks ([`Chunk`]): one for `cgroup_skb`,
-//! which reads through the kernel; the linear part and the page fragments for the tracing
-//! hooks.
+//! segment's payload here as a [`Payload`]: read through the kernel for `cgroup_skb`, from
+//! the linear part and the page fragments for the tracing hooks.
 //!
 //! HTTP/2 is walked frame header by frame header, at most
 //! [`MAX_FRAMES_PER_SEGMENT`] per segment, carrying the position in the byte stream across
@@ -48,14 +47,12 @@ const FRAME_RST_STREAM: u8 = 0x3;
 const FRAME_GOAWAY: u8 = 0x7;
 /// The `code` of an error code the walk could not read (it lies in the next segment).
 const CODE_UNREAD: u8 = 255;
-/// Chunks of one segment the walk reads: the linear part and three page fragments (a
-/// loopback segment of 64 KiB spans two or three 32 KiB page fragments).
-pub const MAX_CHUNKS: usize = 4;
-
-/// Contiguous payload bytes of one segment.
-pub trait Chunk {
+/// One segment's payload bytes.
+pub trait Payload {
+    /// How many bytes can be read (less than the segment's payload where the hook could
+    /// not reach them all).
     fn len(&self) -> u32;
-    /// `T` at `at` bytes into the chunk.
+    /// `T` at `at` bytes into the payload.
     fn read<T>(&self, at: u32) -> Option<T>;
 }
 
@@ -134,9 +131,9 @@ pub fn start(key: &ConnectionKey, client_seq: u32, server_seq: u32) -> bool {
 /// the oldest (interim `1xx` answers do not). A request or response is one whose
 /// segment starts with its first line: a client writes each request at once.
 #[inline(always)]
-pub fn http1<C: Chunk>(context: &Context, state: &mut ExchangeState, chunk: &C) {
+pub fn http1<P: Payload>(context: &Context, state: &mut ExchangeState, payload: &P) {
     if context.from_client {
-        let Some(first) = chunk.read::<[u8; 4]>(0) else { return };
+        let Some(first) = payload.read::<[u8; 4]>(0) else { return };
         if detect(first) != Protocol::Http1 {
             return; // a request body's next segment
         }
@@ -150,7 +147,7 @@ pub fn http1<C: Chunk>(context: &Context, state: &mut ExchangeState, chunk: &C) 
         return;
     }
     // "HTTP/1.1 200": the status's first digit is byte 9.
-    let Some(line) = chunk.read::<[u8; 10]>(0) else { return };
+    let Some(line) = payload.read::<[u8; 10]>(0) else { return };
     if &line[..7] != b"HTTP/1." || line[9] == b'1' || state.pipelined == 0 {
         return;
     }
@@ -160,31 +157,20 @@ pub fn http1<C: Chunk>(context: &Context, state: &mut ExchangeState, chunk: &C) 
     state.pipelined -= 1;
 }
 
-/// Walks an HTTP/2 segment, given as up to [`MAX_CHUNKS`] chunks of `chunks` (the rest of
-/// its payload, if any, is unread: the walk loses its place), noting the frames that
-/// matter in `EVENTS`; true if [`http2_act`] has them to act on. Two passes, so that the
-/// verifier's cost stays linear in the bound, each a BPF subprogram of its own.
+/// Walks an HTTP/2 segment, noting the frames that matter in `EVENTS`; true if
+/// [`http2_act`] has them to act on. Two passes, so that the verifier's cost stays linear
+/// in the bound, each a BPF subprogram of its own.
 #[inline(never)]
-pub fn http2_walk<C: Chunk, const N: usize>(context: &Context, chunks: &[Option<C>; N]) -> bool {
+pub fn http2_walk<P: Payload>(context: &Context, payload: &P) -> bool {
     let Some(state) = EXCHANGES.get_ptr_mut(context.key) else { return false };
     // SAFETY: a map value, alive while this program runs.
     let state = unsafe { &mut *state };
-    // Each direction its own copy, with its cursor at a constant offset: the verifier
-    // sees a bool from the stack as any byte, and would refuse an index made of it.
-    if context.from_client {
-        http2_direction::<C, N, 0>(context, state, chunks)
-    } else {
-        http2_direction::<C, N, 1>(context, state, chunks)
-    }
-}
-
-#[inline(always)]
-fn http2_direction<C: Chunk, const N: usize, const DIRECTION: usize>(
-    context: &Context,
-    state: &mut ExchangeState,
-    chunks: &[Option<C>; N],
-) -> bool {
-    let mut cursor = state.cursors[DIRECTION];
+    // Read back from memory the compiler cannot see through, so that the mask stays: the
+    // verifier must see the index bounded to the two cursors.
+    let direction = u8::from(!context.from_client);
+    // SAFETY: a local, read at once.
+    let direction = usize::from(unsafe { core::ptr::read_volatile(&raw const direction) }) & 1;
+    let mut cursor = state.cursors[direction];
     if cursor.lost != 0 {
         return false;
     }
@@ -210,45 +196,48 @@ fn http2_direction<C: Chunk, const N: usize, const DIRECTION: usize>(
     let events = unsafe { &mut *events };
     events.count = 0;
     events.frames = 0;
-    let mut walked = 0u32;
-    for chunk in chunks.iter().flatten() {
-        if let Err(reason) = walk_frames(&mut cursor, chunk, events) {
-            lose(context, state, reason);
-            return false;
-        }
-        walked += chunk.len();
-    }
-    if walked != context.payload {
-        // Payload the hook could not read (fragments beyond MAX_CHUNKS, or unmapped).
-        lose(context, state, FailureReason::FramesBeyondBound);
+    if let Err(reason) = walk_frames(&mut cursor, payload, events) {
+        lose(context, state, reason);
         return false;
     }
-    state.cursors[DIRECTION] = cursor;
+    state.cursors[direction] = cursor;
     events.count != 0
+}
+
+/// A segment whose payload the hook could not read whole (spread over page fragments, or
+/// with the direct map unknown): the walk loses its place, and counts it.
+#[inline(never)]
+pub fn http2_unreadable(context: &Context) {
+    let Some(state) = EXCHANGES.get_ptr_mut(context.key) else { return };
+    // SAFETY: a map value, alive while this program runs.
+    let state = unsafe { &mut *state };
+    if state.cursors[0].lost == 0 {
+        lose(context, state, FailureReason::FramesBeyondBound);
+    }
 }
 
 /// Frames of one segment noted while walking it.
 #[map]
 static EVENTS: PerCpuArray<FrameEvents> = PerCpuArray::with_max_entries(1, 0);
 
-/// Reads the frame headers in one chunk, noting the ones [`http2_act`] acts on.
+/// Reads the frame headers in one segment, noting the ones [`http2_act`] acts on.
 #[inline(always)]
-fn walk_frames<C: Chunk>(
+fn walk_frames<P: Payload>(
     cursor: &mut FrameCursor,
-    chunk: &C,
+    payload: &P,
     events: &mut FrameEvents,
 ) -> Result<(), FailureReason> {
-    let length = chunk.len();
+    let length = payload.len();
     let mut at = 0u32;
     if cursor.partial_len != 0 {
-        // Finish the header the previous chunk or segment cut.
-        at = finish_header(cursor, chunk, length)?;
+        // Finish the header the previous segment cut.
+        at = finish_header(cursor, payload, length)?;
         if usize::from(cursor.partial_len) < HTTP2_FRAME_HEADER_LEN {
             return Ok(());
         }
         cursor.partial_len = 0;
         let header = cursor.partial;
-        cursor.skip = note(events, &header, error_code(chunk, &header, at, length))?;
+        cursor.skip = note(events, &header, error_code(payload, &header, at, length))?;
     }
     let mut cut = false;
     for _ in 0..=MAX_FRAMES_PER_SEGMENT {
@@ -264,29 +253,33 @@ fn walk_frames<C: Chunk>(
             break;
         }
         let header =
-            chunk.read::<[u8; HTTP2_FRAME_HEADER_LEN]>(at).ok_or(FailureReason::FramesBeyondBound)?;
+            payload.read::<[u8; HTTP2_FRAME_HEADER_LEN]>(at).ok_or(FailureReason::FramesBeyondBound)?;
         at += HTTP2_FRAME_HEADER_LEN as u32;
-        cursor.skip = note(events, &header, error_code(chunk, &header, at, length))?;
+        cursor.skip = note(events, &header, error_code(payload, &header, at, length))?;
     }
     if !cut {
         return Err(FailureReason::FramesBeyondBound);
     }
-    // A header the next chunk or segment finishes: keep its first bytes.
+    // A header the next segment finishes: keep its first bytes.
     let left = length - at;
     for index in 0..HTTP2_FRAME_HEADER_LEN - 1 {
         if index as u32 >= left {
             break;
         }
         cursor.partial[index] =
-            chunk.read::<u8>(at + index as u32).ok_or(FailureReason::FramesBeyondBound)?;
+            payload.read::<u8>(at + index as u32).ok_or(FailureReason::FramesBeyondBound)?;
     }
     cursor.partial_len = left as u8;
     Ok(())
 }
 
-/// Completes a cut header from the start of `chunk`; returns where the bytes after it are.
+/// Completes a cut header from the start of `payload`; returns where the bytes after it are.
 #[inline(always)]
-fn finish_header<C: Chunk>(cursor: &mut FrameCursor, chunk: &C, length: u32) -> Result<u32, FailureReason> {
+fn finish_header<P: Payload>(
+    cursor: &mut FrameCursor,
+    payload: &P,
+    length: u32,
+) -> Result<u32, FailureReason> {
     let mut at = 0u32;
     for index in 1..HTTP2_FRAME_HEADER_LEN {
         if index < usize::from(cursor.partial_len) {
@@ -295,7 +288,7 @@ fn finish_header<C: Chunk>(cursor: &mut FrameCursor, chunk: &C, length: u32) -> 
         if at >= length {
             break;
         }
-        cursor.partial[index] = chunk.read::<u8>(at).ok_or(FailureReason::FramesBeyondBound)?;
+        cursor.partial[index] = payload.read::<u8>(at).ok_or(FailureReason::FramesBeyondBound)?;
         at += 1;
     }
     cursor.partial_len = (usize::from(cursor.partial_len) + at as usize) as u8;
@@ -331,9 +324,9 @@ fn note(
 }
 
 /// The error code of a `RST_STREAM` (first word of its payload) or `GOAWAY` (second) whose
-/// payload starts at `at`, if it is in this chunk.
+/// payload starts at `at`, if it is in this segment.
 #[inline(always)]
-fn error_code<C: Chunk>(chunk: &C, header: &[u8; HTTP2_FRAME_HEADER_LEN], at: u32, length: u32) -> u8 {
+fn error_code<P: Payload>(payload: &P, header: &[u8; HTTP2_FRAME_HEADER_LEN], at: u32, length: u32) -> u8 {
     let at = match header[3] {
         FRAME_RST_STREAM => at,
         FRAME_GOAWAY => at + 4,
@@ -342,7 +335,7 @@ fn error_code<C: Chunk>(chunk: &C, header: &[u8; HTTP2_FRAME_HEADER_LEN], at: u3
     if at + 4 > length {
         return CODE_UNREAD;
     }
-    match chunk.read::<[u8; 4]>(at) {
+    match payload.read::<[u8; 4]>(at) {
         Some(code) => u32::from_be_bytes(code).min(u32::from(CODE_UNREAD - 1)) as u8,
         None => CODE_UNREAD,
     }

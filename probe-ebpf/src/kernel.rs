@@ -42,8 +42,6 @@ static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
-/// Bytes of one `skb_frag_t`.
-const FRAG_SIZE: u64 = 16;
 const PAGE_SHIFT: u64 = 12;
 /// Offset of the source address in an IPv4 header.
 const IPV4_SOURCE: u16 = 12;
@@ -176,13 +174,17 @@ pub fn skb_ip_header(skb: u64) -> Option<(u64, u8)> {
     Some((head + u64::from(network), version))
 }
 
-/// Payload bytes in kernel memory, read with `bpf_probe_read_kernel`.
-pub struct KernelChunk {
+/// A segment's payload in kernel memory, where it is contiguous: all in the linear part,
+/// or all in the first page fragment (TCP puts its payload in fragments, of 32 KiB pages;
+/// a segment spread over more is given short, and the walk counts it). Read with
+/// `bpf_probe_read_kernel`. One piece only: a walk that had to find which piece each read
+/// falls in cost the verifier three times the instructions it allows.
+pub struct KernelPayload {
     address: u64,
     len: u32,
 }
 
-impl crate::exchanges::Chunk for KernelChunk {
+impl crate::exchanges::Payload for KernelPayload {
     #[inline(always)]
     fn len(&self) -> u32 {
         self.len
@@ -190,41 +192,31 @@ impl crate::exchanges::Chunk for KernelChunk {
 
     #[inline(always)]
     fn read<T>(&self, at: u32) -> Option<T> {
-        if at >= self.len {
+        if u64::from(at) + core::mem::size_of::<T>() as u64 > u64::from(self.len) {
             return None;
         }
         read_at(self.address + u64::from(at))
     }
 }
 
-/// The `length` payload bytes at `payload` in the skb at `skb`, as contiguous chunks: what
-/// of it is in the linear part, then the page fragments (TCP puts its payload there).
-/// A fragment's bytes are found through the direct map (see
-/// `KernelOffsets::page_offset_base_at`); where that is unknown, only the linear part is
-/// given.
+/// The `length` payload bytes at `payload` in the skb at `skb` (see [`KernelPayload`]). A
+/// fragment's bytes are found through the direct map (see
+/// `KernelOffsets::page_offset_base_at`); where that is unknown, only the linear part.
 #[inline(always)]
-pub fn skb_payload(
-    skb: u64,
-    payload: u64,
-    length: u32,
-) -> [Option<KernelChunk>; crate::exchanges::MAX_CHUNKS] {
-    let mut chunks = [None, None, None, None];
+pub fn skb_payload(skb: u64, payload: u64, length: u32) -> KernelPayload {
+    let mut found = KernelPayload { address: payload, len: 0 };
     let offsets = offsets();
     let (Some(data), Some(len), Some(data_len)) = (
         read::<u64>(skb, offsets.skb_data),
         read::<u32>(skb, offsets.skb_len),
         read::<u32>(skb, offsets.skb_data_len),
     ) else {
-        return chunks;
+        return found;
     };
     let linear_end = data + u64::from(len.saturating_sub(data_len));
-    let linear = (linear_end.saturating_sub(payload) as u32).min(length);
-    if linear > 0 {
-        chunks[0] = Some(KernelChunk { address: payload, len: linear });
-    }
-    let mut remaining = length - linear;
-    if remaining == 0 || offsets.page_offset_base_at == 0 || offsets.page_struct_size == 0 {
-        return chunks;
+    found.len = (linear_end.saturating_sub(payload) as u32).min(length);
+    if found.len != 0 || offsets.page_offset_base_at == 0 || offsets.page_struct_size == 0 {
+        return found;
     }
     let (Some(head), Some(end), Some(direct_map), Some(vmemmap)) = (
         read::<u64>(skb, offsets.skb_head),
@@ -232,35 +224,30 @@ pub fn skb_payload(
         read_at::<u64>(offsets.page_offset_base_at),
         read_at::<u64>(offsets.vmemmap_base_at),
     ) else {
-        return chunks;
+        return found;
     };
     let shared_info = head + u64::from(end);
-    let fragments = read::<u8>(shared_info, offsets.shinfo_nr_frags).unwrap_or(0);
-    for index in 0..crate::exchanges::MAX_CHUNKS - 1 {
-        if index >= usize::from(fragments) || remaining == 0 {
-            break;
-        }
-        let fragment = shared_info + u64::from(offsets.shinfo_frags) + index as u64 * FRAG_SIZE;
-        let (Some(page), Some(fragment_len), Some(fragment_offset)) = (
-            read_at::<u64>(fragment),
-            read::<u32>(fragment, offsets.frag_len),
-            read::<u32>(fragment, offsets.frag_offset),
-        ) else {
-            break;
-        };
-        // `netmem_ref`'s low bits tell page from other memory; loopback's are pages.
-        let page = page & !3;
-        if page < vmemmap {
-            break;
-        }
-        let address = direct_map
-            + (((page - vmemmap) / offsets.page_struct_size) << PAGE_SHIFT)
-            + u64::from(fragment_offset);
-        let take = fragment_len.min(remaining);
-        chunks[index + 1] = Some(KernelChunk { address, len: take });
-        remaining -= take;
+    if read::<u8>(shared_info, offsets.shinfo_nr_frags).unwrap_or(0) == 0 {
+        return found;
     }
-    chunks
+    let fragment = shared_info + u64::from(offsets.shinfo_frags);
+    let (Some(page), Some(fragment_len), Some(fragment_offset)) = (
+        read_at::<u64>(fragment),
+        read::<u32>(fragment, offsets.frag_len),
+        read::<u32>(fragment, offsets.frag_offset),
+    ) else {
+        return found;
+    };
+    // `netmem_ref`'s low bits tell page from other memory; loopback's are pages.
+    let page = page & !3;
+    if page < vmemmap {
+        return found;
+    }
+    found.address = direct_map
+        + (((page - vmemmap) / offsets.page_struct_size) << PAGE_SHIFT)
+        + u64::from(fragment_offset);
+    found.len = fragment_len.min(length);
+    found
 }
 
 /// `T` read from kernel memory at `address` (0 is refused).

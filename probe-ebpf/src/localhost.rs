@@ -39,7 +39,7 @@ use probe_common::{
 
 use crate::{
     counters::{add, record_latency},
-    exchanges::{self, Chunk, EXCHANGES},
+    exchanges::{self, EXCHANGES, Payload},
     kernel,
     map_health::record_full,
     scope,
@@ -87,7 +87,7 @@ pub fn localhost_egress(ctx: SkBuffContext) -> i32 {
     let mut segment = Segment::default();
     if read_cgroup_segment(&ctx, &mut segment) {
         let chunk = SkbChunk { ctx: &ctx, start: segment.payload_at, len: segment.payload };
-        sent(&segment, &[Some(chunk)]);
+        sent(&segment, &chunk);
     }
     ALLOW
 }
@@ -144,7 +144,7 @@ struct SkbChunk<'a> {
     len: u32,
 }
 
-impl Chunk for SkbChunk<'_> {
+impl Payload for SkbChunk<'_> {
     #[inline(always)]
     fn len(&self) -> u32 {
         self.len
@@ -335,10 +335,10 @@ const CLOSE: u8 = 2;
 /// after the other, not inside each other: the kernel adds up the stacks of nested calls
 /// against its 512 bytes.
 #[inline(always)]
-fn sent<C: Chunk, const N: usize>(segment: &Segment, chunks: &[Option<C>; N]) {
+fn sent<P: Payload>(segment: &Segment, payload: &P) {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let next = connection(segment, chunks, now);
+    let next = connection(segment, payload, now);
     if next & WALK_HTTP2 != 0 {
         let context = exchanges::Context {
             key: &segment.key,
@@ -347,7 +347,11 @@ fn sent<C: Chunk, const N: usize>(segment: &Segment, chunks: &[Option<C>; N]) {
             payload: segment.payload,
             now,
         };
-        if exchanges::http2_walk(&context, chunks) {
+        // Checked before the walk, so that the verifier meets the walk with one kind of
+        // payload, not once for each way the hook could fail to read it.
+        if payload.len() != segment.payload {
+            exchanges::http2_unreadable(&context);
+        } else if exchanges::http2_walk(&context, payload) {
             exchanges::http2_act(&context);
         }
     }
@@ -360,7 +364,7 @@ fn sent<C: Chunk, const N: usize>(segment: &Segment, chunks: &[Option<C>; N]) {
 /// Moves the segment's connection on (handshake, turn, HTTP/1.1 exchange); returns what
 /// is left to do ([`WALK_HTTP2`], [`CLOSE`]).
 #[inline(never)]
-fn connection<C: Chunk, const N: usize>(segment: &Segment, chunks: &[Option<C>; N], now: u64) -> u8 {
+fn connection<P: Payload>(segment: &Segment, payload: &P, now: u64) -> u8 {
     let key = &segment.key;
     let syn = segment.flags & TCP_SYN != 0;
     let ack = segment.flags & TCP_ACK != 0;
@@ -417,7 +421,7 @@ fn connection<C: Chunk, const N: usize>(segment: &Segment, chunks: &[Option<C>; 
         state.server_seq = segment.seq.wrapping_add(1);
     }
     let mut next = 0;
-    if segment.payload > 0 && exchange(segment, state, chunks, now) {
+    if segment.payload > 0 && exchange(segment, state, payload, now) {
         next |= WALK_HTTP2;
     }
     if segment.flags & TCP_FIN != 0 {
@@ -430,12 +434,7 @@ fn connection<C: Chunk, const N: usize>(segment: &Segment, chunks: &[Option<C>; 
 /// HTTP/1.1 and other protocols count their exchanges here; true if it is HTTP/2, whose
 /// frames are walked next.
 #[inline(always)]
-fn exchange<C: Chunk, const N: usize>(
-    segment: &Segment,
-    state: &mut ConnectionState,
-    chunks: &[Option<C>; N],
-    now: u64,
-) -> bool {
+fn exchange<P: Payload>(segment: &Segment, state: &mut ConnectionState, payload: &P, now: u64) -> bool {
     let key = &segment.key;
     if state.protocol == Protocol::Unknown as u8 {
         if !segment.from_client {
@@ -447,7 +446,7 @@ fn exchange<C: Chunk, const N: usize>(
             }
             return false;
         }
-        let first = chunks[0].as_ref().and_then(|chunk| chunk.read::<[u8; 4]>(0));
+        let first = payload.read::<[u8; 4]>(0);
         let mut protocol = first.map_or(Protocol::Other, exchanges::detect);
         if protocol != Protocol::Other && !exchanges::start(key, state.client_seq, state.server_seq) {
             record_full(MapId::LocalhostExchanges);
@@ -469,7 +468,7 @@ fn exchange<C: Chunk, const N: usize>(
         }
         return false;
     }
-    let (Some(walk), Some(first)) = (EXCHANGES.get_ptr_mut(key), chunks[0].as_ref()) else { return false };
+    let Some(walk) = EXCHANGES.get_ptr_mut(key) else { return false };
     // SAFETY: a map value, alive while this program runs.
     let walk = unsafe { &mut *walk };
     let context = exchanges::Context {
@@ -479,7 +478,7 @@ fn exchange<C: Chunk, const N: usize>(
         payload: segment.payload,
         now,
     };
-    exchanges::http1(&context, walk, first);
+    exchanges::http1(&context, walk, payload);
     false
 }
 

@@ -71,7 +71,8 @@ impl Walk {
             .override_global("COUNT_EVERY_NAMESPACE", &every_namespace, true)
             .load(cniguard::node::ebpf::OBJECT)
             .unwrap();
-        let mut ports: HashMap<_, u16, u8> = HashMap::try_from(ebpf.map_mut("LOCALHOST_PORTS").unwrap()).unwrap();
+        let mut ports: HashMap<_, u16, u8> =
+            HashMap::try_from(ebpf.map_mut("LOCALHOST_PORTS").unwrap()).unwrap();
         ports.insert(PORT, 1, 0).unwrap();
         let mut cookies: HashMap<_, u64, u64> =
             HashMap::try_from(ebpf.map_mut("NETNS_BY_COOKIE").unwrap()).unwrap();
@@ -100,9 +101,12 @@ impl Walk {
 
     fn segment(&mut self, from_client: bool, seq: u32, flags: u8, payload: &[u8]) {
         let (source, destination) = if from_client { (CLIENT_PORT, PORT) } else { (PORT, CLIENT_PORT) };
-        let mut tcp = PacketBuilder::ethernet2([0; 6], [0; 6])
-            .ipv4([127, 0, 0, 1], [127, 0, 0, 1], 64)
-            .tcp(source, destination, seq, 65_535);
+        let mut tcp = PacketBuilder::ethernet2([0; 6], [0; 6]).ipv4([127, 0, 0, 1], [127, 0, 0, 1], 64).tcp(
+            source,
+            destination,
+            seq,
+            65_535,
+        );
         if flags & 0x02 != 0 {
             tcp = tcp.syn();
         }
@@ -249,7 +253,8 @@ fn many_frames_in_a_segment_and_more_than_the_walk_reads() {
     walk.server(&frames(&streams.iter().map(|s| headers(*s)).collect::<Vec<_>>()));
     walk.assert(&[("http2", 19)], &[]);
     // One frame more than the walk reads: the connection is no longer measured.
-    let beyond: Vec<Vec<u8>> = (0..=MAX_FRAMES_PER_SEGMENT).map(|i| frame(PING, 0, 0, &[i as u8; 8])).collect();
+    let beyond: Vec<Vec<u8>> =
+        (0..=MAX_FRAMES_PER_SEGMENT).map(|i| frame(PING, 0, 0, &i.to_be_bytes())).collect();
     walk.client(&frames(&beyond));
     walk.client(&headers(99));
     walk.server(&headers(99));

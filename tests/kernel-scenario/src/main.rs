@@ -37,8 +37,11 @@ const BLACKHOLED: Ipv4Addr = Ipv4Addr::new(10, 198, 0, 53);
 
 /// The daemon's configuration: short timeouts, so that timed-out DNS queries and
 /// unanswered SYNs are counted within the boot.
+/// How long the daemon may take to start in the guest.
+const VERIFY_PATIENCE: Duration = Duration::from_mins(3);
+
 /// The pod's nftables drop on `DROPPED_TCP` also makes the localhost probe's timeouts.
-const CONFIG: &str = "[dns]\ntimeout_seconds = 1\n\n[localhost]\nconnect_timeout_seconds = 1\nports = [9500, 8080, 8081, 5202]\n";
+const CONFIG: &str = "[dns]\ntimeout_seconds = 1\n\n[localhost]\nconnect_timeout_seconds = 1\nports = [9000, 9500, 8080, 8081, 5202]\n";
 
 /// How long a count may take to reach the daemon's metrics: it bounds a wait for a count
 /// that never comes (a probe that misses it), it measures nothing.
@@ -186,7 +189,10 @@ impl Setup {
             "--state-dir",
             state.to_str().context("a UTF-8 temp dir")?,
         ];
-        let daemon = Daemon::start(&node, &args)?;
+        let daemon = Daemon::spawn(&node, &args)?;
+        // The verifier runs under QEMU's emulation here, tens of times slower than on a
+        // node (the localhost programs take about half a second to verify on hardware).
+        daemon.wait_ready_within(VERIFY_PATIENCE)?;
         Ok(Self { daemon, node, pod, peer, state })
     }
 
@@ -827,14 +833,50 @@ impl Drop for Workload {
     }
 }
 
-/// In-pod loopback TCP: exchanges with an MLServer on 127.0.0.1:9500 that answers after
-/// 5 ms (one connection each), connects refused on a port nothing listens on, connects
-/// whose SYNs the pod's nftables drops (timeouts), and a connection reset mid-answer.
+/// `streams` concurrent streams of `calls` gRPC calls each on one HTTP/2 connection to a
+/// server on 127.0.0.1:9500 that answers after 5 ms.
+fn grpc_calls(setup: &Setup, streams: u64, calls: u64) -> Result<()> {
+    let _server = Workload::start(
+        setup,
+        "grpc-server",
+        &["grpc-server", "--listen", "127.0.0.1:9500", "--delay-ms", "5"],
+    )?;
+    let grpc = Workload::start(
+        setup,
+        "seldon-agent",
+        &[
+            "seldon-agent",
+            "--grpc",
+            "127.0.0.1:9500",
+            "--skip-setup",
+            "--streams",
+            &streams.to_string(),
+            "--calls",
+            &calls.to_string(),
+            "--rounds",
+            "1",
+        ],
+    )?
+    .finish("seldon-agent")?;
+    if grpc["grpc_ok"].as_u64() != Some(streams * calls) {
+        bail!("the gRPC calls failed: {grpc}");
+    }
+    Ok(())
+}
+
+/// In-pod loopback TCP: HTTP/1.1 exchanges with an MLServer on 127.0.0.1:9000 that
+/// answers after 5 ms (one connection each), gRPC calls multiplexed on one HTTP/2
+/// connection to a server on 9500 that answers after 5 ms (the stand-in: the real
+/// MLServer needs Python, which these machines lack), connects refused on a port nothing
+/// listens on, connects whose SYNs the pod's nftables drops (timeouts), and a connection
+/// reset mid-answer.
 fn localhost(setup: &Setup) -> Result<()> {
     let (exchanges, refused, timeouts) = (12, 5, 3);
+    let (streams, calls) = (3, 7);
     let pod = setup.pod.name();
     let _server =
-        Workload::start(setup, "mlserver", &["mlserver", "--listen", "127.0.0.1:9500", "--delay-ms", "5"])?;
+        Workload::start(setup, "mlserver", &["mlserver", "--listen", "127.0.0.1:9000", "--delay-ms", "5"])?;
+    grpc_calls(setup, streams, calls)?;
     let agent = |name: &str, target: &str, count: u64| {
         let count = count.to_string();
         let args = [
@@ -852,7 +894,7 @@ fn localhost(setup: &Setup) -> Result<()> {
         ];
         Workload::start(setup, name, &args)?.finish(name)
     };
-    let ok = agent("agent", "127.0.0.1:9500", exchanges)?;
+    let ok = agent("agent", "127.0.0.1:9000", exchanges)?;
     if ok["ok"].as_u64() != Some(exchanges) {
         bail!("the agent's exchanges with the MLServer failed: {ok}");
     }
@@ -889,28 +931,43 @@ fn localhost(setup: &Setup) -> Result<()> {
             &[("netns", pod), ("port", port), ("reason", reason)],
         )
     };
-    // The server waits 5 ms before answering: every response is in a bucket above 5 ms.
-    let below_delay = |s: &Scrape| {
+    // The servers wait 5 ms before answering: every response is in a bucket above 5 ms.
+    let below_delay = |s: &Scrape, port: &str| {
         s.count(
             "cniguard_localhost_response_seconds_bucket",
-            &[("netns", pod), ("port", "9500"), ("le", "0.005")],
+            &[("netns", pod), ("port", port), ("le", "0.005")],
+        )
+    };
+    let http2 = |s: &Scrape| {
+        s.count(
+            "cniguard_localhost_response_seconds_count",
+            &[("netns", pod), ("port", "9500"), ("protocol", "http2")],
         )
     };
     let dropped = DROPPED_TCP.to_string();
     let scrape = setup.settle(|s| {
-        histogram(s, "response", "9500") >= exchanges
+        histogram(s, "response", "9000") >= exchanges
+            && http2(s) >= streams * calls
             && failures(s, "8081", "refused") >= refused
             && failures(s, &dropped, "timeout") >= timeouts
             && failures(s, "8080", "reset") >= 1
     })?;
-    check("localhost", "responses", histogram(&scrape, "response", "9500"), exchanges);
+    check("localhost", "responses", histogram(&scrape, "response", "9000"), exchanges);
     check(
         "localhost",
         "responses_above_5ms",
-        histogram(&scrape, "response", "9500").saturating_sub(below_delay(&scrape)),
+        histogram(&scrape, "response", "9000").saturating_sub(below_delay(&scrape, "9000")),
         exchanges,
     );
-    check("localhost", "connects", histogram(&scrape, "connect", "9500"), exchanges);
+    check("localhost", "connects", histogram(&scrape, "connect", "9000"), exchanges);
+    check("localhost", "grpc_calls", http2(&scrape), streams * calls);
+    check(
+        "localhost",
+        "grpc_above_5ms",
+        http2(&scrape).saturating_sub(below_delay(&scrape, "9500")),
+        streams * calls,
+    );
+    check("localhost", "grpc_connects", histogram(&scrape, "connect", "9500"), 1);
     check("localhost", "refused", failures(&scrape, "8081", "refused"), refused);
     check("localhost", "timeouts", failures(&scrape, &dropped, "timeout"), timeouts);
     check("localhost", "reset", failures(&scrape, "8080", "reset"), 1);

@@ -126,13 +126,21 @@ impl Daemon {
     /// # Errors
     /// If the daemon exits first or is not ready within [`PATIENCE`].
     pub fn wait_ready(&self) -> Result<()> {
-        let deadline = Instant::now() + PATIENCE;
+        self.wait_ready_within(PATIENCE)
+    }
+
+    /// Waits until `/readyz` answers 200, for as long as `patience`.
+    ///
+    /// # Errors
+    /// If the daemon exits first or is not ready in time.
+    pub fn wait_ready_within(&self, patience: Duration) -> Result<()> {
+        let deadline = Instant::now() + patience;
         while !self.endpoint.ready() {
             if !crate::process::alive(self.pid()) {
                 bail!("cniguard exited; log:\n{}", self.log());
             }
             if Instant::now() > deadline {
-                bail!("cniguard not ready after {PATIENCE:?}; log:\n{}", self.log());
+                bail!("cniguard not ready after {patience:?}; log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -72,7 +72,7 @@ const KNOWN_GAPS: &[KnownGap] = &[];
 const PARALLEL_BOOTS: usize = 2;
 /// A boot that has not finished by then is killed: it bounds a hang (TCG takes about a
 /// minute per boot here), it measures nothing.
-const BOOT_DEADLINE: Duration = Duration::from_mins(5);
+const BOOT_DEADLINE: Duration = Duration::from_mins(8);
 
 pub fn run() -> Result<()> {
     let started = Instant::now();

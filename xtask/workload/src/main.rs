@@ -4,6 +4,7 @@
 
 mod agent;
 mod dns;
+mod grpc_server;
 mod mlserver;
 mod seldon_agent;
 mod stats;
@@ -34,6 +35,9 @@ enum Command {
     /// The Seldon v2 agent against the real MLServer: gRPC readiness, model load and
     /// concurrent ModelInfer streams on one connection, HTTP/1.1 keep-alive infer.
     SeldonAgent(seldon_agent::Args),
+    /// A gRPC server stand-in over HTTP/2 (where the real MLServer cannot run: the kernel
+    /// matrix's machines have no Python): every call answered after a known delay.
+    GrpcServer(grpc_server::Args),
     /// DNS A queries over UDP at a fixed rate.
     DnsClient(dns::Args),
     /// UDP datagrams at a fixed rate.
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
         Command::Mlserver(_) => mlserver::KIND,
         Command::Agent(_) => agent::KIND,
         Command::SeldonAgent(_) => seldon_agent::KIND,
+        Command::GrpcServer(_) => grpc_server::KIND,
         Command::DnsClient(_) => dns::KIND,
         Command::UdpSend(_) => udp::SEND_KIND,
         Command::UdpSink(_) => udp::SINK_KIND,
@@ -125,6 +130,7 @@ fn main() -> ExitCode {
             Command::Mlserver(args) => mlserver::run(args, shutdown).await,
             Command::Agent(args) => agent::run(args, shutdown).await,
             Command::SeldonAgent(args) => seldon_agent::run(args, shutdown).await,
+            Command::GrpcServer(args) => grpc_server::run(args, shutdown).await,
             Command::DnsClient(args) => dns::run(args, shutdown).await,
             Command::UdpSend(args) => udp::send(args, shutdown).await,
             Command::UdpSink(args) => udp::sink(args, shutdown).await,
