@@ -1,9 +1,9 @@
 //! The configuration every node's cniguard reads in the lab, as a DaemonSet's ConfigMap.
 
 /// The lab's cniguard configuration: each node watches its own namespace and its pods' (one
-/// kernel runs all three nodes), and checks the MLServer pods every 2 seconds like the
-/// runbook's `curl 127.0.0.1:9500/v2/health/ready`, in HTTP/1.1: the lab's MLServer is still
-/// the stand-in there.
+/// kernel runs all three nodes), and checks the MLServer pods every 2 seconds as the
+/// runbook's `curl 127.0.0.1:9000/v2/health/ready` does, on both of Seldon's MLServer ports
+/// in the protocol each speaks (the defaults: HTTP on 9000, gRPC `ServerReady` on 9500).
 pub const LAB_CNIGUARD_CONFIG: &str = "\
 netns_scope = \"node\"
 
@@ -13,10 +13,7 @@ connect_timeout_seconds = 2
 [localhost.check]
 enabled = true
 namespaces = [\"*-mlserver-*\"]
-# The lab's MLServer is the HTTP/1.1 stand-in on 9500 (the real one speaks gRPC there).
-ports = [9500]
-grpc_ports = []
-http_ports = [9500]
+ports = [9000, 9500]
 interval_seconds = 2
 timeout_seconds = 1
 
