@@ -56,11 +56,13 @@ clear_seconds = 4
 for_seconds = 8
 clear_seconds = 4
 
-# The lab's three nodes share a small machine's CPUs: under load its loopback p99 crosses
-# the runbook's 1 ms with nothing wrong. A 20 ms injected delay (slow-mlserver) is clear.
+# The runbook's 1 ms is no SLO for the real MLServer: every call's response time includes
+# its own time in Python, a few milliseconds, and the agent's 3 concurrent streams queue on
+# its one event loop. With the lab's three nodes on a small machine's CPUs, a clean run's
+# p99 is 10 to 20 ms; a 60 ms injected delay (slow-mlserver, lab_triggers) is clear.
 [triggers.localhost_latency_slo]
-threshold = 0.01
-clear_threshold = 0.005
+threshold = 0.05
+clear_threshold = 0.04
 for_seconds = 8
 clear_seconds = 4
 
