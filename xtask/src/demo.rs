@@ -127,8 +127,10 @@ fn recommending(lab: &Lab) -> Vec<String> {
 }
 
 /// Lets traffic flow for [`SETTLE`] and returns what the MLServer's agent (its inference
-/// calls, gRPC and HTTP) and the DNS client of client-1 saw meanwhile.
-fn settle(lab: &Lab) -> WorkloadWindow {
+/// calls, gRPC and HTTP) and the DNS client of client-1 saw meanwhile, with the index of
+/// the step it followed in the timeline (notes of what cniguard concluded have none).
+fn settle(lab: &Lab) -> (usize, WorkloadWindow) {
+    let step = lab.events().len().saturating_sub(1);
     let read = || {
         let agent = lab.workload_stats("mlserver-0", &Workload::Agent { rate: 10 }).ok();
         let dns = lab.topology().pod("client-1").and_then(|pod| {
@@ -147,19 +149,20 @@ fn settle(lab: &Lab) -> WorkloadWindow {
         sum(after).saturating_sub(sum(before))
     };
     let dns_failures = ["servfail", "refused", "other_rcode", "timeouts", "malformed", "socket_errors"];
-    WorkloadWindow {
+    let window = WorkloadWindow {
         agent_ok: delta(&agent_before, &agent_after, AGENT_OK),
         agent_failed: delta(&agent_before, &agent_after, AGENT_FAILURES),
         dns_answered: delta(&dns_before, &dns_after, &["noerror", "nxdomain"]),
         dns_failed: delta(&dns_before, &dns_after, &dns_failures),
-    }
+    };
+    (step, window)
 }
 
 /// Per step and node, from Prometheus just before the next step: which overlay carries the
 /// node's traffic (VXLAN packets per second by port on the underlay), its pods' traffic
 /// (packets per second on veth* and cali*), and how many BGP sessions are up; per step,
 /// what the workloads saw.
-fn timeline(lab: &Lab, windows: &[WorkloadWindow]) -> Result<String> {
+fn timeline(lab: &Lab, windows: &[(usize, WorkloadWindow)]) -> Result<String> {
     let prometheus = lab.prometheus();
     let events = lab.events();
     let start = events.first().map_or(0.0, |e| e.at);
@@ -202,7 +205,8 @@ fn timeline(lab: &Lab, windows: &[WorkloadWindow]) -> Result<String> {
                     value.filter(|v| v.is_finite()).map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
                 let _ = write!(text, " {shown:>12}");
             }
-            if let (0, Some(window)) = (row, windows.get(index)) {
+            let window = windows.iter().find(|(step, _)| *step == index).map(|(_, window)| window);
+            if let (0, Some(window)) = (row, window) {
                 let _ = write!(
                     text,
                     "   {:>9}/{:<8} {:>6}/{:<6}",
