@@ -56,9 +56,7 @@ impl std::fmt::Display for Window {
     }
 }
 
-/// The agent's failure counters.
-pub const AGENT_FAILURES: &[&str] =
-    &["http_errors", "refused", "connect_timeouts", "resets", "timeouts", "other_errors"];
+pub use cniguard_lab::workloads::{AGENT_CALLS, AGENT_FAILURES, AGENT_OK};
 /// The DNS client's failure counters.
 pub const DNS_FAILURES: &[&str] =
     &["servfail", "refused", "other_rcode", "timeouts", "malformed", "socket_errors"];

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use cniguard_lab::lab::{Fault, Lab};
 use cniguard_lab::require_root;
-use cniguard_tests::lab_support::{AGENT_FAILURES, DNS_FAILURES, options, watch};
+use cniguard_tests::lab_support::{AGENT_FAILURES, AGENT_OK, DNS_FAILURES, options, watch};
 
 const WINDOW: u64 = 3;
 
@@ -62,14 +62,15 @@ fn every_fault_takes_effect_and_its_repair_restores_the_cluster() {
     recovered(&lab, &agent, |w| w[0].delta(AGENT_FAILURES) == 0);
     recovered(&lab, &dns, |w| w[0].delta(DNS_FAILURES) == 0);
 
-    // 127.0.0.1:9500 blocked inside the MLServer pod: not one health check succeeds.
+    // 127.0.0.1:9500 blocked inside the MLServer pod: not one gRPC call is answered (they
+    // time out, and so do the agent's reconnects); its HTTP port, 9000, is not blocked.
     let fault = Fault::BlockMlserver;
     inject(&mut lab, &fault);
     let window = &watch(&lab, &agent, WINDOW)[0];
-    assert_eq!(window.delta(&["ok"]), 0, "{window}");
-    assert!(window.delta(&["timeouts", "connect_timeouts"]) > 0, "{window}");
+    assert_eq!(window.delta(&["grpc_ok"]), 0, "{window}");
+    assert!(window.delta(&["grpc_failures"]) > 0, "{window}");
     lab.repair(&fault).unwrap();
-    recovered(&lab, &agent, |w| w[0].delta(AGENT_FAILURES) == 0 && w[0].delta(&["ok"]) >= 20);
+    recovered(&lab, &agent, |w| w[0].delta(AGENT_FAILURES) == 0 && w[0].delta(AGENT_OK) >= 20);
 
     // The cluster DNS stops: not one query is answered.
     let fault = Fault::StopDns;
@@ -103,15 +104,16 @@ fn every_fault_takes_effect_and_its_repair_restores_the_cluster() {
     lab.repair(&fault).unwrap();
     wait("session to node-2 back", || session_established(&lab, 0, "node_2"));
 
-    // The MLServer answers late: the agent keeps succeeding, only slower (issue 5 measures how
-    // much); 50 ms at 10 requests/s still leaves room for every request.
+    // The MLServer's model answers late (it restarts with the delay): the agent keeps
+    // succeeding, only slower (lab_localhost measures how much); 50 ms per call at 10
+    // rounds/s (the gRPC streams concurrent, then the HTTP call) still leaves room.
     let fault = Fault::SlowMlserver { ms: 50 };
     inject(&mut lab, &fault);
     let window = &watch(&lab, &agent, WINDOW)[0];
     assert_eq!(window.delta(AGENT_FAILURES), 0, "{window}");
-    assert!(window.delta(&["ok"]) >= 20, "{window}");
+    assert!(window.delta(AGENT_OK) >= 20, "{window}");
     lab.repair(&fault).unwrap();
-    recovered(&lab, &agent, |w| w[0].delta(AGENT_FAILURES) == 0 && w[0].delta(&["ok"]) >= 20);
+    recovered(&lab, &agent, |w| w[0].delta(AGENT_FAILURES) == 0 && w[0].delta(AGENT_OK) >= 20);
     assert!(lab.faults().is_empty());
     lab.down();
 }

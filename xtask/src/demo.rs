@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use cniguard_lab::lab::{Fault, Lab, LabOptions};
 use cniguard_lab::topology::Workload;
+use cniguard_lab::workloads::{AGENT_FAILURES, AGENT_OK};
 
 /// How long the demo lets traffic flow after each step, so Prometheus sees rates.
 const SETTLE: Duration = Duration::from_secs(12);
@@ -15,8 +16,9 @@ const SETTLE: Duration = Duration::from_secs(12);
 /// What the workloads did during one step, from their own counters.
 #[derive(Default)]
 struct WorkloadWindow {
-    health_ok: u64,
-    health_failed: u64,
+    /// The agent's inference calls to the MLServer (gRPC and HTTP) answered well, and not.
+    agent_ok: u64,
+    agent_failed: u64,
     dns_answered: u64,
     dns_failed: u64,
 }
@@ -124,9 +126,11 @@ fn recommending(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
-/// Lets traffic flow for [`SETTLE`] and returns what the MLServer agent and the DNS client
-/// of client-1 saw meanwhile.
-fn settle(lab: &Lab) -> WorkloadWindow {
+/// Lets traffic flow for [`SETTLE`] and returns what the MLServer's agent (its inference
+/// calls, gRPC and HTTP) and the DNS client of client-1 saw meanwhile, with the index of
+/// the step it followed in the timeline (notes of what cniguard concluded have none).
+fn settle(lab: &Lab) -> (usize, WorkloadWindow) {
+    let step = lab.events().len().saturating_sub(1);
     let read = || {
         let agent = lab.workload_stats("mlserver-0", &Workload::Agent { rate: 10 }).ok();
         let dns = lab.topology().pod("client-1").and_then(|pod| {
@@ -144,21 +148,21 @@ fn settle(lab: &Lab) -> WorkloadWindow {
         };
         sum(after).saturating_sub(sum(before))
     };
-    let agent_failures = ["http_errors", "refused", "connect_timeouts", "resets", "timeouts", "other_errors"];
     let dns_failures = ["servfail", "refused", "other_rcode", "timeouts", "malformed", "socket_errors"];
-    WorkloadWindow {
-        health_ok: delta(&agent_before, &agent_after, &["ok"]),
-        health_failed: delta(&agent_before, &agent_after, &agent_failures),
+    let window = WorkloadWindow {
+        agent_ok: delta(&agent_before, &agent_after, AGENT_OK),
+        agent_failed: delta(&agent_before, &agent_after, AGENT_FAILURES),
         dns_answered: delta(&dns_before, &dns_after, &["noerror", "nxdomain"]),
         dns_failed: delta(&dns_before, &dns_after, &dns_failures),
-    }
+    };
+    (step, window)
 }
 
 /// Per step and node, from Prometheus just before the next step: which overlay carries the
 /// node's traffic (VXLAN packets per second by port on the underlay), its pods' traffic
 /// (packets per second on veth* and cali*), and how many BGP sessions are up; per step,
 /// what the workloads saw.
-fn timeline(lab: &Lab, windows: &[WorkloadWindow]) -> Result<String> {
+fn timeline(lab: &Lab, windows: &[(usize, WorkloadWindow)]) -> Result<String> {
     let prometheus = lab.prometheus();
     let events = lab.events();
     let start = events.first().map_or(0.0, |e| e.at);
@@ -180,15 +184,16 @@ fn timeline(lab: &Lab, windows: &[WorkloadWindow]) -> Result<String> {
     let mut text = String::from(
         "timeline: per node, what cniguard measured (from Prometheus): VXLAN packets/s by port on the underlay\n\
          \x20         (Flannel 8472, Calico 4789), pod packets/s on veth* (Flannel) and cali* (Calico), BGP sessions up,\n\
-         \x20         the MLServer pod's 127.0.0.1:9500 p99 response time (the runbook wants < 1 ms) and active check,\n\
-         \x20         rollback triggers active and whether the node recommends a rollback (1);\n\
-         \x20         per step, what the pods' own workloads saw (agent health checks, DNS queries)\n",
+         \x20         the MLServer pod's 127.0.0.1:9500 p99 response time (the real MLServer's gRPC calls, each\n\
+         \x20         the server's own milliseconds in Python; the loopback itself adds microseconds) and its active\n\
+         \x20         checks on 9000 and 9500, rollback triggers active and whether the node recommends a rollback (1);\n\
+         \x20         per step, what the pods' own workloads saw (the agent's inference calls, DNS queries)\n",
     );
     let _ = write!(text, "{:>5}  {:<width$}  {:<7}", "t", "step", "node");
     for (label, _) in columns {
         let _ = write!(text, " {label:>12}");
     }
-    text.push_str("   health ok/failed   dns ok/failed\n");
+    text.push_str("    agent ok/failed   dns ok/failed\n");
     for (index, event) in events.iter().enumerate() {
         let sample_at = events.get(index + 1).map_or(event.at + SETTLE.as_secs_f64(), |next| next.at) - 1.0;
         for (row, node) in lab.topology().nodes.iter().enumerate() {
@@ -200,11 +205,12 @@ fn timeline(lab: &Lab, windows: &[WorkloadWindow]) -> Result<String> {
                     value.filter(|v| v.is_finite()).map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
                 let _ = write!(text, " {shown:>12}");
             }
-            if let (0, Some(window)) = (row, windows.get(index)) {
+            let window = windows.iter().find(|(step, _)| *step == index).map(|(_, window)| window);
+            if let (0, Some(window)) = (row, window) {
                 let _ = write!(
                     text,
                     "   {:>9}/{:<8} {:>6}/{:<6}",
-                    window.health_ok, window.health_failed, window.dns_answered, window.dns_failed
+                    window.agent_ok, window.agent_failed, window.dns_answered, window.dns_failed
                 );
             }
             text.push('\n');

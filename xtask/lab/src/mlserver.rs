@@ -24,14 +24,29 @@ const RUNTIME: &str = include_str!("mlserver/slow_model.py");
 /// # Errors
 /// If it is not there: the message says how to install it.
 pub fn program(target_dir: &Path) -> Result<PathBuf> {
-    let path = std::env::var_os("CNIGUARD_MLSERVER")
-        .map_or_else(|| target_dir.join(VENV).join("bin").join("mlserver"), PathBuf::from);
+    let path = expected_program(target_dir);
+    ensure_installed(&path)?;
+    Ok(path)
+}
+
+/// Where [`program`] looks, whether or not it is there.
+#[must_use]
+pub fn expected_program(target_dir: &Path) -> PathBuf {
+    std::env::var_os("CNIGUARD_MLSERVER")
+        .map_or_else(|| target_dir.join(VENV).join("bin").join("mlserver"), PathBuf::from)
+}
+
+/// Checks that the `mlserver` program at `path` is there.
+///
+/// # Errors
+/// If it is not: the message says how to install it.
+pub fn ensure_installed(path: &Path) -> Result<()> {
     ensure!(
         path.is_file(),
         "{} is missing: `cargo xtask setup` installs mlserver=={VERSION} there (or set CNIGUARD_MLSERVER)",
         path.display()
     );
-    Ok(path)
+    Ok(())
 }
 
 /// [`program`] for a test executable in `target/<profile>/deps/`.

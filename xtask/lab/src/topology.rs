@@ -23,8 +23,9 @@ pub const PROMETHEUS_PORT: u16 = 9090;
 pub const ALERTMANAGER_PORT: u16 = 9093;
 /// Where the rollback hook listens, inside the monitoring namespace.
 pub const HOOK_ADDRESS: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9466));
-/// The Seldon MLServer port the runbook checks inside the pod.
-pub const MLSERVER_PORT: u16 = 9500;
+/// The Seldon MLServer port the runbook checks inside the pod: MLServer's gRPC port in Seldon
+/// Core v2 (its HTTP port is [`crate::mlserver::HTTP_PORT`], 9000).
+pub const MLSERVER_PORT: u16 = crate::mlserver::GRPC_PORT;
 /// Where `cniguard echo` answers the other nodes' pod-to-pod checks.
 pub const ECHO_PORT: u16 = 9465;
 pub const SINK_PORT: u16 = 7000;
@@ -110,9 +111,12 @@ impl Node {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Workload {
-    /// Seldon's MLServer on 127.0.0.1:9500 inside the pod.
+    /// The real MLServer (`cargo xtask setup`'s, pinned) as Seldon Core v2 runs it: HTTP on
+    /// 9000 and gRPC on 9500, on every address of the pod, serving the lab's `slow` model.
     MlServer,
-    /// The Seldon agent next to it, calling 127.0.0.1:9500/v2/health/ready at `rate`/s.
+    /// The Seldon agent stand-in next to it: `rate` rounds per second of gRPC `ModelInfer`
+    /// streams on 127.0.0.1:9500 and HTTP/1.1 keep-alive infers on 127.0.0.1:9000
+    /// ([`crate::workloads::AGENT_STREAMS`] and the rest).
     Agent { rate: u32 },
     /// The cluster DNS (dnsmasq) answering `<pod>.<namespace>.svc.cluster.local`.
     Dns,

@@ -140,12 +140,15 @@ impl Agent {
     /// serves: is the server up, then load the model.
     async fn connect(&mut self, args: &Args) {
         if self.grpc.is_none() {
-            match Grpc::open(args.grpc).await {
-                Ok(client) => {
+            // Bounded as a call is: a connect whose SYNs are dropped would otherwise wait
+            // out the kernel's retries (minutes), and the HTTP calls with it.
+            match tokio::time::timeout(self.timeout, Grpc::open(args.grpc)).await {
+                Ok(Ok(client)) => {
                     bump(&self.tally.grpc_connections_opened);
                     self.grpc = Some(client);
                 }
-                Err(err) => eprintln!("seldon-agent: gRPC connect to {}: {err:#}", args.grpc),
+                Ok(Err(err)) => eprintln!("seldon-agent: gRPC connect to {}: {err:#}", args.grpc),
+                Err(_) => eprintln!("seldon-agent: gRPC connect to {}: timed out", args.grpc),
             }
         }
         let Some(client) = self.grpc.as_ref().filter(|_| !self.started) else { return };

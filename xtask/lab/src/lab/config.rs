@@ -1,9 +1,9 @@
 //! The configuration every node's cniguard reads in the lab, as a DaemonSet's ConfigMap.
 
 /// The lab's cniguard configuration: each node watches its own namespace and its pods' (one
-/// kernel runs all three nodes), and checks the MLServer pods every 2 seconds like the
-/// runbook's `curl 127.0.0.1:9500/v2/health/ready`, in HTTP/1.1: the lab's MLServer is still
-/// the stand-in there.
+/// kernel runs all three nodes), and checks the MLServer pods every 2 seconds as the
+/// runbook's `curl 127.0.0.1:9000/v2/health/ready` does, on both of Seldon's MLServer ports
+/// in the protocol each speaks (the defaults: HTTP on 9000, gRPC `ServerReady` on 9500).
 pub const LAB_CNIGUARD_CONFIG: &str = "\
 netns_scope = \"node\"
 
@@ -13,10 +13,7 @@ connect_timeout_seconds = 2
 [localhost.check]
 enabled = true
 namespaces = [\"*-mlserver-*\"]
-# The lab's MLServer is the HTTP/1.1 stand-in on 9500 (the real one speaks gRPC there).
-ports = [9500]
-grpc_ports = []
-http_ports = [9500]
+ports = [9000, 9500]
 interval_seconds = 2
 timeout_seconds = 1
 
@@ -59,11 +56,13 @@ clear_seconds = 4
 for_seconds = 8
 clear_seconds = 4
 
-# The lab's three nodes share a small machine's CPUs: under load its loopback p99 crosses
-# the runbook's 1 ms with nothing wrong. A 20 ms injected delay (slow-mlserver) is clear.
+# The runbook's 1 ms is no SLO for the real MLServer: every call's response time includes
+# its own time in Python, a few milliseconds, and the agent's 3 concurrent streams queue on
+# its one event loop. With the lab's three nodes on a small machine's CPUs, a clean run's
+# p99 is 10 to 20 ms; a 60 ms injected delay (slow-mlserver, lab_triggers) is clear.
 [triggers.localhost_latency_slo]
-threshold = 0.01
-clear_threshold = 0.005
+threshold = 0.05
+clear_threshold = 0.04
 for_seconds = 8
 clear_seconds = 4
 

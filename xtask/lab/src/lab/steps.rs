@@ -11,7 +11,7 @@ use crate::dataplane;
 use crate::netns::{NetNs, remove_namespaces, run};
 use crate::process::Processes;
 use crate::services;
-use crate::topology::Cni;
+use crate::topology::{Cni, Workload};
 
 impl Lab {
     /// Builds the lab on Flannel, with its workloads, a cniguard per node and Prometheus,
@@ -24,6 +24,9 @@ impl Lab {
         check_programs(&std::env::var_os("PATH").unwrap_or_default())?;
         for binary in [&options.binaries.cniguard, &options.binaries.workload] {
             ensure!(binary.is_file(), "{} is missing: build the workspace first", binary.display());
+        }
+        if options.topology.pods.iter().any(|pod| pod.workloads.contains(&Workload::MlServer)) {
+            crate::mlserver::ensure_installed(&options.binaries.mlserver)?;
         }
         match Self::open(&options.state_dir) {
             Ok(lab) if lab.intact() => {
@@ -73,13 +76,18 @@ impl Lab {
             dataplane::create_pod(&topology, pod, Cni::Flannel)?;
             self.state.pods.insert(pod.name.clone(), vec![Cni::Flannel]);
         }
-        self.reconcile_workloads()?;
+        // The traffic starts once every cniguard watches, as it does on a cluster where
+        // cniguard was deployed before the workloads: the agent keeps its one gRPC
+        // connection for its life, and a connection whose HTTP/2 preface went by before
+        // cniguard attached is only followed turn by turn (`protocol="other"`), not per call.
+        self.start_servers()?;
         for node in &all {
             self.start_cniguard(*node)?;
         }
         self.start_alerting()?;
         self.start_prometheus()?;
         self.wait_until_observed()?;
+        self.reconcile_workloads()?;
         self.record("up (flannel)");
         self.save()
     }

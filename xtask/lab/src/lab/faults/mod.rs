@@ -45,8 +45,9 @@ pub enum Fault {
     BlockMlserver,
     /// The cluster DNS server stops.
     StopDns,
-    /// The MLServer answers `ms` late: a known delay on the pod's loopback path to it. (The
-    /// kernels this runs on lack sch_netem, so the delay is the server's, and exact.)
+    /// The MLServer's model answers `ms` late: a known delay on the pod's loopback path to
+    /// it. (The kernels this runs on lack sch_netem, so the delay is the server's: the
+    /// `slow` model's predict waits it.)
     SlowMlserver { ms: u32 },
     /// nftables drops `percent`% of the packets towards a pod, at random, on its veth.
     VethLoss { pod: String, percent: u32 },

@@ -10,7 +10,7 @@ use crate::lab::Lab;
 
 pub(super) const KIND: FaultKind = FaultKind {
     name: "slow-mlserver",
-    about: "Make the MLServer answer late (a known delay on the pod's loopback path)",
+    about: "Make the MLServer's model answer late (a known delay on the pod's loopback path)",
     params: &[FaultParam { name: "ms", kind: ParamKind::Number, default: Some("5") }],
     from_values: |values| Ok(Fault::SlowMlserver { ms: values.number("ms")? }),
 };
@@ -21,10 +21,11 @@ pub(super) struct SlowMlserver {
 
 impl Effect for SlowMlserver {
     fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "make the MLServer answer {} ms late", self.ms)
+        write!(f, "make the MLServer's model answer {} ms late", self.ms)
     }
 
-    /// The MLServer restarts with its answers delayed ([`Lab::mlserver_delay_ms`]).
+    /// The MLServer restarts with its model's predict delayed ([`Lab::mlserver_delay_ms`]):
+    /// a new folder, a new command line.
     fn inject(&self, lab: &mut Lab) -> Result<()> {
         lab.reconcile_workloads()
     }
