@@ -7,7 +7,6 @@
 //! answers. Exact counts for each connection, from fresh maps.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd as _;
 
 use aya::maps::{HashMap, PerCpuHashMap};
 use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions};
@@ -76,7 +75,9 @@ impl Walk {
         ports.insert(PORT, 1, 0).unwrap();
         let mut cookies: HashMap<_, u64, u64> =
             HashMap::try_from(ebpf.map_mut("NETNS_BY_COOKIE").unwrap()).unwrap();
-        cookies.insert(netns_cookie(), NETNS, 0).unwrap();
+        // The programs get the cookie of the test's own namespace for its packets.
+        let cookie = cniguard::node::namespaces::own_cookie().unwrap();
+        cookies.insert(cookie, NETNS, 0).unwrap();
         let program: &mut CgroupSkb = ebpf.program_mut("localhost_egress").unwrap().try_into().unwrap();
         program.load().unwrap();
         Self { ebpf, client_seq: CLIENT_ISN + 1, server_seq: SERVER_ISN + 1 }
@@ -122,36 +123,38 @@ impl Walk {
 
     /// The client's next bytes in one segment.
     fn client(&mut self, payload: &[u8]) {
-        let seq = self.client_seq;
-        self.segment(true, seq, 0x10, payload);
-        self.client_seq = seq.wrapping_add(u32::try_from(payload.len()).unwrap());
+        self.next(true, payload);
     }
 
     fn server(&mut self, payload: &[u8]) {
-        let seq = self.server_seq;
-        self.segment(false, seq, 0x10, payload);
-        self.server_seq = seq.wrapping_add(u32::try_from(payload.len()).unwrap());
+        self.next(false, payload);
+    }
+
+    /// One side's next bytes in one segment, at its next sequence number.
+    fn next(&mut self, from_client: bool, payload: &[u8]) {
+        let seq = if from_client { self.client_seq } else { self.server_seq };
+        self.segment(from_client, seq, 0x10, payload);
+        let next = seq.wrapping_add(u32::try_from(payload.len()).unwrap());
+        *(if from_client { &mut self.client_seq } else { &mut self.server_seq }) = next;
     }
 
     /// The client's next bytes cut into segments of these lengths.
     fn client_in_pieces(&mut self, payload: &[u8], cuts: &[usize]) {
-        let mut rest = payload;
-        for cut in cuts {
-            let (piece, tail) = rest.split_at(*cut);
-            self.client(piece);
-            rest = tail;
-        }
-        self.client(rest);
+        self.in_pieces(true, payload, cuts);
     }
 
     fn server_in_pieces(&mut self, payload: &[u8], cuts: &[usize]) {
+        self.in_pieces(false, payload, cuts);
+    }
+
+    fn in_pieces(&mut self, from_client: bool, payload: &[u8], cuts: &[usize]) {
         let mut rest = payload;
         for cut in cuts {
             let (piece, tail) = rest.split_at(*cut);
-            self.server(piece);
+            self.next(from_client, piece);
             rest = tail;
         }
-        self.server(rest);
+        self.next(from_client, rest);
     }
 
     /// Response samples by protocol.
@@ -192,26 +195,6 @@ impl Walk {
         let failures: BTreeMap<String, u64> = failures.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
         assert_eq!(self.failures(), failures, "failures and unmeasured");
     }
-}
-
-/// The cookie of the test's network namespace (`SO_NETNS_COOKIE`), which the program gets
-/// for its test packets.
-fn netns_cookie() -> u64 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut cookie = 0_u64;
-    let mut length = libc::socklen_t::try_from(size_of::<u64>()).unwrap();
-    // SAFETY: the kernel writes at most `length` bytes into `cookie`.
-    let result = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &raw mut length,
-        )
-    };
-    assert_eq!(result, 0, "SO_NETNS_COOKIE: {}", std::io::Error::last_os_error());
-    cookie
 }
 
 #[test]
