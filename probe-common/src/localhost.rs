@@ -232,8 +232,6 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
-    /// What `cniguard_localhost_connect_failures_total` counts.
-    pub const CONNECT: [Self; 3] = [Self::Refused, Self::Timeout, Self::Reset];
     /// What `cniguard_localhost_stream_failures_total` counts.
     pub const STREAM: [Self; 2] = [Self::RstStream, Self::GoAway];
     /// What `cniguard_localhost_unmeasured_total` counts.

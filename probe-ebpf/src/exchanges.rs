@@ -16,18 +16,14 @@ use aya_ebpf::{
 };
 use probe_common::{
     localhost::{
-        ConnectionKey, EXCHANGES_MAX_ENTRIES, ExchangeState, FailureKey, FailureReason, FrameCursor,
-        FrameEvent, FrameEvents, HTTP2_FRAME_HEADER_LEN, HTTP2_PREFACE_LEN, LatencyKey, LatencyKind,
-        MAX_FRAMES_PER_SEGMENT, MAX_OPEN_STREAMS, MAX_PIPELINED, Protocol, STREAMS_MAX_ENTRIES, StreamKey,
+        ConnectionKey, EXCHANGES_MAX_ENTRIES, ExchangeState, FailureReason, FrameCursor, FrameEvent,
+        FrameEvents, HTTP2_FRAME_HEADER_LEN, HTTP2_PREFACE_LEN, LatencyKind, MAX_FRAMES_PER_SEGMENT,
+        MAX_OPEN_STREAMS, MAX_PIPELINED, Protocol, STREAMS_MAX_ENTRIES, StreamKey,
     },
     map_health::MapId,
 };
 
-use crate::{
-    counters::{add, record_latency},
-    localhost::{FAILURES, LATENCY},
-    map_health::record_full,
-};
+use crate::map_health::record_full;
 
 /// The exchange walk of HTTP connections; goes with the connection.
 #[map]
@@ -69,26 +65,12 @@ pub struct Context<'a> {
 impl Context<'_> {
     #[inline(always)]
     fn sample(&self, protocol: Protocol, nanoseconds: u64) {
-        let key = LatencyKey {
-            netns: self.key.netns,
-            port: self.key.server_port,
-            kind: LatencyKind::Response as u8,
-            protocol: protocol as u8,
-            _pad: [0; 4],
-        };
-        record_latency(&LATENCY, &key, nanoseconds, MapId::LocalhostLatency);
+        crate::localhost::sample(self.key, LatencyKind::Response, protocol, nanoseconds);
     }
 
     #[inline(always)]
     pub fn count(&self, reason: FailureReason, code: u8) {
-        let key = FailureKey {
-            netns: self.key.netns,
-            port: self.key.server_port,
-            reason: reason as u8,
-            code,
-            _pad: [0; 4],
-        };
-        add(&FAILURES, &key, 1, MapId::LocalhostFailures);
+        crate::localhost::count_failure(self.key, reason, code);
     }
 }
 

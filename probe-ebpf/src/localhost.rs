@@ -70,12 +70,11 @@ static CONNECTIONS: HashMap<ConnectionKey, ConnectionState> =
     HashMap::with_max_entries(CONNECTIONS_MAX_ENTRIES, 0);
 
 #[map]
-pub(crate) static LATENCY: PerCpuHashMap<LatencyKey, Histogram> =
+static LATENCY: PerCpuHashMap<LatencyKey, Histogram> =
     PerCpuHashMap::with_max_entries(LATENCY_MAX_ENTRIES, 0);
 
 #[map]
-pub(crate) static FAILURES: PerCpuHashMap<FailureKey, u64> =
-    PerCpuHashMap::with_max_entries(LATENCY_MAX_ENTRIES, 0);
+static FAILURES: PerCpuHashMap<FailureKey, u64> = PerCpuHashMap::with_max_entries(LATENCY_MAX_ENTRIES, 0);
 
 /// Namespace cookie to inode number, for the `cgroup_skb` programs; filled by the daemon
 /// from its namespace inventory. A namespace it has not seen yet is not counted.
@@ -490,15 +489,21 @@ fn reset(segment: &Segment) {
     // SAFETY: a map value, alive while this program runs.
     let phase = unsafe { (*state).phase };
     let reason = if phase == Phase::SynSent as u8 { FailureReason::Refused } else { FailureReason::Reset };
-    let failure =
-        FailureKey { netns: key.netns, port: key.server_port, reason: reason as u8, code: 0, _pad: [0; 4] };
-    add(&FAILURES, &failure, 1, MapId::LocalhostFailures);
+    count_failure(key, reason, 0);
     let _ = CONNECTIONS.remove(key);
     let _ = EXCHANGES.remove(key);
 }
 
+/// One failure of the connection's port, with its HTTP/2 error code where it has one.
 #[inline(always)]
-fn sample(key: &ConnectionKey, kind: LatencyKind, protocol: Protocol, nanoseconds: u64) {
+pub(crate) fn count_failure(key: &ConnectionKey, reason: FailureReason, code: u8) {
+    let failure =
+        FailureKey { netns: key.netns, port: key.server_port, reason: reason as u8, code, _pad: [0; 4] };
+    add(&FAILURES, &failure, 1, MapId::LocalhostFailures);
+}
+
+#[inline(always)]
+pub(crate) fn sample(key: &ConnectionKey, kind: LatencyKind, protocol: Protocol, nanoseconds: u64) {
     let latency = LatencyKey {
         netns: key.netns,
         port: key.server_port,
