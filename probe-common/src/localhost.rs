@@ -25,6 +25,14 @@ pub const MAX_PIPELINED: usize = 4;
 /// The HTTP/2 client connection preface, `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`.
 pub const HTTP2_PREFACE_LEN: u32 = 24;
 pub const HTTP2_FRAME_HEADER_LEN: usize = 9;
+/// A connection first seen open (cniguard started after it): how many of the client's
+/// segments may go by before one shows where its frames start (or a request line). After
+/// that it is timed turn by turn (`other`).
+pub const MIDWAY_SEARCH_SEGMENTS: u8 = 8;
+/// How many well-formed HTTP/2 frame headers in a row prove that a connection first seen
+/// open speaks HTTP/2 and that its frames start at this segment (fewer do if they end
+/// exactly at the segment's end).
+pub const MAX_SEARCH_FRAMES: usize = 6;
 
 /// One TCP connection over loopback, oriented client to server (the server's port is the
 /// watched one), in one namespace.
@@ -72,7 +80,10 @@ pub struct ConnectionState {
     pub phase: u8,
     /// A [`Protocol`] as u8, read from the client's first bytes.
     pub protocol: u8,
-    pub _pad: [u8; 6],
+    /// A connection first seen open: client segments left to find its protocol in
+    /// ([`MIDWAY_SEARCH_SEGMENTS`] at first).
+    pub search_left: u8,
+    pub _pad: [u8; 5],
 }
 
 /// What a connection speaks, from the client's first payload bytes.
@@ -126,10 +137,21 @@ pub struct FrameCursor {
     /// A frame header cut by the segment's end: its first `partial_len` bytes.
     pub partial: [u8; HTTP2_FRAME_HEADER_LEN],
     pub partial_len: u8,
-    /// 1 once `next_seq` is known (the direction's first payload).
+    /// Where the direction's frames start: [`FrameCursor::UNSYNCED`],
+    /// [`FrameCursor::SYNCED`] or [`FrameCursor::SEARCHING`].
     pub synced: u8,
     /// 1 once the place is lost: nothing more is measured on this connection.
     pub lost: u8,
+}
+
+impl FrameCursor {
+    /// The direction's first payload starts its frames (its handshake was seen).
+    pub const UNSYNCED: u8 = 0;
+    /// `next_seq` is known.
+    pub const SYNCED: u8 = 1;
+    /// A connection first seen open: the frames start at the direction's first segment
+    /// that starts with frames (until then its segments are not walked).
+    pub const SEARCHING: u8 = 2;
 }
 
 /// What a connection's exchanges need beyond [`ConnectionState`]: for HTTP/2 both

@@ -18,7 +18,7 @@ use probe_common::{
     localhost::{
         ConnectionKey, EXCHANGES_MAX_ENTRIES, ExchangeState, FailureReason, FrameCursor, FrameEvent,
         FrameEvents, HTTP2_FRAME_HEADER_LEN, HTTP2_PREFACE_LEN, LatencyKind, MAX_FRAMES_PER_SEGMENT,
-        MAX_OPEN_STREAMS, MAX_PIPELINED, Protocol, STREAMS_MAX_ENTRIES, StreamKey,
+        MAX_OPEN_STREAMS, MAX_PIPELINED, MAX_SEARCH_FRAMES, Protocol, STREAMS_MAX_ENTRIES, StreamKey,
     },
     map_health::MapId,
 };
@@ -91,22 +91,97 @@ pub fn detect(first: [u8; 4]) -> Protocol {
 /// after the 24-byte preface. False if there is no room.
 #[inline(always)]
 pub fn start(key: &ConnectionKey, client_seq: u32, server_seq: u32) -> bool {
-    let Some(state) = SCRATCH.get_ptr_mut(0) else { return false };
-    // SAFETY: this CPU's scratch value, alive while this program runs.
-    let state = unsafe { &mut *state };
-    *state = ExchangeState::default();
+    let Some(state) = fresh() else { return false };
     if client_seq != 0 {
         state.cursors[0].next_seq = client_seq;
         state.cursors[0].skip = HTTP2_PREFACE_LEN;
-        state.cursors[0].synced = 1;
+        state.cursors[0].synced = FrameCursor::SYNCED;
     }
     if server_seq != 0 {
         state.cursors[1].next_seq = server_seq;
-        state.cursors[1].synced = 1;
+        state.cursors[1].synced = FrameCursor::SYNCED;
     }
+    insert(key, state)
+}
+
+/// Starts the walk of a connection first seen open, whose client segment at `client_seq`
+/// starts with HTTP/2 frames ([`frames_start_here`]): the client's frames start there,
+/// the server's at its first segment that shows them. False if there is no room.
+#[inline(always)]
+pub fn start_at_frames(key: &ConnectionKey, client_seq: u32) -> bool {
+    let Some(state) = fresh() else { return false };
+    state.cursors[0].next_seq = client_seq;
+    state.cursors[0].synced = FrameCursor::SYNCED;
+    state.cursors[1].synced = FrameCursor::SEARCHING;
+    insert(key, state)
+}
+
+/// This CPU's scratch walk state, reset.
+#[inline(always)]
+fn fresh() -> Option<&'static mut ExchangeState> {
+    let state = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch value, alive while this program runs.
+    let state = unsafe { &mut *state };
+    *state = ExchangeState::default();
+    Some(state)
+}
+
+#[inline(always)]
+fn insert(key: &ConnectionKey, state: &ExchangeState) -> bool {
     // The scratch value itself, not a copy of it on the stack.
-    #[expect(clippy::needless_borrows_for_generic_args, reason = "a copy would take 80 bytes of stack")]
-    EXCHANGES.insert(key, &*state, 0).is_ok()
+    EXCHANGES.insert(key, state, 0).is_ok()
+}
+
+/// True if HTTP/2 frames start at `payload`'s first byte (`length` bytes, all readable):
+/// its frame headers, read one after the other, are frame types HTTP/2 defines with the
+/// flags, stream ids and lengths each allows, and either end exactly at the segment's end,
+/// or run past it after at least two, or number [`MAX_SEARCH_FRAMES`]. Bytes taken from
+/// the middle of a frame pass this by chance about never, so a connection first seen open
+/// can start its walk at such a segment.
+#[inline(never)]
+pub fn frames_start_here<P: Payload>(payload: &P, length: u32) -> bool {
+    let mut at = 0u32;
+    for checked in 0..MAX_SEARCH_FRAMES {
+        if at >= length {
+            return at == length && checked > 0;
+        }
+        if at + HTTP2_FRAME_HEADER_LEN as u32 > length {
+            return false; // a header cut: too little to tell
+        }
+        let Some(header) = payload.read::<[u8; HTTP2_FRAME_HEADER_LEN]>(at) else { return false };
+        let Some(frame_length) = well_formed(&header) else { return false };
+        at += HTTP2_FRAME_HEADER_LEN as u32 + frame_length;
+        if at > length {
+            return checked >= 1; // the last frame runs on into the next segment
+        }
+    }
+    true
+}
+
+/// The payload length of a frame header that RFC 9113 allows (section 6), if it does.
+#[inline(always)]
+fn well_formed(header: &[u8; HTTP2_FRAME_HEADER_LEN]) -> Option<u32> {
+    let length = u32::from_be_bytes([0, header[0], header[1], header[2]]);
+    let (frame_type, flags) = (header[3], header[4]);
+    if header[5] & 0x80 != 0 {
+        return None; // the reserved bit
+    }
+    let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) != 0;
+    // Per type: the flags it defines, whether it belongs to a stream, the lengths it may have.
+    let ok = match frame_type {
+        0x0 => flags & !0x09 == 0 && stream,           // DATA: END_STREAM, PADDED
+        FRAME_HEADERS => flags & !0x2d == 0 && stream, // END_STREAM, END_HEADERS, PADDED, PRIORITY
+        0x2 => flags == 0 && stream && length == 5,    // PRIORITY
+        FRAME_RST_STREAM => flags == 0 && stream && length == 4,
+        0x4 => flags & !0x01 == 0 && !stream && length % 6 == 0 && (flags == 0 || length == 0), // SETTINGS
+        0x5 => flags & !0x0c == 0 && stream && length >= 4, // PUSH_PROMISE
+        0x6 => flags & !0x01 == 0 && !stream && length == 8, // PING
+        FRAME_GOAWAY => flags == 0 && !stream && length >= 8,
+        0x8 => flags == 0 && length == 4,    // WINDOW_UPDATE
+        0x9 => flags & !0x04 == 0 && stream, // CONTINUATION
+        _ => false,
+    };
+    ok.then_some(length)
 }
 
 /// An HTTP/1.1 segment: a request line queues its send time, a final status line answers
@@ -156,9 +231,16 @@ pub fn http2_walk<P: Payload>(context: &Context, payload: &P) -> bool {
     if cursor.lost != 0 {
         return false;
     }
-    if cursor.synced == 0 {
+    if cursor.synced == FrameCursor::SEARCHING {
+        if !frames_start_here(payload, context.payload) {
+            return false; // the middle of a frame, maybe: not walked
+        }
+        cursor.synced = FrameCursor::SYNCED;
+        cursor.next_seq = context.seq;
+    }
+    if cursor.synced == FrameCursor::UNSYNCED {
         // Handshake not seen: the direction's first payload starts the stream.
-        cursor.synced = 1;
+        cursor.synced = FrameCursor::SYNCED;
         cursor.next_seq = context.seq;
         if context.from_client {
             cursor.skip = HTTP2_PREFACE_LEN;

@@ -31,8 +31,8 @@ use probe_common::{
     counters::Histogram,
     localhost::{
         CONNECTIONS_MAX_ENTRIES, ConnectionKey, ConnectionState, FailureKey, FailureReason,
-        LATENCY_MAX_ENTRIES, LOCALHOST_PORTS_MAX_ENTRIES, LatencyKey, LatencyKind, Phase, Protocol,
-        SCOPE_MAX_ENTRIES,
+        LATENCY_MAX_ENTRIES, LOCALHOST_PORTS_MAX_ENTRIES, LatencyKey, LatencyKind, MIDWAY_SEARCH_SEGMENTS,
+        Phase, Protocol, SCOPE_MAX_ENTRIES,
     },
     map_health::MapId,
 };
@@ -378,7 +378,8 @@ fn connection<P: Payload>(segment: &Segment, payload: &P, now: u64) -> u8 {
                 server_seq: 0,
                 phase: Phase::SynSent as u8,
                 protocol: Protocol::Unknown as u8,
-                _pad: [0; 6],
+                search_left: 0,
+                _pad: [0; 5],
             };
             if CONNECTIONS.insert(key, fresh, 0).is_err() {
                 record_full(MapId::LocalhostConnections);
@@ -399,7 +400,8 @@ fn connection<P: Payload>(segment: &Segment, payload: &P, now: u64) -> u8 {
                 server_seq: 0,
                 phase: Phase::Open as u8,
                 protocol: Protocol::Unknown as u8,
-                _pad: [0; 6],
+                search_left: MIDWAY_SEARCH_SEGMENTS,
+                _pad: [0; 5],
             };
             if CONNECTIONS.insert(key, open, 0).is_err() {
                 record_full(MapId::LocalhostConnections);
@@ -447,7 +449,28 @@ fn exchange<P: Payload>(segment: &Segment, state: &mut ConnectionState, payload:
         }
         let first = payload.read::<[u8; 4]>(0);
         let mut protocol = first.map_or(Protocol::Other, exchanges::detect);
-        if protocol != Protocol::Other && !exchanges::start(key, state.client_seq, state.server_seq) {
+        // A connection first seen open (no handshake) may be anywhere in its stream.
+        let midway = state.client_seq == 0;
+        let mut at_frames = false;
+        if midway && protocol == Protocol::Other {
+            if payload.len() == segment.payload && exchanges::frames_start_here(payload, segment.payload) {
+                protocol = Protocol::Http2;
+                at_frames = true;
+            } else if state.search_left > 1 {
+                state.search_left -= 1;
+                return false; // not measured until a segment shows what it speaks
+            }
+        }
+        let started = if protocol == Protocol::Other {
+            true
+        } else if at_frames {
+            exchanges::start_at_frames(key, segment.seq)
+        } else if midway && protocol == Protocol::Http2 {
+            exchanges::start(key, segment.seq, 0) // this segment is the preface
+        } else {
+            exchanges::start(key, state.client_seq, state.server_seq)
+        };
+        if !started {
             record_full(MapId::LocalhostExchanges);
             protocol = Protocol::Other;
         }

@@ -29,9 +29,9 @@ use cniguard_tests::netfilter::nft;
 struct Node {
     daemon: Daemon,
     pod: NetNs,
-    _namespace: NetNs,
+    namespace: NetNs,
     stats: PathBuf,
-    _config: ConfigFile,
+    config: ConfigFile,
 }
 
 struct ConfigFile(PathBuf);
@@ -58,10 +58,18 @@ impl Node {
         std::fs::create_dir_all(&stats).unwrap();
         let config_file = ConfigFile(stats.join("cniguard.toml"));
         std::fs::write(&config_file.0, &config).unwrap();
-        let daemon =
-            Daemon::start(&node, &["--netns-scope", "node", "--config", config_file.0.to_str().unwrap()])
-                .unwrap();
-        Self { daemon, pod, _namespace: node, stats, _config: config_file }
+        let daemon = Daemon::start(&node, &Self::daemon_args(&config_file)).unwrap();
+        Self { daemon, pod, namespace: node, stats, config: config_file }
+    }
+
+    fn daemon_args(config: &ConfigFile) -> [&str; 4] {
+        ["--netns-scope", "node", "--config", config.0.to_str().unwrap()]
+    }
+
+    /// Stops the daemon and starts another: its programs are new and know no connection.
+    fn restart_daemon(&mut self) {
+        self.daemon.terminate().unwrap();
+        self.daemon = Daemon::start(&self.namespace, &Self::daemon_args(&self.config)).unwrap();
     }
 
     /// Starts a workload in `ns` (the host's namespace if `None`), killed on drop.
@@ -627,6 +635,68 @@ fn every_call_to_the_real_mlserver_is_one_sample_in_its_protocol() {
     // Nothing was beyond the walk's bounds, and no stream failed.
     assert_eq!(after.count_sum("cniguard_localhost_unmeasured_total", &[]), 0, "{}", after.text);
     assert_eq!(after.count_sum("cniguard_localhost_stream_failures_total", &[]), 0, "{}", after.text);
+}
+
+const MIDWAY_STREAMS: u64 = 5;
+const MIDWAY_CALLS: u64 = 3;
+const MIDWAY_HTTP_CALLS: u64 = 7;
+
+/// Connections open before cniguard starts (a restart, or a DaemonSet rolled out onto
+/// running pods) never show the HTTP/2 preface: the gRPC connection's walk starts at its
+/// first segment of frames, the HTTP/1.1 one at its next request line, and each call after
+/// the restart is one sample in its protocol, none timed turn by turn.
+#[test]
+fn calls_on_connections_open_before_cniguard_started_count_in_their_protocol() {
+    cniguard_lab::require_root!();
+    let mut node = Node::new(AUTO, "");
+    let pod = node.pod.name().to_owned();
+    let loopback = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
+    let _server = real_mlserver(&node, "mlserver", &mlserver::Server::seldon(loopback, MODEL_DELAY_MS));
+    wait_model_ready(&node);
+    let resume = node.stats.join("resume");
+    let (streams, calls, http_calls) =
+        (MIDWAY_STREAMS.to_string(), MIDWAY_CALLS.to_string(), MIDWAY_HTTP_CALLS.to_string());
+    let agent = node.workload(
+        Some(&node.pod),
+        "agent",
+        &[
+            "seldon-agent",
+            "--grpc",
+            "127.0.0.1:9500",
+            "--http",
+            "127.0.0.1:9000",
+            "--streams",
+            &streams,
+            "--calls",
+            &calls,
+            "--http-calls",
+            &http_calls,
+            "--rounds",
+            "2",
+            "--resume-file",
+            resume.to_str().unwrap(),
+        ],
+    );
+    agent.wait_for("the agent's first round", |s| s.is_some_and(|s| counter(&s, "rounds") == 1));
+    node.restart_daemon();
+    let grpc = |s: &Scrape, protocol| samples(s, &pod, "9500", protocol, None);
+    let http = |s: &Scrape, protocol| samples(s, &pod, "9000", protocol, None);
+    let before = node.daemon.scrape().unwrap();
+    assert_eq!((grpc(&before, "http2"), http(&before, "http1")), (0, 0), "{}", before.text);
+    std::fs::write(&resume, "").unwrap();
+    let stats = agent.finish();
+    assert_eq!(
+        (counter(&stats, "grpc_connections_opened"), counter(&stats, "http_connections_opened")),
+        (1, 1),
+        "one connection each, open across the restart: {stats}"
+    );
+    assert_eq!(counter(&stats, "grpc_ok"), 2 * MIDWAY_STREAMS * MIDWAY_CALLS, "{stats}");
+    assert_eq!(counter(&stats, "http_ok"), 2 * MIDWAY_HTTP_CALLS, "{stats}");
+    let after = node.daemon.scrape().unwrap();
+    assert_eq!(grpc(&after, "http2"), MIDWAY_STREAMS * MIDWAY_CALLS, "{}", after.text);
+    assert_eq!(http(&after, "http1"), MIDWAY_HTTP_CALLS, "{}", after.text);
+    assert_eq!((grpc(&after, "other"), http(&after, "other")), (0, 0), "{}", after.text);
+    assert_eq!(after.count_sum("cniguard_localhost_unmeasured_total", &[]), 0, "{}", after.text);
 }
 
 const IPV6_CALLS: u64 = 17;

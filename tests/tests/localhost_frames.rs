@@ -15,7 +15,7 @@ use etherparse::PacketBuilder;
 use probe_common::counters::Histogram;
 use probe_common::localhost::{
     FailureKey, FailureReason, HTTP2_ERROR_CODES, LatencyKey, LatencyKind, MAX_FRAMES_PER_SEGMENT,
-    MAX_OPEN_STREAMS, Protocol,
+    MAX_OPEN_STREAMS, MAX_SEARCH_FRAMES, MIDWAY_SEARCH_SEGMENTS, Protocol,
 };
 
 const PORT: u16 = 9500;
@@ -312,4 +312,60 @@ fn http1_pipelined_requests_are_answered_in_order_and_interim_answers_are_not() 
     walk.server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     walk.server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     walk.assert(&[("http1", 3)], &[]);
+}
+
+/// A connection already open when cniguard started: no handshake, no preface. Its client
+/// segments wait until one starts with frames, the server's likewise; streams opened
+/// before then are not answered into samples, later ones each are.
+#[test]
+fn a_connection_first_seen_open_is_walked_from_its_first_segment_of_frames() {
+    cniguard_lab::require_root!();
+    let mut walk = Walk::new();
+    // The tail of a request body and of a response body: the middle of frames.
+    walk.client(&[0_u8; 700]);
+    walk.server(&[0x2a_u8; 300]);
+    walk.assert(&[], &[]);
+    // Seven streams open at once: more frame headers than the search reads.
+    let streams: Vec<u32> = (0..7).map(|i| 2 * i + 11).collect();
+    let requests: Vec<Vec<u8>> = streams.iter().flat_map(|s| [headers(*s), data(*s, 5)]).collect();
+    assert!(requests.len() > MAX_SEARCH_FRAMES);
+    walk.client(&frames(&requests));
+    // The server answers stream 5, opened before the walk began: no sample.
+    walk.server(&frames(&[headers(5), data(5, 12), headers(5)]));
+    walk.assert(&[], &[]);
+    // The seven answers, cut mid-frame into three segments; then one stream more.
+    let answers: Vec<Vec<u8>> =
+        streams.iter().flat_map(|s| [headers(*s), data(*s, 400), headers(*s)]).collect();
+    walk.server_in_pieces(&frames(&answers), &[1000, 1000]);
+    walk.assert(&[("http2", 7)], &[]);
+    walk.client(&frames(&[headers(99), data(99, 20)]));
+    walk.server(&frames(&[headers(99), data(99, 12), headers(99)]));
+    walk.assert(&[("http2", 8)], &[]);
+}
+
+/// A connection first seen open that never shows HTTP/2 frames nor a request line: after
+/// [`MIDWAY_SEARCH_SEGMENTS`] client segments it is timed turn by turn.
+#[test]
+fn a_connection_first_seen_open_without_frames_is_timed_turn_by_turn_after_the_search() {
+    cniguard_lab::require_root!();
+    let mut walk = Walk::new();
+    for turn in 0..u32::from(MIDWAY_SEARCH_SEGMENTS) + 2 {
+        walk.client(&[0x16, 0x03, 0x01, 0x00, turn.to_be_bytes()[3], 0x01, 0x00]);
+        walk.server(b"\x17\x03\x03\x00\x05hello");
+    }
+    // The search's last segment and the two after it, each answered.
+    walk.assert(&[("other", 3)], &[]);
+}
+
+/// A keep-alive HTTP/1.1 connection first seen open, in the middle of a request body: its
+/// next request line starts its exchanges.
+#[test]
+fn an_http1_connection_first_seen_open_is_timed_from_its_next_request() {
+    cniguard_lab::require_root!();
+    let mut walk = Walk::new();
+    walk.client(br#"{"inputs":[]}"#);
+    walk.server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    walk.client(b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    walk.server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    walk.assert(&[("http1", 1)], &[]);
 }

@@ -200,6 +200,15 @@ impl Daemon {
     /// # Errors
     /// If it does not exit within [`PATIENCE`].
     pub fn stop(mut self) -> Result<ExitStatus> {
+        self.terminate()
+    }
+
+    /// SIGTERM, and the exit status once it has cleaned up, leaving the value in place (a
+    /// test that starts another daemon in its stead).
+    ///
+    /// # Errors
+    /// If it does not exit within [`PATIENCE`], or has already stopped.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
         self.signal_and_wait(Signal::SIGTERM)
     }
 

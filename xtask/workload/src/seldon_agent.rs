@@ -54,6 +54,10 @@ pub struct Args {
     /// No ServerReady and model load first (another agent did them): only the calls.
     #[arg(long)]
     skip_setup: bool,
+    /// After the first round, keep the connections open and make no call until FILE
+    /// exists (a test restarts cniguard meanwhile, so that it meets them already open).
+    #[arg(long, value_name = "FILE")]
+    resume_file: Option<PathBuf>,
     /// Stats file, rewritten atomically.
     #[arg(long, value_name = "FILE")]
     stats: PathBuf,
@@ -120,6 +124,17 @@ pub async fn run(args: Args, mut shutdown: Shutdown) -> Result<(), Failure> {
         }
         rounds += 1;
         bump(&agent.tally.rounds);
+        if rounds == 1
+            && let Some(file) = &args.resume_file
+        {
+            while !file.exists() {
+                tokio::select! {
+                    biased;
+                    () = shutdown.requested() => return reporter.finish().map_err(Failure::Runtime),
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+        }
     }
     reporter.finish().map_err(Failure::Runtime)
 }
