@@ -173,7 +173,7 @@ fn well_formed(header: &[u8; HTTP2_FRAME_HEADER_LEN]) -> Option<u32> {
         FRAME_HEADERS => flags & !0x2d == 0 && stream, // END_STREAM, END_HEADERS, PADDED, PRIORITY
         0x2 => flags == 0 && stream && length == 5,    // PRIORITY
         FRAME_RST_STREAM => flags == 0 && stream && length == 4,
-        0x4 => flags & !0x01 == 0 && !stream && length % 6 == 0 && (flags == 0 || length == 0), // SETTINGS
+        0x4 => flags & !0x01 == 0 && !stream && length.is_multiple_of(6) && (flags == 0 || length == 0), // SETTINGS
         0x5 => flags & !0x0c == 0 && stream && length >= 4, // PUSH_PROMISE
         0x6 => flags & !0x01 == 0 && !stream && length == 8, // PING
         FRAME_GOAWAY => flags == 0 && !stream && length >= 8,
