@@ -4,7 +4,9 @@
 //! segments, a segment with many frames and one with more than the walk reads, more open
 //! streams than the bound, control frames, RST_STREAM and GOAWAY with their codes, a
 //! retransmission and a gap, garbage on the port, and HTTP/1.1 pipelined and interim
-//! answers. Exact counts for each connection, from fresh maps.
+//! answers, and connections first seen already open (cniguard started after them): HTTP/2
+//! picked up mid-frame, opaque bytes timed turn by turn once the search gives up, HTTP/1.1
+//! picked up mid-body. Exact counts for each connection, from fresh maps.
 
 use std::collections::BTreeMap;
 

@@ -5,11 +5,15 @@
 //!    (the kernel times the runs itself).
 //! 2. Per loopback request/response in a pod-like namespace (the Seldon agent's path):
 //!    median and p99 with the localhost hooks attached and without, rounds interleaved.
-//! 3. Per packet of non-loopback traffic (datagrams over a veth, received by a socket):
+//! 3. Per loopback packet, by protocol (issue 14): the localhost programs' own run time (BPF
+//!    stats) on an opaque request/response (timed turn by turn, no walk), on HTTP/1.1
+//!    keep-alive calls and on gRPC-shaped HTTP/2 calls (the frame walk), rounds interleaved;
+//!    the difference to the opaque row is what reading the protocol adds per packet.
+//! 4. Per packet of non-loopback traffic (datagrams over a veth, received by a socket):
 //!    what each localhost hook costs traffic it does not measure, from the programs' own
 //!    run time (BPF stats), next to a classifier on the namespaces' `lo` (the other design
 //!    for kernels without `bpf_get_netns_cookie` in `cgroup_skb`), and the datagram rate.
-//! 4. Per dropped packet, under a drop storm: the `kfree_skb` program's own run time as the
+//! 5. Per dropped packet, under a drop storm: the `kfree_skb` program's own run time as the
 //!    kernel accounts it (BPF stats, enabled through the stats fd for this run only), and
 //!    the storm's packets per second with the program attached and without.
 
@@ -95,12 +99,15 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 fn main() -> Result<()> {
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "the benchmark loads eBPF programs: run it as root");
-    // `cniguard-bench non-loopback` runs that part alone.
-    if std::env::args().nth(1).as_deref() == Some("non-loopback") {
-        return non_loopback();
+    // `cniguard-bench non-loopback` (or `protocols`) runs that part alone.
+    match std::env::args().nth(1).as_deref() {
+        Some("non-loopback") => return non_loopback(),
+        Some("protocols") => return protocols(),
+        _ => {}
     }
     classifiers()?;
     loopback()?;
+    protocols()?;
     non_loopback()?;
     drop_storm()
 }
@@ -232,7 +239,7 @@ fn loopback() -> Result<()> {
             with.extend(exchanges(&mut client)?);
         }
         hooks.detach();
-        let exchanged = hooks.exchanges_counted()?;
+        let exchanged = hooks.responses_on(9500)?;
         println!();
         println!(
             "loopback request/response, 64 B each way, {} exchanges per case in {LOOPBACK_ROUNDS} interleaved rounds",
@@ -276,6 +283,216 @@ fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
         samples[index].as_secs_f64() * 1e6
     };
     (at(0.5), at(0.99))
+}
+
+const PROTOCOL_CALLS: usize = 10_000;
+const PROTOCOL_ROUNDS: usize = 5;
+
+/// What a watched loopback port carries in the per-protocol rows: each has its own port
+/// and a server that speaks it.
+#[derive(Clone, Copy)]
+enum Wire {
+    /// 64 bytes each way, no protocol the probe knows: timed turn by turn.
+    Opaque,
+    /// HTTP/1.1 keep-alive: a request line and its status line.
+    Http1,
+    /// gRPC-shaped HTTP/2: HEADERS and DATA out, HEADERS, DATA and trailers back.
+    Http2,
+}
+
+impl Wire {
+    const ALL: [Self; 3] = [Self::Opaque, Self::Http1, Self::Http2];
+
+    const fn port(self) -> u16 {
+        match self {
+            Self::Opaque => 8080,
+            Self::Http1 => 9000,
+            Self::Http2 => 9500,
+        }
+    }
+
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Opaque => "other (turn by turn)",
+            Self::Http1 => "http1",
+            Self::Http2 => "http2 (gRPC-shaped)",
+        }
+    }
+}
+
+const HTTP1_REQUEST: &[u8] =
+    b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}";
+const HTTP1_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_DATA: u8 = 0x0;
+const H2_HEADERS: u8 = 0x1;
+const H2_SETTINGS: u8 = 0x4;
+const H2_END_STREAM: u8 = 0x1;
+const H2_END_HEADERS: u8 = 0x4;
+
+/// An HTTP/2 frame with `length` zero bytes of payload (the walk reads frame headers only).
+fn h2_frame(into: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, length: usize) {
+    into.extend_from_slice(&u32::try_from(length).unwrap_or(0).to_be_bytes()[1..]);
+    into.extend([kind, flags]);
+    into.extend(stream.to_be_bytes());
+    into.resize(into.len() + length, 0);
+}
+
+/// A gRPC call's request on `stream`: HEADERS, then DATA with the 5-byte message prefix.
+fn h2_request(stream: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    h2_frame(&mut bytes, H2_HEADERS, H2_END_HEADERS, stream, 16);
+    h2_frame(&mut bytes, H2_DATA, H2_END_STREAM, stream, 5 + 8);
+    bytes
+}
+
+/// Its response: HEADERS, DATA, and the trailers that end the stream.
+fn h2_response(stream: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    h2_frame(&mut bytes, H2_HEADERS, H2_END_HEADERS, stream, 8);
+    h2_frame(&mut bytes, H2_DATA, 0, stream, 5 + 8);
+    h2_frame(&mut bytes, H2_HEADERS, H2_END_HEADERS | H2_END_STREAM, stream, 8);
+    bytes
+}
+
+/// Serves `wire` on its loopback port, one connection, until the client goes.
+fn serve(wire: Wire) -> Result<()> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", wire.port()))?;
+    std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        match wire {
+            Wire::Opaque => {
+                let mut buffer = [0_u8; 64];
+                loop {
+                    stream.read_exact(&mut buffer)?;
+                    stream.write_all(&buffer)?;
+                }
+            }
+            Wire::Http1 => {
+                let mut buffer = vec![0_u8; HTTP1_REQUEST.len()];
+                loop {
+                    stream.read_exact(&mut buffer)?;
+                    stream.write_all(HTTP1_RESPONSE)?;
+                }
+            }
+            Wire::Http2 => {
+                let mut opening = vec![0_u8; HTTP2_PREFACE.len() + 9];
+                stream.read_exact(&mut opening)?;
+                let mut settings = Vec::new();
+                h2_frame(&mut settings, H2_SETTINGS, 0, 0, 0);
+                h2_frame(&mut settings, H2_SETTINGS, 0x1, 0, 0);
+                stream.write_all(&settings)?;
+                let mut buffer = vec![0_u8; h2_request(1).len()];
+                loop {
+                    stream.read_exact(&mut buffer)?;
+                    let id = u32::from_be_bytes([buffer[5], buffer[6], buffer[7], buffer[8]]);
+                    stream.write_all(&h2_response(id))?;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// A client of `wire`'s server, past the HTTP/2 preface and SETTINGS where there is one.
+struct WireClient {
+    wire: Wire,
+    stream: std::net::TcpStream,
+    next_stream_id: u32,
+}
+
+impl WireClient {
+    fn connect(wire: Wire) -> Result<Self> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", wire.port()))?;
+        stream.set_nodelay(true)?;
+        if let Wire::Http2 = wire {
+            let mut opening = HTTP2_PREFACE.to_vec();
+            h2_frame(&mut opening, H2_SETTINGS, 0, 0, 0);
+            stream.write_all(&opening)?;
+            stream.read_exact(&mut [0_u8; 18])?;
+        }
+        Ok(Self { wire, stream, next_stream_id: 1 })
+    }
+
+    fn calls(&mut self, count: usize) -> Result<()> {
+        let mut answer = [0_u8; 128];
+        for _ in 0..count {
+            match self.wire {
+                Wire::Opaque => {
+                    self.stream.write_all(&[0x5a; 64])?;
+                    self.stream.read_exact(&mut answer[..64])?;
+                }
+                Wire::Http1 => {
+                    self.stream.write_all(HTTP1_REQUEST)?;
+                    self.stream.read_exact(&mut answer[..HTTP1_RESPONSE.len()])?;
+                }
+                Wire::Http2 => {
+                    let id = self.next_stream_id;
+                    self.next_stream_id += 2;
+                    self.stream.write_all(&h2_request(id))?;
+                    self.stream.read_exact(&mut answer[..h2_response(id).len()])?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The localhost programs' run time per loopback packet for each protocol they read, in
+/// one namespace, rounds interleaved so the machine's noise falls on every row alike.
+fn protocols() -> Result<()> {
+    let ns = NetNs::new("bench-proto")?;
+    ns.run(|| -> Result<()> {
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+        let mut hooks = LocalhostHooks::load(Hook::CgroupSkb)?;
+        for wire in Wire::ALL {
+            hooks.watch(wire.port())?;
+            serve(wire)?;
+        }
+        // Attached before the connections open, so each is seen from its SYN.
+        hooks.attach()?;
+        let mut clients = Wire::ALL.map(WireClient::connect);
+        let mut runs = [(0_u64, Duration::ZERO); Wire::ALL.len()];
+        for _ in 0..PROTOCOL_ROUNDS {
+            for (index, client) in clients.iter_mut().enumerate() {
+                let client = client.as_mut().map_err(|err| anyhow::anyhow!("{err:#}"))?;
+                let before = hooks.runs()?;
+                client.calls(PROTOCOL_CALLS)?;
+                let after = hooks.runs()?;
+                runs[index].0 += after.0 - before.0;
+                runs[index].1 += after.1.saturating_sub(before.1);
+            }
+        }
+        hooks.detach();
+        let calls = PROTOCOL_CALLS * PROTOCOL_ROUNDS;
+        println!();
+        println!(
+            "loopback packets by protocol: {calls} calls per protocol on one connection each, {PROTOCOL_ROUNDS} interleaved rounds, cgroup_skb hooks (BPF stats)"
+        );
+        println!(
+            "{:<24} {:>10} {:>10} {:>11} {:>12} {:>14} {:>10}",
+            "", "runs", "runs/call", "ns per run", "ns per call", "added per run", "samples"
+        );
+        #[allow(clippy::cast_precision_loss, reason = "run counts stay far below 2^52")]
+        let per_run = |(count, time): (u64, Duration)| time.as_nanos() as f64 / count.max(1) as f64;
+        let floor = per_run(runs[0]);
+        for (index, wire) in Wire::ALL.into_iter().enumerate() {
+            let (count, time) = runs[index];
+            #[allow(clippy::cast_precision_loss, reason = "run counts stay far below 2^52")]
+            let (runs_per_call, per_call) =
+                (count as f64 / calls as f64, time.as_nanos() as f64 / calls as f64);
+            println!(
+                "{:<24} {count:>10} {runs_per_call:>10.2} {:>11.0} {per_call:>12.0} {:>14.0} {:>10}",
+                wire.name(),
+                per_run(runs[index]),
+                per_run(runs[index]) - floor,
+                hooks.responses_on(wire.port())?
+            );
+        }
+        println!("(runs: every run of the hooks while a row's calls ran, acknowledgements and the machine's other sockets included; samples: response samples recorded on the row's port, one per call expected)");
+        Ok(())
+    })
 }
 
 /// Where the localhost programs attach (`[localhost] hook`).
@@ -330,6 +547,14 @@ impl LocalhostHooks {
             }
         }
         Ok(Self { ebpf, hook, links: Vec::new() })
+    }
+
+    /// Adds `port` to the watched loopback ports.
+    fn watch(&mut self, port: u16) -> Result<()> {
+        let mut ports: aya::maps::HashMap<_, u16, u8> =
+            aya::maps::HashMap::try_from(self.ebpf.map_mut("LOCALHOST_PORTS").context("no map")?)?;
+        ports.insert(port, 1, 0)?;
+        Ok(())
     }
 
     fn programs(&self) -> &'static [&'static str] {
@@ -394,8 +619,8 @@ impl LocalhostHooks {
         Ok(total)
     }
 
-    /// Response samples the programs recorded (all namespaces, port 9500).
-    fn exchanges_counted(&self) -> Result<u64> {
+    /// Response samples the programs recorded on `port` (all namespaces).
+    fn responses_on(&self, port: u16) -> Result<u64> {
         let latency: aya::maps::PerCpuHashMap<
             _,
             probe_common::localhost::LatencyKey,
@@ -404,7 +629,9 @@ impl LocalhostHooks {
         Ok(latency
             .iter()
             .filter_map(Result::ok)
-            .filter(|(key, _)| key.kind == probe_common::localhost::LatencyKind::Response as u8)
+            .filter(|(key, _)| {
+                key.port == port && key.kind == probe_common::localhost::LatencyKind::Response as u8
+            })
             .map(|(_, per_cpu)| per_cpu.iter().map(|h| h.buckets.iter().sum::<u64>()).sum::<u64>())
             .sum())
     }
