@@ -395,8 +395,14 @@ fn start_diagnosis(
     links: &Links,
 ) -> Result<Option<crate::diagnose::SharedDiagnosis>> {
     let Some(diagnose) = &settings.diagnose else { return Ok(None) };
-    let sources =
-        crate::diagnose::Sources { signals, phase, localhost, handle, typha_port: settings.typha_port };
+    let sources = crate::diagnose::Sources {
+        signals,
+        phase,
+        localhost,
+        handle,
+        typha_port: settings.typha_port,
+        inventory: links.inventory.clone(),
+    };
     let events = links.events.clone();
     // In cluster mode, each finding raised or cleared is also an Event on the Node.
     let diagnosis = crate::diagnose::start(diagnose.clone(), sources, registry, move |change| {

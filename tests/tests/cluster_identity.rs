@@ -1,4 +1,4 @@
-//! Pod identity on the real kernel: the namespaces and veths `cluster::identity::gather`
+//! Pod identity on the real kernel: the namespaces and veths `node::pod_facts::gather`
 //! reads from a node, and the pods they map to. A node namespace with two pods plugged in
 //! the two CNIs' ways (a Flannel-style `veth*` with a /24 address, a Calico-style `cali*`
 //! with a /32) and a namespace that holds a pod's address but is plugged into no veth of
@@ -8,8 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use cniguard::cluster::identity::{self, NodeFacts, PodIndex, PodSummary};
+use cniguard::cluster::identity::{PodIndex, PodSummary};
 use cniguard::node::namespaces::{self, NetnsScope};
+use cniguard::node::pod_facts::{self, NodeFacts};
 use cniguard_lab::netns::{NetNs, veth_pair};
 use cniguard_lab::require_root;
 
@@ -23,7 +24,7 @@ fn gather(node: &NetNs) -> NodeFacts {
             let interfaces = cniguard::node::interfaces::list(&handle).await.unwrap();
             let peers: BTreeSet<i32> = interfaces.iter().filter_map(|i| i.peer_netnsid).collect();
             let inventory = namespaces::scan(&handle, NetnsScope::Node, &peers).await.unwrap();
-            identity::gather(&handle, &inventory).await.unwrap()
+            pod_facts::gather(&handle, &inventory).await.unwrap()
         })
     })
 }

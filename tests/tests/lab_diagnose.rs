@@ -133,6 +133,7 @@ fn each_fault_is_diagnosed_by_name_on_the_nodes_that_see_it_and_clears_on_repair
 
     bgp_wrong_as_is_not_established_on_both_ends(&mut lab);
     a_wrong_router_id_is_a_wrong_node_address(&mut lab);
+    a_vxlan_source_on_another_interface_is_a_wrong_node_address(&mut lab);
     a_narrower_underlay_is_an_mtu_mismatch(&mut lab);
 
     // Flannel's flannel.1 left behind on node-2 after its cutover.
@@ -190,6 +191,7 @@ fn each_fault_is_diagnosed_by_name_on_the_nodes_that_see_it_and_clears_on_repair
     lab.repair(&fault).unwrap();
     wait_for(&lab, "old_service_cidr_in_use cleared", &none);
     stale_service_is_the_old_service_range_in_use(&mut lab);
+    a_pod_left_on_its_old_address_is_named(&mut lab);
     lab.down();
 }
 
@@ -260,6 +262,36 @@ fn a_wrong_router_id_is_a_wrong_node_address(lab: &mut Lab) {
     wait_for(lab, "wrong_node_address cleared", &none);
 }
 
+fn a_vxlan_source_on_another_interface_is_a_wrong_node_address(lab: &mut Lab) {
+    let [node_1, _, _] = addresses(lab);
+    let none = BTreeSet::new();
+    // node-1's vxlan.calico is re-made sending from a second interface's address, as Felix
+    // does when first-found picked that interface (with VXLAN and no BGP, the only trace).
+    // What it sends gets nowhere, so node-3 (its one VXLAN peer, across the router) sends
+    // to node-1 with nothing back: vxlan_one_way there, the consequence, named too.
+    let fault = Fault::WrongVxlanAddress { node: "node-1".into() };
+    lab.inject(&fault).unwrap();
+    let subject = format!("vxlan.calico source {WRONG_ROUTER_ID}");
+    wait_for(
+        lab,
+        "wrong_node_address on node-1, vxlan_one_way to it on node-3",
+        &[finding(0, "wrong_node_address", &subject), finding(2, "vxlan_one_way", &format!("{node_1}:4789"))]
+            .into(),
+    );
+    let found = report(lab, 0, "wrong_node_address");
+    println!("wrong_node_address (VXLAN):\n{}{}", diagnose(lab, 0), diagnose(lab, 2));
+    assert!(
+        found.evidence.contains(&format!(
+            "vxlan.calico sends from {WRONG_ROUTER_ID} ({WRONG_ROUTER_ID_DEVICE}), but its peers"
+        )) && found.evidence.contains(&format!("are reached through {node_1} (eth0)")),
+        "{}",
+        found.evidence
+    );
+    assert!(found.fix.contains("interface: eth0"), "{}", found.fix);
+    lab.repair(&fault).unwrap();
+    wait_for(lab, "wrong_node_address (VXLAN) cleared", &none);
+}
+
 fn a_narrower_underlay_is_an_mtu_mismatch(lab: &mut Lab) {
     let none = BTreeSet::new();
     // node-3's underlay link narrows to 1400 while its vxlan.calico keeps 1450: VXLAN's 50
@@ -311,4 +343,32 @@ fn stale_service_is_the_old_service_range_in_use(lab: &mut Lab) {
     assert!(found.fix.contains(&format!("recreate the pods on {interface}")), "{}", found.fix);
     lab.repair(&fault).unwrap();
     wait_for(lab, "old_service_cidr_in_use (connections) cleared", &none);
+}
+
+fn a_pod_left_on_its_old_address_is_named(lab: &mut Lab) {
+    let none = BTreeSet::new();
+    // A copy of client-1 stays on its Flannel address and veth after node-1's cutover, as
+    // a pod the playbook never re-created does, sending 20 datagrams a second: named on
+    // node-1 only, with its address, its veth and the old range.
+    let fault = Fault::OldAddressPod { pod: "client-1".into() };
+    let spec = lab.topology().pod("client-1").unwrap().clone();
+    let (netns, veth) = (lab.topology().left_behind_netns(&spec), lab.topology().left_behind_veth(&spec));
+    let address =
+        lab.topology().nodes[spec.node].pod_address(cniguard_lab::topology::Cni::Flannel, spec.host);
+    lab.inject(&fault).unwrap();
+    let subject = format!("pod {netns}");
+    wait_for(lab, "pods_on_old_addresses on node-1", &[finding(0, "pods_on_old_addresses", &subject)].into());
+    let found = report(lab, 0, "pods_on_old_addresses");
+    println!("pods_on_old_addresses:\n{}", diagnose(lab, 0));
+    assert_eq!(found.severity, "critical");
+    assert!(
+        found.evidence.contains(&format!("still has {address} (in the old pod range 10.42.0.0/16)"))
+            && found.evidence.contains(&veth)
+            && found.evidence.contains("while the node is on Calico"),
+        "{}",
+        found.evidence
+    );
+    assert!(found.fix.contains(&format!("recreate pod {netns}")), "{}", found.fix);
+    lab.repair(&fault).unwrap();
+    wait_for(lab, "pods_on_old_addresses cleared", &none);
 }

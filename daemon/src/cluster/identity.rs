@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::Store;
 use prometheus::Registry;
@@ -21,7 +21,8 @@ use prometheus::proto::{LabelPair, MetricFamily};
 use tokio::sync::Notify;
 
 use crate::metrics::catalogue;
-use crate::node::namespaces::{self, Inventory, SharedInventory};
+use crate::node::namespaces::{self, SharedInventory};
+use crate::node::pod_facts::{self, NetnsFacts, NodeFacts};
 
 /// Label names added to series of pod-facing interfaces and pod namespaces.
 pub const POD_LABEL: &str = "pod";
@@ -73,30 +74,6 @@ pub struct PodRef {
     pub name: String,
 }
 
-/// A network namespace of this host other than the daemon's own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetnsFacts {
-    /// Its `netns` label value.
-    pub label: String,
-    /// The id the daemon's namespace gives it, if any (the far end of a veth has one).
-    pub nsid: Option<i32>,
-    pub addresses: Vec<Ipv4Addr>,
-}
-
-/// A node interface whose far end is in another namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostVeth {
-    pub name: String,
-    pub peer_nsid: i32,
-}
-
-/// What the kernel says, for the mapping.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeFacts {
-    pub namespaces: Vec<NetnsFacts>,
-    pub veths: Vec<HostVeth>,
-}
-
 /// Pods by `netns` label and by node-side interface name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodIndex {
@@ -129,10 +106,8 @@ impl PodIndex {
             };
             index.mapped += 1;
             let pod_ref = PodRef { namespace: pod.namespace.clone(), name: pod.name.clone() };
-            if let Some(nsid) = namespace.nsid {
-                for veth in facts.veths.iter().filter(|v| v.peer_nsid == nsid) {
-                    index.by_interface.insert(veth.name.clone(), pod_ref.clone());
-                }
+            for veth in facts.veths_of(namespace) {
+                index.by_interface.insert(veth.to_owned(), pod_ref.clone());
             }
             index.by_netns.insert(namespace.label.clone(), pod_ref);
         }
@@ -193,46 +168,8 @@ pub struct LiveFacts {
 impl FactsSource for LiveFacts {
     async fn gather(&self) -> Result<NodeFacts> {
         let inventory = namespaces::read(&self.inventory).clone();
-        gather(&self.handle, &inventory).await
+        pod_facts::gather(&self.handle, &inventory).await
     }
-}
-
-/// Reads every namespace's addresses (from a thread inside it) and id, and the node's
-/// veths, for the namespaces of `inventory` other than the daemon's own.
-///
-/// # Errors
-/// If the node's interfaces cannot be listed.
-pub async fn gather(handle: &rtnetlink::Handle, inventory: &Inventory) -> Result<NodeFacts> {
-    let others: Vec<_> = inventory.by_netns.values().filter(|ns| !ns.own).cloned().collect();
-    let mut namespaces = Vec::new();
-    for namespace in others {
-        let path = namespace.path.clone();
-        // A namespace that vanished meanwhile is skipped: its pod is going too.
-        let Some(addresses) = tokio::task::spawn_blocking(move || {
-            namespaces::in_namespace(&path, ipv4_addresses).and_then(Result::ok)
-        })
-        .await
-        .context("reading a namespace's addresses")?
-        else {
-            continue;
-        };
-        let nsid = namespaces::nsid(handle, &namespace.path).await;
-        namespaces.push(NetnsFacts { label: namespace.label(), nsid, addresses });
-    }
-    let veths = crate::node::interfaces::list(handle)
-        .await
-        .context("listing the node's interfaces")?
-        .into_iter()
-        .filter_map(|i| Some(HostVeth { peer_nsid: i.peer_netnsid?, name: i.name }))
-        .collect();
-    Ok(NodeFacts { namespaces, veths })
-}
-
-/// The IPv4 addresses of the calling thread's namespace.
-fn ipv4_addresses() -> nix::Result<Vec<Ipv4Addr>> {
-    Ok(nix::ifaddrs::getifaddrs()?
-        .filter_map(|entry| entry.address?.as_sockaddr_in().map(nix::sys::socket::SockaddrIn::ip))
-        .collect())
 }
 
 /// Keeps the index current: rebuilt when the node's pods change and every
@@ -281,6 +218,7 @@ pub(crate) mod tests {
     use prometheus::proto::Metric;
 
     use super::*;
+    use crate::node::pod_facts::HostVeth;
 
     fn pod(namespace: &str, name: &str, ip: &str) -> PodSummary {
         PodSummary {

@@ -1,7 +1,7 @@
 //! Cluster mode against a mocked API service (`fake_api`), the way kube documents testing
 //! clients: kube's own watchers, reflectors and request building run unchanged, and only
 //! the HTTP exchange is answered by the test. The kernel's side of pod identity is fixed
-//! facts here (`identity::FactsSource`); `gather` itself is tested on the real kernel in
+//! facts here (`identity::FactsSource`); `node::pod_facts::gather` itself is tested on the real kernel in
 //! `tests/tests/cluster_identity.rs`.
 //!
 //! Time is tokio's paused clock: waits advance it only as far as the code under test sleeps,
@@ -17,10 +17,11 @@ use prometheus::{IntCounterVec, Registry};
 use serde_json::{Value, json};
 
 use super::fake_api::{self, ApiCall, EVENTS, FakeApi, NODES, PODS, SERVICES, collection};
-use super::identity::{FactsSource, HostVeth, NetnsFacts, NodeFacts};
+use super::identity::FactsSource;
 use super::{Cluster, ClusterContext, ClusterSettings, ClusterTargets, PeerTarget, ServiceTarget};
 use crate::judgement::phase::{Phase, PhaseRecord, SharedPhase, Signals};
 use crate::metrics::catalogue;
+use crate::node::pod_facts::{HostVeth, NetnsFacts, NodeFacts};
 use crate::server::Rewriter;
 
 const NODE: &str = "node-1";

@@ -19,6 +19,7 @@ use crate::probes::cidr::Cidr;
 #[serde(rename_all = "snake_case")]
 pub enum FindingName {
     OldServiceCidrInUse,
+    PodsOnOldAddresses,
     FlannelLeftovers,
     VxlanOneWay,
     VxlanChecksum,
@@ -32,8 +33,9 @@ pub enum FindingName {
 }
 
 impl FindingName {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::OldServiceCidrInUse,
+        Self::PodsOnOldAddresses,
         Self::FlannelLeftovers,
         Self::VxlanOneWay,
         Self::VxlanChecksum,
@@ -50,6 +52,7 @@ impl FindingName {
     pub const fn label(self) -> &'static str {
         match self {
             Self::OldServiceCidrInUse => "old_service_cidr_in_use",
+            Self::PodsOnOldAddresses => "pods_on_old_addresses",
             Self::FlannelLeftovers => "flannel_leftovers",
             Self::VxlanOneWay => "vxlan_one_way",
             Self::VxlanChecksum => "vxlan_checksum",
@@ -70,6 +73,7 @@ impl FindingName {
         match self {
             Self::FlannelLeftovers | Self::LocalhostCause => "warning",
             Self::OldServiceCidrInUse
+            | Self::PodsOnOldAddresses
             | Self::VxlanOneWay
             | Self::VxlanChecksum
             | Self::BgpBlocked
@@ -99,6 +103,7 @@ type Detector = fn(&Observations) -> Vec<Detected>;
 /// Every finding with its detector, in report order.
 pub const DETECTORS: &[(FindingName, Detector)] = &[
     (FindingName::OldServiceCidrInUse, old_service_cidr_in_use),
+    (FindingName::PodsOnOldAddresses, pods_on_old_addresses),
     (FindingName::FlannelLeftovers, flannel_leftovers),
     (FindingName::VxlanOneWay, vxlan_one_way),
     (FindingName::VxlanChecksum, vxlan_checksum),
@@ -195,21 +200,60 @@ fn old_service_connections(observed: &Observations) -> Vec<Detected> {
     found
 }
 
+/// Pods of a node already on Calico that still hold an address of an old pod range and
+/// send from it: never re-created by the cutover, they keep Flannel's address, and no
+/// route of Calico's leads back to it.
+fn pods_on_old_addresses(observed: &Observations) -> Vec<Detected> {
+    if !observed.phase_age.is_some_and(|(phase, _)| phase == Phase::Calico) {
+        return Vec::new();
+    }
+    let received = |totals: &Totals, device: &str| totals.interface_packets_received.get(device).copied();
+    let mut found = Vec::new();
+    for pod in &observed.pods {
+        let Some((address, range)) = pod
+            .addresses
+            .iter()
+            .find_map(|a| observed.old_pod_cidrs.iter().find(|range| range.contains(*a)).map(|r| (*a, r)))
+        else {
+            continue;
+        };
+        let sent: f64 = pod
+            .devices
+            .iter()
+            .map(|device| {
+                let now = received(&observed.now, device).unwrap_or(0.0);
+                (now - received(&observed.before, device).unwrap_or(0.0)).max(0.0)
+            })
+            .sum();
+        if sent < observed.min_packets {
+            continue;
+        }
+        found.push(Detected {
+            name: FindingName::PodsOnOldAddresses,
+            subject: format!("pod {}", pod.netns),
+            evidence: format!(
+                "pod {} still has {address} (in the old pod range {}/{}) and sent {sent:.0} packets on {} in {:.0} s, while the node is on Calico",
+                pod.netns,
+                range.network,
+                range.prefix_len,
+                pod.devices.join(", "),
+                observed.window_seconds
+            ),
+            value: sent,
+            fix: format!(
+                "recreate pod {} (kubectl delete pod): Calico gives it an address of its own pool; nothing routes {}/{} to it any more",
+                pod.netns, range.network, range.prefix_len
+            ),
+        });
+    }
+    found
+}
+
 /// The pod device of this node that `address` is routed to (the most specific route that
 /// holds it, on a `cali*` or `veth*` device or Flannel's `cni0`).
 fn pod_device(routes: &[Route], address: Ipv4Addr) -> Option<&str> {
     const POD_DEVICES: &[&str] = &["cali", "veth", "cni0"];
-    let route = routes
-        .iter()
-        .filter(|r| {
-            r.prefix_len > 0
-                && overlaps(
-                    address,
-                    32,
-                    &Cidr { name: String::new(), network: r.destination, prefix_len: r.prefix_len },
-                )
-        })
-        .max_by_key(|r| r.prefix_len)?;
+    let route = best_route(routes, address).filter(|r| r.prefix_len > 0)?;
     POD_DEVICES.iter().any(|prefix| route.device.starts_with(prefix)).then_some(route.device.as_str())
 }
 
@@ -443,7 +487,8 @@ fn bgp_not_established_fix(peer: Ipv4Addr, sent_by_us: bool, code: u8, subcode: 
 /// This node announcing, in its BGP OPENs, a router id that is another of its own addresses
 /// than the one it peers from: Calico took the node's address from another interface
 /// (`first-found`). An identifier that is none of the node's addresses (a hashed router id)
-/// is a choice, not a wrong pick.
+/// is a choice, not a wrong pick. Or a VXLAN device sending from such an address
+/// (`wrong_vxlan_source`): with VXLAN and no BGP, the only trace.
 fn wrong_node_address(observed: &Observations) -> Vec<Detected> {
     let device = |address: Ipv4Addr| {
         observed.addresses.iter().find(|(a, _)| *a == address).map(|(_, device)| device.as_str())
@@ -475,7 +520,69 @@ fn wrong_node_address(observed: &Observations) -> Vec<Detected> {
                 ),
             }
         })
+        .chain(wrong_vxlan_source(observed))
         .collect()
+}
+
+/// A VXLAN device that sends from an address of the node on another interface than the
+/// one its peers (the other ends of the node's VXLAN and BGP) are reached through: Calico
+/// set `vxlan.calico`'s source from the interface it detected, so the peers' VXLAN to this
+/// node goes to an address they cannot reach, and what it sends leaves the wrong way.
+fn wrong_vxlan_source(observed: &Observations) -> Vec<Detected> {
+    let device_of = |address: Ipv4Addr| {
+        observed.addresses.iter().find(|(a, _)| *a == address).map(|(_, device)| device.as_str())
+    };
+    let peers: std::collections::BTreeSet<Ipv4Addr> =
+        observed.now.vxlan.keys().map(|flow| flow.peer).chain(observed.now.bgp.keys().copied()).collect();
+    let mut found = Vec::new();
+    for tunnel in observed.links.iter().filter(|link| link.kind.as_deref() == Some("vxlan")) {
+        let Some(local) = tunnel.local else { continue };
+        // Not an address of the node: another problem, not this one.
+        let Some(local_device) = device_of(local) else { continue };
+        let mut elsewhere: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
+        for peer in &peers {
+            let Some(route) = best_route(&observed.routes, *peer) else { continue };
+            if !route.device.is_empty() && route.device != local_device {
+                elsewhere.entry(route.device.as_str()).or_default().push(*peer);
+            }
+        }
+        // The device most peers are reached through is the node's underlay.
+        let Some((right_device, reached)) = elsewhere.into_iter().max_by_key(|(_, peers)| peers.len()) else {
+            continue;
+        };
+        let right = observed.addresses.iter().find(|(_, d)| d == right_device).map(|(a, _)| *a);
+        let right = right.map_or_else(|| right_device.to_owned(), |a| format!("{a} ({right_device})"));
+        let listed: Vec<String> = reached.iter().map(ToString::to_string).collect();
+        found.push(Detected {
+            name: FindingName::WrongNodeAddress,
+            subject: format!("{} source {local}", tunnel.name),
+            evidence: format!(
+                "{} sends from {local} ({local_device}), but its peers {} are reached through {right}: Calico took the node's address from {local_device}",
+                tunnel.name,
+                listed.join(", ")
+            ),
+            value: reached.len() as f64,
+            fix: format!(
+                "set nodeAddressAutodetectionV4 in the Installation so Calico picks the node's address on {right_device}: interface: {right_device} (IP_AUTODETECTION_METHOD=interface={right_device}) or canReach: {}, then restart calico-node on this node",
+                reached[0]
+            ),
+        });
+    }
+    found
+}
+
+/// The most specific route of the node that holds `address`.
+fn best_route(routes: &[Route], address: Ipv4Addr) -> Option<&Route> {
+    routes
+        .iter()
+        .filter(|r| {
+            overlaps(
+                address,
+                32,
+                &Cidr { name: String::new(), network: r.destination, prefix_len: r.prefix_len },
+            )
+        })
+        .max_by_key(|r| r.prefix_len)
 }
 
 /// What an encapsulation adds to each packet: a tunnel's MTU must leave it free of its
@@ -704,6 +811,14 @@ mod tests {
                 })
                 .unwrap(),
             ],
+            old_pod_cidrs: vec![
+                crate::probes::cidr::Cidr::parse(&crate::probes::cidr::CidrConfig {
+                    name: "old_pods".to_owned(),
+                    cidr: "10.42.0.0/16".to_owned(),
+                })
+                .unwrap(),
+            ],
+            pods: Vec::new(),
             cidrs: crate::probes::cidr::parse_all(
                 &crate::probes::cidr::DEFAULT_CIDRS
                     .iter()
@@ -746,6 +861,48 @@ mod tests {
         observed.before.vxlan = BTreeMap::from([(flow(true, 4789), 40.0)]);
         observed.now.vxlan = BTreeMap::from([(flow(true, 4789), 40.0)]);
         assert!(vxlan_one_way(&observed).is_empty());
+    }
+
+    #[test]
+    fn a_pod_sending_from_an_old_address_on_a_calico_node_is_named_and_only_there() {
+        use super::super::observations::PodAddresses;
+        let mut observed = observations();
+        observed.phase_age = Some((Phase::Calico, 300.0));
+        observed.pods = vec![
+            PodAddresses {
+                netns: "cni-old".to_owned(),
+                addresses: vec![Ipv4Addr::new(10, 42, 1, 5)],
+                devices: vec!["veth1a2b3c4d".to_owned()],
+            },
+            PodAddresses {
+                netns: "cni-new".to_owned(),
+                addresses: vec![Ipv4Addr::new(10, 244, 1, 7)],
+                devices: vec!["cali0c0ffee".to_owned()],
+            },
+        ];
+        let sent = |totals: &mut Totals, old: f64, new: f64| {
+            totals.interface_packets_received =
+                BTreeMap::from([("veth1a2b3c4d".to_owned(), old), ("cali0c0ffee".to_owned(), new)]);
+        };
+        sent(&mut observed.before, 100.0, 100.0);
+        sent(&mut observed.now, 1_300.0, 5_000.0);
+        let found = pods_on_old_addresses(&observed);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].subject, "pod cni-old");
+        assert_eq!(found[0].value, 1_200.0);
+        assert!(
+            found[0].evidence.contains("10.42.1.5 (in the old pod range 10.42.0.0/16)"),
+            "{}",
+            found[0].evidence
+        );
+        assert!(found[0].evidence.contains("veth1a2b3c4d"), "{}", found[0].evidence);
+        // Quiet (below min_packets in the window): not carrying traffic.
+        sent(&mut observed.now, 109.0, 5_000.0);
+        assert!(pods_on_old_addresses(&observed).is_empty());
+        // Mid-cutover, old addresses are where pods are meant to be.
+        sent(&mut observed.now, 1_300.0, 5_000.0);
+        observed.phase_age = Some((Phase::Mixed, 300.0));
+        assert!(pods_on_old_addresses(&observed).is_empty());
     }
 
     #[test]
@@ -871,6 +1028,50 @@ mod tests {
     }
 
     #[test]
+    fn a_vxlan_device_sending_from_another_interfaces_address_is_a_wrong_node_address() {
+        use super::super::observations::Link;
+        let mut observed = observations();
+        let route = |destination: [u8; 4], prefix_len, device: &str| Route {
+            destination: Ipv4Addr::from(destination),
+            prefix_len,
+            device: device.to_owned(),
+            from_bird: false,
+        };
+        observed.routes = vec![
+            route([0, 0, 0, 0], 0, "eth0"),
+            route([192, 168, 10, 0], 24, "eth0"),
+            route([10, 0, 2, 0], 24, "eth1"),
+        ];
+        let vxlan = |local: [u8; 4]| Link {
+            index: 5,
+            name: "vxlan.calico".to_owned(),
+            kind: Some("vxlan".to_owned()),
+            mtu: 1450,
+            underlay: None,
+            local: Some(Ipv4Addr::from(local)),
+        };
+        observed.links = vec![vxlan([10, 0, 2, 15])];
+        let node_3 = Ipv4Addr::new(192, 168, 20, 13);
+        observed.now.vxlan = BTreeMap::from([(VxlanFlow { peer: node_3, port: 4789, egress: false }, 40.0)]);
+        observed.now.bgp = BTreeMap::from([(peer(), Session::default())]);
+        let found = wrong_node_address(&observed);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].subject.as_str(), found[0].value), ("vxlan.calico source 10.0.2.15", 2.0));
+        assert!(
+            found[0].evidence.contains("sends from 10.0.2.15 (eth1), but its peers 192.168.10.12, 192.168.20.13 are reached through 192.168.10.11 (eth0)"),
+            "{}",
+            found[0].evidence
+        );
+        assert!(found[0].fix.contains("interface: eth0"), "{}", found[0].fix);
+        // From the node's underlay address: right.
+        observed.links = vec![vxlan([192, 168, 10, 11])];
+        assert!(wrong_node_address(&observed).is_empty());
+        // Not an address of the node at all: not this finding.
+        observed.links = vec![vxlan([172, 16, 0, 1])];
+        assert!(wrong_node_address(&observed).is_empty());
+    }
+
+    #[test]
     fn a_tunnel_wider_than_its_underlay_less_the_encapsulation_is_an_mtu_mismatch() {
         use super::super::observations::Link;
         let mut observed = observations();
@@ -880,6 +1081,7 @@ mod tests {
             kind: kind.map(str::to_owned),
             mtu,
             underlay,
+            local: None,
         };
         observed.links = vec![
             link(2, "eth0", None, 1400, None),

@@ -25,13 +25,14 @@ use prometheus::proto::MetricFamily;
 use serde::{Deserialize, Serialize};
 
 use self::findings::{DETECTORS, Detected, FindingName};
-use self::observations::{Devices, History, Observations};
+use self::observations::{Devices, History, Observations, PodAddresses};
 use self::settings::DiagnoseSettings;
 use crate::checks::health::SharedLocalhost;
 use crate::judgement::phase::{SharedPhase, unix_now};
 use crate::judgement::signals::Signals;
 use crate::judgement::triggers::{Hysteresis, TriggerState};
 use crate::metrics::{FamilyBuilder, catalogue};
+use crate::node::namespaces::SharedInventory;
 
 /// Subjects followed at once, pending or raised: a bound on memory whatever the node shows.
 pub const MAX_TRACKED: usize = 512;
@@ -203,6 +204,8 @@ pub struct Sources {
     pub localhost: Option<SharedLocalhost>,
     pub handle: rtnetlink::Handle,
     pub typha_port: u16,
+    /// The namespaces in scope: the pods whose addresses `pods_on_old_addresses` reads.
+    pub inventory: SharedInventory,
 }
 
 /// Registers the findings' metrics and evaluates them for as long as the daemon runs;
@@ -279,6 +282,9 @@ async fn observe(
         localhost.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     });
     let phase = *sources.phase.read().unwrap_or_else(PoisonError::into_inner);
+    // Entering every pod's namespace costs a thread hop each: only where a finding reads it.
+    let on_calico = phase.is_some_and(|(record, _)| record.phase == crate::judgement::phase::Phase::Calico);
+    let pods = if on_calico { read_pods(sources).await } else { Vec::new() };
     Observations {
         before,
         previous,
@@ -295,6 +301,21 @@ async fn observe(
         links,
         cidrs: settings.cidrs.clone(),
         old_service_cidrs: settings.old_service_cidrs.clone(),
+        old_pod_cidrs: settings.old_pod_cidrs.clone(),
+        pods,
+    }
+}
+
+/// This node's pods with their addresses; none when they cannot be read (the next evaluation
+/// tries again).
+async fn read_pods(sources: &Sources) -> Vec<PodAddresses> {
+    let inventory = crate::node::namespaces::read(&sources.inventory).clone();
+    match crate::node::pod_facts::gather(&sources.handle, &inventory).await {
+        Ok(facts) => PodAddresses::of(&facts),
+        Err(err) => {
+            tracing::debug!("reading the pods' addresses for the findings failed: {err:#}");
+            Vec::new()
+        }
     }
 }
 

@@ -43,6 +43,37 @@ pub struct Observations {
     pub cidrs: Vec<Cidr>,
     /// The service ranges of before the cutover.
     pub old_service_cidrs: Vec<Cidr>,
+    /// The pod ranges of before the cutover.
+    pub old_pod_cidrs: Vec<Cidr>,
+    /// This node's pods with their addresses and node-side devices; read only while the
+    /// node is on Calico (the only phase a finding reads them in).
+    pub pods: Vec<PodAddresses>,
+}
+
+/// One pod namespace of this node, as `pods_on_old_addresses` reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodAddresses {
+    /// Its `netns` label.
+    pub netns: String,
+    pub addresses: Vec<Ipv4Addr>,
+    /// Its node-side interfaces (a veth, whatever the CNI calls it).
+    pub devices: Vec<String>,
+}
+
+impl PodAddresses {
+    /// This node's pods, from the kernel's facts.
+    #[must_use]
+    pub fn of(facts: &crate::node::pod_facts::NodeFacts) -> Vec<Self> {
+        facts
+            .namespaces
+            .iter()
+            .map(|namespace| Self {
+                netns: namespace.label.clone(),
+                addresses: namespace.addresses.iter().copied().filter(|a| !a.is_loopback()).collect(),
+                devices: facts.veths_of(namespace).map(str::to_owned).collect(),
+            })
+            .collect()
+    }
 }
 
 impl Observations {
@@ -87,6 +118,8 @@ pub struct Link {
     pub mtu: u32,
     /// For a VXLAN device, the device it sends through, when it was given one.
     pub underlay: Option<u32>,
+    /// For a VXLAN device, the source address it sends from, when it was given one.
+    pub local: Option<Ipv4Addr>,
 }
 
 /// The node's devices with their MTUs.
@@ -97,6 +130,7 @@ async fn links(handle: &Handle) -> Result<Vec<Link>, rtnetlink::Error> {
         .map(|(interface, mtu)| Link {
             index: interface.index,
             underlay: interface.vxlan.and_then(|v| v.underlay),
+            local: interface.vxlan.and_then(|v| v.local),
             name: interface.name,
             kind: interface.kind,
             mtu,

@@ -34,6 +34,10 @@ pub struct DiagnoseConfig {
     /// 10.43.0.1:443): each watched port costs an event per TCP state change of every
     /// connection to it on the node.
     pub old_service_ports: Vec<u16>,
+    /// Pod ranges of before the cutover (K3s' Flannel default: 10.42.0.0/16): a pod that
+    /// still holds an address there and sends on a node already on Calico was never
+    /// re-created (`pods_on_old_addresses`).
+    pub old_pod_cidrs: Vec<String>,
 }
 
 impl Default for DiagnoseConfig {
@@ -48,6 +52,7 @@ impl Default for DiagnoseConfig {
             min_attempts: 3,
             old_service_cidrs: vec!["10.43.0.0/16".to_owned()],
             old_service_ports: vec![443],
+            old_pod_cidrs: vec!["10.42.0.0/16".to_owned()],
         }
     }
 }
@@ -64,6 +69,7 @@ pub struct DiagnoseSettings {
     pub cidrs: Vec<Cidr>,
     pub old_service_cidrs: Vec<Cidr>,
     pub old_service_ports: Vec<u16>,
+    pub old_pod_cidrs: Vec<Cidr>,
 }
 
 /// `sock_state` watches these next to BGP's and Typha's ports, in a map of 64.
@@ -85,6 +91,8 @@ pub enum DiagnoseError {
     WindowTooShort { window: u64, evaluate: u64 },
     #[error("{0}")]
     OldServiceCidr(String),
+    #[error("{0}")]
+    OldPodCidr(String),
     #[error("port 0 is no port, and at most {MAX_OLD_SERVICE_PORTS} ports are followed")]
     OldServicePort,
 }
@@ -97,6 +105,7 @@ impl DiagnoseError {
             Self::Seconds { field, .. } | Self::Zero { field } => field,
             Self::WindowTooShort { .. } => "diagnose.window_seconds",
             Self::OldServiceCidr(_) => "diagnose.old_service_cidrs",
+            Self::OldPodCidr(_) => "diagnose.old_pod_cidrs",
             Self::OldServicePort => "diagnose.old_service_ports",
         }
     }
@@ -129,17 +138,10 @@ impl DiagnoseConfig {
                 return Err(DiagnoseError::Zero { field });
             }
         }
-        let old_service_cidrs = self
-            .old_service_cidrs
-            .iter()
-            .map(|cidr| {
-                Cidr::parse(&crate::probes::cidr::CidrConfig {
-                    name: "old_services".to_owned(),
-                    cidr: cidr.clone(),
-                })
-                .map_err(DiagnoseError::OldServiceCidr)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let old_service_cidrs =
+            parse_cidrs("old_services", &self.old_service_cidrs).map_err(DiagnoseError::OldServiceCidr)?;
+        let old_pod_cidrs =
+            parse_cidrs("old_pods", &self.old_pod_cidrs).map_err(DiagnoseError::OldPodCidr)?;
         if self.old_service_ports.contains(&0) || self.old_service_ports.len() > MAX_OLD_SERVICE_PORTS {
             return Err(DiagnoseError::OldServicePort);
         }
@@ -162,8 +164,19 @@ impl DiagnoseConfig {
             cidrs: cidrs.to_vec(),
             old_service_cidrs,
             old_service_ports: self.old_service_ports.clone(),
+            old_pod_cidrs,
         }))
     }
+}
+
+/// Each of `cidrs`, parsed, under `name`; the first that is no CIDR is the error.
+fn parse_cidrs(name: &str, cidrs: &[String]) -> Result<Vec<Cidr>, String> {
+    cidrs
+        .iter()
+        .map(|cidr| {
+            Cidr::parse(&crate::probes::cidr::CidrConfig { name: name.to_owned(), cidr: cidr.clone() })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -185,6 +198,9 @@ mod tests {
         let cidr = bad(|c| c.old_service_cidrs = vec!["10.43.0.0/33".into()]);
         assert_eq!(cidr.field(), "diagnose.old_service_cidrs");
         assert!(cidr.to_string().contains("10.43.0.0/33"), "{cidr}");
+        let cidr = bad(|c| c.old_pod_cidrs = vec!["10.42.0.0/16".into(), "10.42/16".into()]);
+        assert_eq!(cidr.field(), "diagnose.old_pod_cidrs");
+        assert!(cidr.to_string().contains("10.42/16"), "{cidr}");
         let short = bad(|c| {
             c.window_seconds = 2;
             c.evaluate_seconds = 5;

@@ -39,6 +39,9 @@ pub struct Totals {
     pub typha: Attempts,
     /// The pods' DNS, by server address.
     pub dns_servers: BTreeMap<Ipv4Addr, DnsServer>,
+    /// Packets each watched interface received, by its name (on a pod's node-side veth:
+    /// what the pod sent).
+    pub interface_packets_received: BTreeMap<String, f64>,
 }
 
 /// The pods' DNS to one server, cumulative.

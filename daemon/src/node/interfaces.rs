@@ -37,6 +37,9 @@ pub struct Vxlan {
     pub port: u16,
     /// The index of the device it sends through (`dev` when it was created), if set.
     pub underlay: Option<u32>,
+    /// The source address of what it sends (`local`), if set: Calico's is the node's
+    /// address as it detected it.
+    pub local: Option<std::net::Ipv4Addr>,
 }
 
 /// Every interface of the daemon's namespace, by index.
@@ -94,12 +97,13 @@ impl Vxlan {
     const LINUX_DEFAULT_PORT: u16 = 8472;
 
     fn from_attributes(attributes: &[InfoVxlan]) -> Self {
-        let mut vxlan = Self { vni: 0, port: Self::LINUX_DEFAULT_PORT, underlay: None };
+        let mut vxlan = Self { vni: 0, port: Self::LINUX_DEFAULT_PORT, underlay: None, local: None };
         for attribute in attributes {
             match attribute {
                 InfoVxlan::Id(vni) => vxlan.vni = *vni,
                 InfoVxlan::Port(port) => vxlan.port = *port,
                 InfoVxlan::Link(index) if *index != 0 => vxlan.underlay = Some(*index),
+                InfoVxlan::Local(address) if !address.is_unspecified() => vxlan.local = Some(*address),
                 _ => {}
             }
         }

@@ -6,6 +6,7 @@ pub mod ebpf;
 pub mod interfaces;
 pub mod kallsyms;
 pub mod namespaces;
+pub mod pod_facts;
 pub mod preflight;
 
 use std::path::PathBuf;

@@ -17,6 +17,7 @@ use prometheus::proto::MetricFamily;
 
 use super::registry::{ProbeSpec, Programs, Started};
 use super::{InterfaceProbe, TcProgram};
+use crate::judgement::signals::{SignalSource, Totals};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::interfaces::AttachedInterfaces;
 use crate::node::interfaces::{Interface, InterfaceSelector, InterfaceTable};
@@ -48,12 +49,9 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     prepare: None,
     start: |context| {
         let selector = context.settings.interfaces.clone();
-        Ok(Started::Interface(IfaceStats::register(
-            context.ebpf,
-            selector,
-            context.attached,
-            context.metrics,
-        )?))
+        let probe = IfaceStats::register(context.ebpf, selector, context.attached, context.metrics)?;
+        context.signals.publish(probe.clone());
+        Ok(Started::Interface(probe))
     },
 };
 
@@ -67,7 +65,7 @@ impl IfaceStats {
         selector: InterfaceSelector,
         attached: &AttachedInterfaces,
         metrics: &DaemonMetrics,
-    ) -> Result<Arc<dyn InterfaceProbe>> {
+    ) -> Result<Arc<Self>> {
         let map = ebpf.take_map("IFACE_STATS").context("the eBPF object has no IFACE_STATS map")?;
         let probe = Arc::new(Self {
             counters: Mutex::new(CountersMap::try_from(map)?),
@@ -102,6 +100,18 @@ impl IfaceStats {
             }
         }
         totals
+    }
+}
+
+impl SignalSource for IfaceStats {
+    /// Packets each watched interface received: on a pod's node-side veth, what the pod
+    /// sent (`pods_on_old_addresses` reads it).
+    fn add_to(&self, totals: &mut Totals) {
+        for (name, direction, _, count) in self.totals() {
+            if direction == Direction::Ingress {
+                *totals.interface_packets_received.entry(name).or_default() += count.packets as f64;
+            }
+        }
     }
 }
 

@@ -128,7 +128,7 @@ pub fn enable_flannel(topology: &Topology, node: usize, peers: &[usize]) -> Resu
             FLANNEL_DEVICE,
             FLANNEL_VNI,
             FLANNEL_VXLAN_PORT,
-            spec.address,
+            (spec.address, "eth0"),
             &spec.flannel_vtep_mac(),
         )?;
         ns.ip(&["addr", "add", &format!("{}/32", spec.flannel_network()), "dev", FLANNEL_DEVICE])?;
@@ -176,16 +176,7 @@ pub fn enable_calico(topology: &Topology, node: usize, peers: &[usize]) -> Resul
     let spec = &topology.nodes[node];
     ns.ip(&["route", "replace", "blackhole", &format!("{}/26", spec.calico_block())])?;
     if !exists(&ns, CALICO_DEVICE) {
-        vxlan_device(
-            &ns,
-            CALICO_DEVICE,
-            CALICO_VNI,
-            CALICO_VXLAN_PORT,
-            spec.address,
-            &spec.calico_vtep_mac(),
-        )?;
-        ns.ip(&["addr", "add", &format!("{}/32", spec.calico_block()), "dev", CALICO_DEVICE])?;
-        ns.ip(&["link", "set", CALICO_DEVICE, "up"])?;
+        calico_vxlan_device(topology, node, (spec.address, "eth0"))?;
     }
     for &peer in peers.iter().filter(|&&p| p != node && topology.nodes[p].subnet != spec.subnet) {
         let peer = &topology.nodes[peer];
@@ -198,6 +189,21 @@ pub fn enable_calico(topology: &Topology, node: usize, peers: &[usize]) -> Resul
             peer.address,
         )?;
     }
+    Ok(())
+}
+
+/// `vxlan.calico` on `node` as Felix makes it, sending from `local` through `dev` (the
+/// node's own address and underlay unless a fault says otherwise); one there already goes.
+///
+/// # Errors
+/// If `ip` fails.
+pub fn calico_vxlan_device(topology: &Topology, node: usize, local: (Ipv4Addr, &str)) -> Result<()> {
+    let ns = NetNs::existing(&topology.node_netns(node));
+    let spec = &topology.nodes[node];
+    ip_quietly(&ns, &["link", "del", CALICO_DEVICE]);
+    vxlan_device(&ns, CALICO_DEVICE, CALICO_VNI, CALICO_VXLAN_PORT, local, &spec.calico_vtep_mac())?;
+    ns.ip(&["addr", "add", &format!("{}/32", spec.calico_block()), "dev", CALICO_DEVICE])?;
+    ns.ip(&["link", "set", CALICO_DEVICE, "up"])?;
     Ok(())
 }
 
@@ -220,7 +226,14 @@ pub fn forget_calico_peer(topology: &Topology, node: usize, peer: usize) {
     );
 }
 
-fn vxlan_device(ns: &NetNs, name: &str, vni: u32, port: u16, local: Ipv4Addr, mac: &str) -> Result<()> {
+fn vxlan_device(
+    ns: &NetNs,
+    name: &str,
+    vni: u32,
+    port: u16,
+    (local, dev): (Ipv4Addr, &str),
+    mac: &str,
+) -> Result<()> {
     let (vni, port, local) = (vni.to_string(), port.to_string(), local.to_string());
     ns.ip(&[
         "link",
@@ -233,7 +246,7 @@ fn vxlan_device(ns: &NetNs, name: &str, vni: u32, port: u16, local: Ipv4Addr, ma
         "local",
         &local,
         "dev",
-        "eth0",
+        dev,
         "dstport",
         &port,
         "nolearning",

@@ -294,6 +294,22 @@ impl Topology {
         }
     }
 
+    /// The namespace of a copy of `pod` left behind on its Flannel address (the lab's
+    /// `old-address-pod` fault).
+    #[must_use]
+    pub fn left_behind_netns(&self, pod: &Pod) -> String {
+        format!("{}-{}-{}-old", self.prefix, self.nodes[pod.node].name, pod.name)
+    }
+
+    /// The `veth*` of a copy of `pod` left behind on its Flannel address (the lab's
+    /// `old-address-pod` fault): named as Flannel would, apart from the pod's own.
+    #[must_use]
+    pub fn left_behind_veth(&self, pod: &Pod) -> String {
+        let hash =
+            fnv1a(format!("{}/{}/{}/old", self.nodes[pod.node].name, pod.namespace, pod.name).as_bytes());
+        format!("veth{:08x}", hash & 0xffff_ffff)
+    }
+
     #[must_use]
     pub fn subnet_of(&self, node: usize) -> &Subnet {
         &self.subnets[self.nodes[node].subnet]

@@ -8,6 +8,7 @@ mod block_mlserver;
 mod block_vxlan;
 mod flannel_leftover;
 mod low_underlay_mtu;
+mod old_address_pod;
 mod reject_bgp;
 mod route_overlap;
 mod slow_mlserver;
@@ -17,6 +18,7 @@ mod stop_bird;
 mod stop_dns;
 mod veth_loss;
 mod wrong_router_id;
+mod wrong_vxlan_address;
 
 pub use route_overlap::OVERLAPPING_ROUTE;
 pub use stale_dns::OLD_CLUSTER_DNS;
@@ -67,6 +69,10 @@ pub enum Fault {
     LowUnderlayMtu { node: String, mtu: u32 },
     /// A pod keeps calling the API ClusterIP of before the service range moved.
     StaleService { pod: String },
+    /// A copy of a pod stays on its Flannel address after its node's cutover.
+    OldAddressPod { pod: String },
+    /// `vxlan.calico` on `node` sends from another of its interfaces' addresses.
+    WrongVxlanAddress { node: String },
 }
 
 /// Every fault as the command line offers it, in the order of its help.
@@ -85,6 +91,8 @@ pub const FAULTS: &[FaultKind] = &[
     wrong_router_id::KIND,
     low_underlay_mtu::KIND,
     stale_service::KIND,
+    old_address_pod::KIND,
+    wrong_vxlan_address::KIND,
 ];
 
 impl Fault {
@@ -104,6 +112,8 @@ impl Fault {
             Self::BgpWrongAs { node, peer } => Box::new(bgp_wrong_as::BgpWrongAs { node, peer }),
             Self::WrongRouterId { node } => Box::new(wrong_router_id::WrongRouterId { node }),
             Self::StaleService { pod } => Box::new(stale_service::StaleService { pod }),
+            Self::OldAddressPod { pod } => Box::new(old_address_pod::OldAddressPod { pod }),
+            Self::WrongVxlanAddress { node } => Box::new(wrong_vxlan_address::WrongVxlanAddress { node }),
             Self::LowUnderlayMtu { node, mtu } => {
                 Box::new(low_underlay_mtu::LowUnderlayMtu { node, mtu: *mtu })
             }
