@@ -1,5 +1,7 @@
 //! Builds `probe-ebpf` for the BPF target and leaves the object in `OUT_DIR`, where
-//! `src/lib.rs` embeds it, so that one `cargo build` yields a self-contained `cniguard`.
+//! `src/lib.rs` embeds it, and installs the live page's charting library from the npm
+//! registry (`npm ci` in `page/`, against its lock file) when it is missing, so that one
+//! `cargo build` yields a self-contained `cniguard`.
 
 use std::process::{Command, Stdio};
 
@@ -9,6 +11,7 @@ use anyhow::{Result, bail};
 const DEFAULT_BPF_TOOLCHAIN: &str = "cniguard-bpf";
 
 fn main() -> Result<()> {
+    page_library()?;
     println!("cargo::rerun-if-env-changed=CNIGUARD_BPF_TOOLCHAIN");
     let toolchain =
         std::env::var("CNIGUARD_BPF_TOOLCHAIN").unwrap_or_else(|_| DEFAULT_BPF_TOOLCHAIN.to_owned());
@@ -40,4 +43,33 @@ fn main() -> Result<()> {
     let root_dir = format!("{manifest_dir}/../probe-ebpf");
     let probes = aya_build::Package { name: "probe-ebpf", root_dir: &root_dir, ..Default::default() };
     aya_build::build_ebpf([probes], aya_build::Toolchain::Custom(&toolchain))
+}
+
+/// uPlot in `page/node_modules`, as the lock file pins it: `src/live/page.rs` embeds it.
+fn page_library() -> Result<()> {
+    let page = format!("{}/page", env!("CARGO_MANIFEST_DIR"));
+    for input in ["package.json", "package-lock.json", "src"] {
+        println!("cargo::rerun-if-changed={page}/{input}");
+    }
+    let library = format!("{page}/node_modules/uplot/dist/uPlot.iife.min.js");
+    println!("cargo::rerun-if-changed={library}");
+    if std::path::Path::new(&library).exists() {
+        return Ok(());
+    }
+    let installed = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
+        .current_dir(&page)
+        .stdout(Stdio::null())
+        .status();
+    match installed {
+        Ok(status) if status.success() && std::path::Path::new(&library).exists() => Ok(()),
+        Ok(status) => bail!(
+            "`npm ci` in {page} failed ({status}): the live page needs uPlot from the npm registry; \
+             run `cargo xtask setup`, or `npm ci` there by hand and read its error"
+        ),
+        Err(err) => bail!(
+            "npm is not installed ({err}): the live page needs uPlot from the npm registry; \
+             run `cargo xtask setup` (it installs Debian's npm)"
+        ),
+    }
 }

@@ -330,6 +330,7 @@ impl Node {
             state_file(triggers::FILE_NAME, triggers::FORMAT),
             links,
         )?;
+        let history = crate::live::start(signals.clone(), phase.latest.clone());
         let sources = (signals, phase.latest.clone(), localhost.clone(), watcher.handle().clone());
         let diagnosis = start_diagnosis(settings, sources, &registry, links)?;
         let _ = links.status.set(crate::judgement::status::Sources {
@@ -339,6 +340,7 @@ impl Node {
             checks,
             localhost,
             diagnosis,
+            history,
         });
         let namespaces =
             Namespaces { handle: watcher.handle().clone(), mode: settings.netns_scope, inventory, scope };

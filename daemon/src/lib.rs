@@ -21,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod diagnose;
 pub mod judgement;
+pub mod live;
 pub mod metrics;
 pub mod node;
 pub mod probes;

@@ -1,5 +1,6 @@
-//! The HTTP endpoints: `/metrics` (Prometheus text format), `/healthz`, `/readyz`, and
-//! `/status` (JSON, read by `cniguard status`).
+//! The HTTP endpoints: `/metrics` (Prometheus text format), `/healthz`, `/readyz`,
+//! `/status` (JSON, read by `cniguard status`), `/diagnose`, and the live page (`/`, its
+//! files, and `/live.json`: see `crate::live`). Every one is read-only (GET and HEAD).
 //!
 //! Bounded against slow or many clients: at most [`MAX_CONNECTIONS`] at once (more are
 //! closed at once and counted in `cniguard_http_connections_refused_total`), request
@@ -19,6 +20,8 @@ use axum::routing::get;
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder as _, Registry, TextEncoder};
 use tokio::net::TcpListener;
+
+use crate::live::page;
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -56,13 +59,19 @@ pub async fn serve(
         .map_err(std::io::Error::other)?;
     let _ = endpoints.registry.register(Box::new(refused.clone()));
     let refused = refused.with_label_values::<&str>(&[]);
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/diagnose", get(diagnose))
-        .with_state(endpoints);
+        .route("/live.json", get(live))
+        .route("/report-template.html", get(report_template));
+    for asset in std::iter::once(&page::INDEX).chain(page::FILES) {
+        let asset = *asset;
+        app = app.route(asset.path, get(move || async move { page_file(asset.content_type, asset.body) }));
+    }
+    let app = app.with_state(endpoints);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -166,5 +175,40 @@ async fn status(State(endpoints): State<Endpoints>) -> axum::response::Response 
                 .into_response(),
         },
         None => (StatusCode::SERVICE_UNAVAILABLE, "starting: the probes are loading\n").into_response(),
+    }
+}
+
+/// The headers every file of the live page is served with.
+fn page_headers(content_type: &'static str) -> [(header::HeaderName, &'static str); 5] {
+    [
+        (header::CONTENT_TYPE, content_type),
+        (header::CONTENT_SECURITY_POLICY, page::CONTENT_SECURITY_POLICY),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+    ]
+}
+
+fn page_file(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+    (page_headers(content_type), body)
+}
+
+/// The page in one file, to save: an attachment, never run in the daemon's origin.
+async fn report_template() -> impl IntoResponse {
+    (
+        page_headers("text/html; charset=utf-8"),
+        [(header::CONTENT_DISPOSITION, "attachment; filename=\"cniguard-report.html\"")],
+        page::report_template(),
+    )
+}
+
+async fn live(State(endpoints): State<Endpoints>) -> axum::response::Response {
+    let Some(sources) = endpoints.status.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting: the probes are loading\n").into_response();
+    };
+    match serde_json::to_vec(&crate::live::snapshot(sources.snapshot(), &sources.history)) {
+        Ok(body) => (page_headers("application/json"), body).into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the live data failed: {err}\n"))
+            .into_response(),
     }
 }

@@ -2,6 +2,11 @@
 //! lab can reproduce raises its finding on the node(s) that see it, with its evidence, and
 //! no other finding anywhere; its repair clears it. Hold and clear times are the lab's
 //! seconds (`LAB_JUDGEMENT_CONFIG`'s `[diagnose]`).
+//!
+//! The same lab shows the live page in a real browser (headless Chromium in the node's
+//! namespace): drawn, with no console error, the phase `calico` after the cutover, and the
+//! VXLAN fault's trigger and finding red; and at the end the demo report of the whole run.
+//! Screenshots go to `target/browser/`.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -12,6 +17,7 @@ use cniguard_lab::lab::{
     OVERLAPPING_ROUTE, WRONG_ROUTER_ID, WRONG_ROUTER_ID_DEVICE,
 };
 use cniguard_lab::require_root;
+use cniguard_tests::browser::{Browser, screenshot_dir, tag_with, tags_with, text_of};
 use cniguard_tests::lab_support::options;
 
 const NODES: [usize; 3] = [0, 1, 2];
@@ -96,6 +102,8 @@ fn each_fault_is_diagnosed_by_name_on_the_nodes_that_see_it_and_clears_on_repair
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(diagnose(&lab, 0).contains("no finding raised"), "{}", diagnose(&lab, 0));
+    let page = live_page(&lab, 0, "live-after-cutover");
+    assert_eq!(text_of(&page, "phase").map(|p| p.starts_with("calico")), Some(true), "{page}");
 
     // VXLAN blocked on node-3 (across the router, the only VXLAN peer of the others): the
     // other two send to it and hear nothing back. node-3 itself sends nothing out.
@@ -115,6 +123,7 @@ fn each_fault_is_diagnosed_by_name_on_the_nodes_that_see_it_and_clears_on_repair
     assert_eq!(scrape.value("cniguard_finding", &[("finding", "vxlan_one_way")]), Some(1.0));
     assert!(scrape.value("cniguard_finding_evidence", &[("finding", "vxlan_one_way")]).unwrap() >= 5.0);
     assert!(diagnose(&lab, 1).contains("vxlan_one_way"), "{}", diagnose(&lab, 1));
+    a_fault_turns_its_trigger_and_finding_red(&lab);
     lab.repair(&fault).unwrap();
     wait_for(&lab, "vxlan_one_way cleared", &none);
 
@@ -192,6 +201,7 @@ fn each_fault_is_diagnosed_by_name_on_the_nodes_that_see_it_and_clears_on_repair
     wait_for(&lab, "old_service_cidr_in_use cleared", &none);
     stale_service_is_the_old_service_range_in_use(&mut lab);
     a_pod_left_on_its_old_address_is_named(&mut lab);
+    the_report_shows_every_node(&lab);
     lab.down();
 }
 
@@ -371,4 +381,70 @@ fn a_pod_left_on_its_old_address_is_named(lab: &mut Lab) {
     assert!(found.fix.contains(&format!("recreate pod {netns}")), "{}", found.fix);
     lab.repair(&fault).unwrap();
     wait_for(lab, "pods_on_old_addresses cleared", &none);
+}
+
+/// The live page's charts, each drawn on every node's part of the page.
+const CHARTS: [&str; 5] = ["vxlan", "pods", "localhost", "drops", "bgp"];
+
+/// The page in `dom` ran to the end in `mode` with no console error, and every chart of
+/// its `nodes` drew.
+fn assert_drawn(dom: &str, mode: &str, nodes: usize) {
+    let body = tag_with(dom, "data-ready=").unwrap_or_else(|| panic!("the page never got ready:\n{dom}"));
+    assert!(
+        body.contains("data-ready=\"true\"") && body.contains(&format!("data-mode=\"{mode}\"")),
+        "{body}"
+    );
+    assert!(body.contains("data-errors=\"0\""), "console errors: {:?}", text_of(dom, "errors"));
+    for chart in CHARTS {
+        let drawn = tags_with(dom, &format!("data-chart=\"{chart}\""));
+        assert_eq!(drawn.len(), nodes, "{chart}: {drawn:?}");
+        assert!(drawn.iter().all(|tag| tag.contains("data-drawn=\"true\"")), "{chart} not drawn: {drawn:?}");
+    }
+}
+
+/// What a person sees on `node`'s live page, from a browser on that node; screenshots at a
+/// laptop's and a phone's size as `target/browser/<name>-*.png`.
+fn live_page(lab: &Lab, node: usize, name: &str) -> String {
+    let endpoint = lab.cniguard(node);
+    let browser = Browser::new(Some(endpoint.netns.name())).unwrap();
+    let url = format!("http://{}/", endpoint.address);
+    let dom = browser.dom(&url).unwrap();
+    assert_drawn(&dom, "live", 1);
+    for (size, device) in [((1280, 800), "desktop"), ((390, 844), "phone")] {
+        browser.screenshot(&url, size, &screenshot_dir().join(format!("{name}-{device}.png"))).unwrap();
+    }
+    dom
+}
+
+/// VXLAN blocked on node-3: node-1's `connectivity_lost` trigger goes active and its
+/// `vxlan_one_way` finding is raised; its page shows both red.
+fn a_fault_turns_its_trigger_and_finding_red(lab: &Lab) {
+    let deadline = Instant::now() + Duration::from_mins(1);
+    let state = |lab: &Lab| {
+        let (_, body) = lab.cniguard(0).get("/status").unwrap();
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let triggers = status["triggers"].as_array().cloned().unwrap_or_default();
+        let trigger = triggers.into_iter().find(|t| t["trigger"] == "connectivity_lost")?;
+        trigger["state"].as_str().map(str::to_owned)
+    };
+    while state(lab).as_deref() != Some("active") {
+        assert!(Instant::now() < deadline, "connectivity_lost never active on node-1: {:?}", state(lab));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let page = live_page(lab, 0, "live-vxlan-blocked");
+    let trigger = tag_with(&page, "data-trigger=\"connectivity_lost\"").unwrap();
+    assert!(trigger.contains("state-active"), "{trigger}");
+    let finding = tag_with(&page, "data-finding=\"vxlan_one_way\"").unwrap();
+    assert!(finding.contains("severity-critical") && finding.contains("state-raised"), "{finding}");
+}
+
+/// The demo's report of this run, opened from its file: every node's charts drawn.
+fn the_report_shows_every_node(lab: &Lab) {
+    let path = screenshot_dir().join("report.html");
+    cniguard_lab::report::write(lab, &path).unwrap();
+    let url = format!("file://{}", path.canonicalize().unwrap().display());
+    let browser = Browser::new(None).unwrap();
+    let dom = browser.dom(&url).unwrap();
+    assert_drawn(&dom, "report", NODES.len());
+    browser.screenshot(&url, (1280, 2400), &screenshot_dir().join("report.png")).unwrap();
 }

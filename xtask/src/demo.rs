@@ -74,6 +74,12 @@ pub fn run(options: LabOptions) -> Result<()> {
         cniguard_lab::lab::LAB_HOOK_FIRING_FOR_SECONDS
     );
     println!("demo: the injected MLServer fault, as `cniguard diagnose` on its node put it:\n{diagnosis}");
+    let report = crate::workspace::workspace_root().join("target/lab/report.html");
+    cniguard_lab::report::write(&lab, &report)?;
+    println!(
+        "demo: the run as pictures (every node's charts, the steps, faults and the rollback call marked): {}",
+        report.display()
+    );
     println!("demo: done; removing the lab");
     lab.down();
     Ok(())
@@ -161,55 +167,56 @@ fn settle(lab: &Lab) -> (usize, WorkloadWindow) {
 /// Per step and node, from Prometheus just before the next step: which overlay carries the
 /// node's traffic (VXLAN packets per second by port on the underlay), its pods' traffic
 /// (packets per second on veth* and cali*), and how many BGP sessions are up; per step,
-/// what the workloads saw.
+/// what the workloads saw. At most [`TIMELINE_COLUMNS`] wide: the step on a line of its
+/// own, then a row per node.
 fn timeline(lab: &Lab, windows: &[(usize, WorkloadWindow)]) -> Result<String> {
     let prometheus = lab.prometheus();
     let events = lab.events();
     let start = events.first().map_or(0.0, |e| e.at);
-    let width = events.iter().map(|e| e.step.len()).max().unwrap_or(4);
     let columns: [(&str, &str); 9] = [
-        ("VXLAN 8472/s", "sum(rate(cniguard_vxlan_packets_total{node=\"NODE\",port=\"8472\"}[10s]))"),
-        ("VXLAN 4789/s", "sum(rate(cniguard_vxlan_packets_total{node=\"NODE\",port=\"4789\"}[10s]))"),
-        ("veth*/s", "sum(rate(cniguard_interface_packets_total{node=\"NODE\",interface=~\"veth.*\"}[10s]))"),
-        ("cali*/s", "sum(rate(cniguard_interface_packets_total{node=\"NODE\",interface=~\"cali.*\"}[10s]))"),
+        ("8472/s", "sum(rate(cniguard_vxlan_packets_total{node=\"NODE\",port=\"8472\"}[10s]))"),
+        ("4789/s", "sum(rate(cniguard_vxlan_packets_total{node=\"NODE\",port=\"4789\"}[10s]))"),
+        ("veth/s", "sum(rate(cniguard_interface_packets_total{node=\"NODE\",interface=~\"veth.*\"}[10s]))"),
+        ("cali/s", "sum(rate(cniguard_interface_packets_total{node=\"NODE\",interface=~\"cali.*\"}[10s]))"),
         ("BGP up", "sum(cniguard_bgp_session_up{node=\"NODE\"})"),
         (
-            "lo p99 ms",
+            "lo99 ms",
             "1000 * histogram_quantile(0.99, sum by (le) (rate(cniguard_localhost_response_seconds_bucket{node=\"NODE\",port=\"9500\"}[10s])))",
         ),
-        ("check ok", "min(cniguard_localhost_probe_success{node=\"NODE\"})"),
-        ("triggers on", "sum(cniguard_rollback_trigger_active{node=\"NODE\"})"),
-        ("rollback", "max(cniguard_rollback_recommended{node=\"NODE\"})"),
+        ("check", "min(cniguard_localhost_probe_success{node=\"NODE\"})"),
+        ("trig on", "sum(cniguard_rollback_trigger_active{node=\"NODE\"})"),
+        ("rollbk", "max(cniguard_rollback_recommended{node=\"NODE\"})"),
     ];
     let mut text = String::from(
         "timeline: per node, what cniguard measured (from Prometheus): VXLAN packets/s by port on the underlay\n\
-         \x20         (Flannel 8472, Calico 4789), pod packets/s on veth* (Flannel) and cali* (Calico), BGP sessions up,\n\
-         \x20         the MLServer pod's 127.0.0.1:9500 p99 response time (the real MLServer's gRPC calls, each\n\
-         \x20         the server's own milliseconds in Python; the loopback itself adds microseconds) and its active\n\
-         \x20         checks on 9000 and 9500, rollback triggers active and whether the node recommends a rollback (1);\n\
-         \x20         per step, what the pods' own workloads saw (the agent's inference calls, DNS queries)\n",
+         \x20 (Flannel 8472, Calico 4789), pod packets/s on veth* (Flannel) and cali* (Calico), BGP sessions up,\n\
+         \x20 the MLServer pod's 127.0.0.1:9500 p99 response time in ms (the real MLServer's gRPC calls, each\n\
+         \x20 the server's own milliseconds in Python; the loopback itself adds microseconds), its active checks on\n\
+         \x20 9000 and 9500 (1: healthy), rollback triggers active, and whether the node recommends a rollback (1);\n\
+         \x20 per step, what the pods' own workloads saw (the agent's inference calls, DNS queries)\n",
     );
-    let _ = write!(text, "{:>5}  {:<width$}  {:<7}", "t", "step", "node");
+    let _ = write!(text, "{:>6}  {:<7}", "t", "node");
     for (label, _) in columns {
-        let _ = write!(text, " {label:>12}");
+        let _ = write!(text, " {label:>7}");
     }
-    text.push_str("    agent ok/failed   dns ok/failed\n");
+    text.push_str("  agent ok/fail  dns ok/fail\n");
     for (index, event) in events.iter().enumerate() {
         let sample_at = events.get(index + 1).map_or(event.at + SETTLE.as_secs_f64(), |next| next.at) - 1.0;
+        let step: String = event.step.chars().take(TIMELINE_COLUMNS - 8).collect();
+        let _ = writeln!(text, "{:>5.0}s  {step}", event.at - start);
+        let window = windows.iter().find(|(step, _)| *step == index).map(|(_, window)| window);
         for (row, node) in lab.topology().nodes.iter().enumerate() {
-            let step = if row == 0 { event.step.as_str() } else { "" };
-            let _ = write!(text, "{:>4.0}s  {step:<width$}  {:<7}", event.at - start, node.name);
+            let _ = write!(text, "{:>6}  {:<7}", "", node.name);
             for (_, query) in columns {
                 let value = prometheus.scalar(&query.replace("NODE", &node.name), Some(sample_at))?;
                 let shown =
-                    value.filter(|v| v.is_finite()).map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
-                let _ = write!(text, " {shown:>12}");
+                    value.filter(|v| v.is_finite()).map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+                let _ = write!(text, " {shown:>7}");
             }
-            let window = windows.iter().find(|(step, _)| *step == index).map(|(_, window)| window);
             if let (0, Some(window)) = (row, window) {
                 let _ = write!(
                     text,
-                    "   {:>9}/{:<8} {:>6}/{:<6}",
+                    "  {:>7}/{:<5} {:>6}/{:<4}",
                     window.agent_ok, window.agent_failed, window.dns_answered, window.dns_failed
                 );
             }
@@ -218,3 +225,6 @@ fn timeline(lab: &Lab, windows: &[(usize, WorkloadWindow)]) -> Result<String> {
     }
     Ok(text)
 }
+
+/// The widest line the timeline prints: it must not wrap in a terminal.
+const TIMELINE_COLUMNS: usize = 120;

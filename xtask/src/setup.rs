@@ -24,6 +24,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{checks, cmd};
 
+/// The live page's npm package (uPlot), which `daemon/build.rs` embeds.
+const LIVE_PAGE: &str = "daemon/page";
+
 /// The rustup toolchain name that `daemon/build.rs` builds the eBPF programs with.
 pub const BPF_TOOLCHAIN: &str = "cniguard-bpf";
 
@@ -48,6 +51,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("xz-utils", "decompresses the kernel matrix's `.ko.xz` modules"),
     ("zstd", "decompresses the kernel matrix's `.ko.zst` modules"),
     ("binutils", "readelf: checks that the kernel matrix's cniguard is statically linked"),
+    ("chromium", "the live page's and the demo report's tests, in a real browser (headless)"),
 ];
 
 /// Debian packages that hold a compiler able to build `core` for the BPF target.
@@ -78,8 +82,13 @@ pub fn run(args: &SetupArgs) -> Result<()> {
     }
     apt.install(&packages, "bpf-linker's LLVM, and the tests' real peers")?;
     install_bpf_linker(llvm_major)?;
+    install_node(&mut apt)?;
+    npm_ci(LIVE_PAGE, "uplot, the live page's charting library, embedded in cniguard at build time")?;
     if !args.build_only {
-        install_dashboard_validator(&mut apt)?;
+        npm_ci(
+            checks::DASHBOARD_VALIDATOR,
+            "@grafana/schema and typescript, the dashboards' schema validator",
+        )?;
         install_mlserver(&mut apt)?;
     }
     mount_kernel_filesystems()?;
@@ -231,27 +240,30 @@ fn install_bpf_linker(major: u32) -> Result<()> {
     std::fs::write(&marker, format!("{major}\n")).with_context(|| format!("writing {}", marker.display()))
 }
 
-/// Node.js (Debian's `nodejs` and `npm`, if `node` or `npm` is missing) and the npm packages
-/// `dashboards/validate/package-lock.json` pins (`@grafana/schema`, Grafana's published
-/// dashboard schema, and `typescript`, which checks the dashboards against it). `npm ci`
-/// runs only when the lockfile differs from the one last installed, recorded in
-/// `node_modules/.cniguard-installed-lock`.
-fn install_dashboard_validator(apt: &mut Apt) -> Result<()> {
+/// Node.js and npm, for the npm packages below.
+fn install_node(apt: &mut Apt) -> Result<()> {
     if !cmd::on_path("node") || !cmd::on_path("npm") {
-        apt.install(&["nodejs".into(), "npm".into()], "Node.js for the dashboards' schema validator")?;
+        apt.install(
+            &["nodejs".into(), "npm".into()],
+            "Node.js and npm, for the npm packages the build and the checks use",
+        )?;
     }
-    let dir = crate::workspace::workspace_root().join(checks::DASHBOARD_VALIDATOR);
+    Ok(())
+}
+
+/// The npm packages the lock file in `dir` (from the workspace root) pins: `npm ci` runs
+/// only when the lock file differs from the one last installed, recorded in
+/// `node_modules/.cniguard-installed-lock`.
+fn npm_ci(dir: &str, what: &str) -> Result<()> {
+    let dir = crate::workspace::workspace_root().join(dir);
     let lock_path = dir.join("package-lock.json");
     let lock = std::fs::read(&lock_path).with_context(|| format!("reading {}", lock_path.display()))?;
     let marker = dir.join("node_modules").join(".cniguard-installed-lock");
     if std::fs::read(&marker).is_ok_and(|installed| installed == lock) {
-        println!("setup: npm packages of {} present", checks::DASHBOARD_VALIDATOR);
+        println!("setup: npm packages of {} present", lock_path.display());
         return Ok(());
     }
-    println!(
-        "setup: installing the npm packages {} pins (@grafana/schema, typescript): npm ci",
-        lock_path.display()
-    );
+    println!("setup: installing the npm packages {} pins ({what}): npm ci", lock_path.display());
     cmd::run(Command::new("npm").current_dir(&dir).args([
         "ci",
         "--ignore-scripts",

@@ -20,7 +20,7 @@ use prometheus::proto::MetricFamily;
 use serde::{Deserialize, Serialize};
 
 use crate::judgement::phase::{Phase, PhaseRecord};
-use crate::judgement::signals::{Signals, Totals};
+use crate::judgement::signals::{Signals, Totals, quantile};
 use crate::metrics::{FamilyBuilder, catalogue};
 use crate::node::namespaces::{self, SharedInventory};
 use crate::state_file::StateFile;
@@ -347,36 +347,6 @@ fn window(before: &Totals, after: &Totals, seconds: f64) -> Option<Window> {
         signals.insert(LOCALHOST_P99, p99);
     }
     Some(Window { signals, drop_reasons })
-}
-
-/// The `q` quantile of the observations between two readings of a cumulative histogram,
-/// interpolated within its bucket as Prometheus' `histogram_quantile` does.
-fn quantile(q: f64, before: &[(f64, f64)], after: &[(f64, f64)]) -> Option<f64> {
-    let counts: Vec<(f64, f64)> = after
-        .iter()
-        .map(|(bound, count)| {
-            let earlier =
-                before.iter().find(|(b, _)| b.to_bits() == bound.to_bits()).map_or(0.0, |(_, c)| *c);
-            (*bound, (count - earlier).max(0.0))
-        })
-        .collect();
-    let total = counts.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let (mut lower_bound, mut lower_count) = (0.0, 0.0);
-    for (bound, count) in counts {
-        if count >= rank {
-            if bound.is_infinite() {
-                return Some(lower_bound);
-            }
-            let within = if count > lower_count { (rank - lower_count) / (count - lower_count) } else { 1.0 };
-            return Some(lower_bound + (bound - lower_bound) * within);
-        }
-        (lower_bound, lower_count) = (bound, count);
-    }
-    None
 }
 
 /// Samples every window until the daemon stops, on a thread of its own: the work is all

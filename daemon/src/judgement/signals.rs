@@ -39,6 +39,8 @@ pub struct Totals {
     pub typha: Attempts,
     /// The pods' DNS, by server address.
     pub dns_servers: BTreeMap<Ipv4Addr, DnsServer>,
+    /// `localhost_response`, by pod (`netns` label).
+    pub localhost_response_by_pod: BTreeMap<String, Vec<(f64, f64)>>,
     /// Packets each watched interface received, by its name (on a pod's node-side veth:
     /// what the pod sent).
     pub interface_packets_received: BTreeMap<String, f64>,
@@ -148,4 +150,35 @@ pub fn add_buckets(into: &mut Vec<(f64, f64)>, buckets: impl IntoIterator<Item =
         }
     }
     into.sort_by(|a, b| a.0.total_cmp(&b.0));
+}
+
+/// The `q` quantile of the observations between two readings of a cumulative histogram,
+/// interpolated within its bucket as Prometheus' `histogram_quantile` does.
+#[must_use]
+pub fn quantile(q: f64, before: &[(f64, f64)], after: &[(f64, f64)]) -> Option<f64> {
+    let counts: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(bound, count)| {
+            let earlier =
+                before.iter().find(|(b, _)| b.to_bits() == bound.to_bits()).map_or(0.0, |(_, c)| *c);
+            (*bound, (count - earlier).max(0.0))
+        })
+        .collect();
+    let total = counts.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower_bound, mut lower_count) = (0.0, 0.0);
+    for (bound, count) in counts {
+        if count >= rank {
+            if bound.is_infinite() {
+                return Some(lower_bound);
+            }
+            let within = if count > lower_count { (rank - lower_count) / (count - lower_count) } else { 1.0 };
+            return Some(lower_bound + (bound - lower_bound) * within);
+        }
+        (lower_bound, lower_count) = (bound, count);
+    }
+    None
 }

@@ -63,6 +63,8 @@ pub struct Sources {
     pub checks: Option<SharedResults>,
     pub localhost: Option<SharedLocalhost>,
     pub diagnosis: Option<crate::diagnose::SharedDiagnosis>,
+    /// What the live page draws (`/live.json`).
+    pub history: crate::live::SharedHistory,
 }
 
 pub type SharedSources = Arc<OnceLock<Sources>>;

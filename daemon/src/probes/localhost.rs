@@ -453,6 +453,9 @@ impl SignalSource for Localhost {
     fn add_to(&self, totals: &mut Totals) {
         let (_, response) = self.latency();
         add_buckets(&mut totals.localhost_response, response.summed_buckets());
+        for (pod, buckets) in response.summed_buckets_by_first_label() {
+            add_buckets(totals.localhost_response_by_pod.entry(pod).or_default(), buckets);
+        }
     }
 }
 

@@ -165,8 +165,23 @@ impl LatencyTotals {
     /// count)`, ending with +Inf: the form judgement takes quantiles of.
     #[must_use]
     pub fn summed_buckets(&self) -> Vec<(f64, f64)> {
+        Self::cumulative(self.0.values().map(|(histogram, _)| histogram))
+    }
+
+    /// The same, one histogram per value of the first label (the pod, for the localhost
+    /// probe's).
+    #[must_use]
+    pub fn summed_buckets_by_first_label(&self) -> BTreeMap<String, Vec<(f64, f64)>> {
+        let mut by: BTreeMap<String, Vec<&[u64; LATENCY_BUCKETS]>> = BTreeMap::new();
+        for (labels, (histogram, _)) in &self.0 {
+            by.entry(labels.first().cloned().unwrap_or_default()).or_default().push(histogram);
+        }
+        by.into_iter().map(|(first, histograms)| (first, Self::cumulative(histograms))).collect()
+    }
+
+    fn cumulative<'a>(histograms: impl IntoIterator<Item = &'a [u64; LATENCY_BUCKETS]>) -> Vec<(f64, f64)> {
         let mut counts = [0_u64; LATENCY_BUCKETS];
-        for (histogram, _) in self.0.values() {
+        for histogram in histograms {
             for (total, count) in counts.iter_mut().zip(histogram) {
                 *total += count;
             }

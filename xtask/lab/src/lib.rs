@@ -15,6 +15,7 @@ pub mod names;
 pub mod netns;
 pub mod privileges;
 pub mod process;
+pub mod report;
 pub mod services;
 pub mod topology;
 pub mod traffic;
