@@ -836,6 +836,16 @@ mod tests {
         Ipv4Addr::new(192, 168, 10, 12)
     }
 
+    /// A route of the node's own (not BIRD's) to `destination`/`prefix_len` via `device`.
+    fn route(destination: [u8; 4], prefix_len: u8, device: &str) -> Route {
+        Route {
+            destination: Ipv4Addr::from(destination),
+            prefix_len,
+            device: device.to_owned(),
+            from_bird: false,
+        }
+    }
+
     fn flow(egress: bool, port: u16) -> VxlanFlow {
         VxlanFlow { peer: peer(), port, egress }
     }
@@ -1031,12 +1041,6 @@ mod tests {
     fn a_vxlan_device_sending_from_another_interfaces_address_is_a_wrong_node_address() {
         use super::super::observations::Link;
         let mut observed = observations();
-        let route = |destination: [u8; 4], prefix_len, device: &str| Route {
-            destination: Ipv4Addr::from(destination),
-            prefix_len,
-            device: device.to_owned(),
-            from_bird: false,
-        };
         observed.routes = vec![
             route([0, 0, 0, 0], 0, "eth0"),
             route([192, 168, 10, 0], 24, "eth0"),
@@ -1172,12 +1176,6 @@ mod tests {
     #[test]
     fn a_node_route_into_a_pod_range_overlaps_and_cni_routes_do_not() {
         let mut observed = observations();
-        let route = |destination: [u8; 4], prefix_len, device: &str| Route {
-            destination: Ipv4Addr::from(destination),
-            prefix_len,
-            device: device.to_owned(),
-            from_bird: false,
-        };
         observed.routes = vec![
             route([10, 244, 200, 0], 24, "eth0"),
             route([10, 42, 1, 0], 24, "cni0"),
