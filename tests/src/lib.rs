@@ -4,6 +4,7 @@
 //! for the live page (`browser`).
 
 pub mod browser;
+pub mod http2;
 pub mod lab_support;
 pub mod netfilter;
 pub mod pod;

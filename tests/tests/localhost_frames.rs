@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 use aya::maps::{HashMap, PerCpuHashMap};
 use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
+use cniguard_tests::http2::{
+    DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING, PREFACE, RST_STREAM, SETTINGS, WINDOW_UPDATE, frame,
+};
 use etherparse::PacketBuilder;
 use probe_common::counters::Histogram;
 use probe_common::localhost::{
@@ -24,33 +27,15 @@ const PORT: u16 = 9500;
 const CLIENT_PORT: u16 = 40_000;
 const CLIENT_ISN: u32 = 1_000;
 const SERVER_ISN: u32 = 7_000_000;
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The namespace the programs are told the test's packets come from.
 const NETNS: u64 = 4_026_531_840;
 
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const WINDOW_UPDATE: u8 = 0x8;
-
-/// One HTTP/2 frame: header and payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
-    let mut bytes = vec![length[1], length[2], length[3], kind, flags];
-    bytes.extend(stream.to_be_bytes());
-    bytes.extend(payload);
-    bytes
-}
-
 fn headers(stream: u32) -> Vec<u8> {
-    frame(HEADERS, 0x4, stream, &[0x82, 0x86, 0x84])
+    frame(HEADERS, END_HEADERS, stream, &[0x82, 0x86, 0x84])
 }
 
 fn data(stream: u32, length: usize) -> Vec<u8> {
-    frame(DATA, 0x1, stream, &vec![0; length])
+    frame(DATA, END_STREAM, stream, &vec![0; length])
 }
 
 fn frames(all: &[Vec<u8>]) -> Vec<u8> {

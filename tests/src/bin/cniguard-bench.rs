@@ -24,6 +24,7 @@ use std::io::{Read as _, Write as _};
 
 use anyhow::{Context as _, Result};
 use cniguard_lab::netns::NetNs;
+use cniguard_tests::http2;
 use cniguard_tests::test_run::Classifiers;
 use etherparse::{PacketBuilder, VlanId};
 
@@ -323,35 +324,26 @@ impl Wire {
 const HTTP1_REQUEST: &[u8] =
     b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}";
 const HTTP1_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const H2_DATA: u8 = 0x0;
-const H2_HEADERS: u8 = 0x1;
-const H2_SETTINGS: u8 = 0x4;
-const H2_END_STREAM: u8 = 0x1;
-const H2_END_HEADERS: u8 = 0x4;
 
 /// An HTTP/2 frame with `length` zero bytes of payload (the walk reads frame headers only).
 fn h2_frame(into: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, length: usize) {
-    into.extend_from_slice(&u32::try_from(length).unwrap_or(0).to_be_bytes()[1..]);
-    into.extend([kind, flags]);
-    into.extend(stream.to_be_bytes());
-    into.resize(into.len() + length, 0);
+    into.extend(http2::frame(kind, flags, stream, &vec![0; length]));
 }
 
 /// A gRPC call's request on `stream`: HEADERS, then DATA with the 5-byte message prefix.
 fn h2_request(stream: u32) -> Vec<u8> {
     let mut bytes = Vec::new();
-    h2_frame(&mut bytes, H2_HEADERS, H2_END_HEADERS, stream, 16);
-    h2_frame(&mut bytes, H2_DATA, H2_END_STREAM, stream, 5 + 8);
+    h2_frame(&mut bytes, http2::HEADERS, http2::END_HEADERS, stream, 16);
+    h2_frame(&mut bytes, http2::DATA, http2::END_STREAM, stream, 5 + 8);
     bytes
 }
 
 /// Its response: HEADERS, DATA, and the trailers that end the stream.
 fn h2_response(stream: u32) -> Vec<u8> {
     let mut bytes = Vec::new();
-    h2_frame(&mut bytes, H2_HEADERS, H2_END_HEADERS, stream, 8);
-    h2_frame(&mut bytes, H2_DATA, 0, stream, 5 + 8);
-    h2_frame(&mut bytes, H2_HEADERS, H2_END_HEADERS | H2_END_STREAM, stream, 8);
+    h2_frame(&mut bytes, http2::HEADERS, http2::END_HEADERS, stream, 8);
+    h2_frame(&mut bytes, http2::DATA, 0, stream, 5 + 8);
+    h2_frame(&mut bytes, http2::HEADERS, http2::END_HEADERS | http2::END_STREAM, stream, 8);
     bytes
 }
 
@@ -377,11 +369,11 @@ fn serve(wire: Wire) -> Result<()> {
                 }
             }
             Wire::Http2 => {
-                let mut opening = vec![0_u8; HTTP2_PREFACE.len() + 9];
+                let mut opening = vec![0_u8; http2::PREFACE.len() + 9];
                 stream.read_exact(&mut opening)?;
                 let mut settings = Vec::new();
-                h2_frame(&mut settings, H2_SETTINGS, 0, 0, 0);
-                h2_frame(&mut settings, H2_SETTINGS, 0x1, 0, 0);
+                h2_frame(&mut settings, http2::SETTINGS, 0, 0, 0);
+                h2_frame(&mut settings, http2::SETTINGS, http2::ACK, 0, 0);
                 stream.write_all(&settings)?;
                 let mut buffer = vec![0_u8; h2_request(1).len()];
                 loop {
@@ -407,8 +399,8 @@ impl WireClient {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", wire.port()))?;
         stream.set_nodelay(true)?;
         if let Wire::Http2 = wire {
-            let mut opening = HTTP2_PREFACE.to_vec();
-            h2_frame(&mut opening, H2_SETTINGS, 0, 0, 0);
+            let mut opening = http2::PREFACE.to_vec();
+            h2_frame(&mut opening, http2::SETTINGS, 0, 0, 0);
             stream.write_all(&opening)?;
             stream.read_exact(&mut [0_u8; 18])?;
         }
