@@ -245,6 +245,20 @@ impl Lab {
 }
 
 /// The namespace of the node named `node`.
+/// Starts the lab's workload program as process `key` inside `netns`: `args`, then
+/// `--stats FILE` (in the lab's state directory, named after the key); it logs to the
+/// key's log file.
+fn start_workload(lab: &mut Lab, key: &str, netns: &crate::netns::NetNs, args: &[&str]) -> Result<()> {
+    let file_name = key.replace('/', "_");
+    let stats = lab.state.state_dir.join(format!("{file_name}.json")).display().to_string();
+    let args: Vec<String> =
+        args.iter().map(|arg| (*arg).to_owned()).chain(["--stats".to_owned(), stats]).collect();
+    let log = lab.log_file(&file_name);
+    let program = lab.state.binaries.workload.clone();
+    lab.state.processes.start(key, netns, &program, &args, log)?;
+    Ok(())
+}
+
 fn node_netns(lab: &Lab, node: &str) -> Result<crate::netns::NetNs> {
     Ok(crate::netns::NetNs::existing(&lab.state.topology.node_netns(lab.selected_nodes(Some(node))?[0])))
 }

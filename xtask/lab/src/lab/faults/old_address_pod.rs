@@ -4,7 +4,7 @@ use std::fmt;
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Effect, Fault, FaultKind, FaultParam, ParamKind};
+use super::{Effect, Fault, FaultKind, FaultParam, ParamKind, start_workload};
 use crate::lab::Lab;
 use crate::netns::NetNs;
 use crate::topology::Cni;
@@ -83,17 +83,12 @@ impl Effect for OldAddressPod<'_> {
         let peer = topology.pods.iter().find(|p| p.name != spec.name).map_or(gateway.clone(), |p| {
             topology.nodes[p.node].pod_address(Cni::Flannel, p.host).to_string()
         });
-        let key = self.process_key();
-        let stats = lab.state.state_dir.join(format!("{}.json", key.replace('/', "_")));
-        let args: Vec<String> = ["udp-send", "--to", &format!("{peer}:7777"), "--rate", RATE, "--stats"]
-            .iter()
-            .map(|arg| (*arg).to_owned())
-            .chain([stats.display().to_string()])
-            .collect();
-        let log = lab.log_file(&key.replace('/', "_"));
-        let program = lab.state.binaries.workload.clone();
-        lab.state.processes.start(&key, &pod_ns, &program, &args, log)?;
-        Ok(())
+        start_workload(
+            lab,
+            &self.process_key(),
+            &pod_ns,
+            &["udp-send", "--to", &format!("{peer}:7777"), "--rate", RATE],
+        )
     }
 
     /// The fix the finding names: the pod goes (its Calico generation already runs).

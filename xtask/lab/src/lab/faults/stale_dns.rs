@@ -4,7 +4,7 @@ use std::fmt;
 
 use anyhow::Result;
 
-use super::{Effect, Fault, FaultKind, FaultParam, ParamKind};
+use super::{Effect, Fault, FaultKind, FaultParam, ParamKind, start_workload};
 use crate::lab::Lab;
 use crate::netns::NetNs;
 
@@ -37,27 +37,19 @@ impl Effect for StaleDns<'_> {
     /// A DNS client in the pod, as its resolv.conf of before the move would have it ask.
     fn inject(&self, lab: &mut Lab) -> Result<()> {
         let netns = NetNs::existing(&lab.pod_netns_name(self.pod)?);
-        let key = self.process_key();
-        let args: Vec<String> = [
+        let server = format!("{OLD_CLUSTER_DNS}:53");
+        let args = [
             "dns-client",
             "--server",
-            &format!("{OLD_CLUSTER_DNS}:53"),
+            &server,
             "--name",
             "kubernetes.default.svc.cluster.local",
             "--rate",
             "4",
             "--timeout-ms",
             "500",
-            "--stats",
-            &lab.state.state_dir.join(format!("{}.json", key.replace('/', "_"))).display().to_string(),
-        ]
-        .iter()
-        .map(|arg| (*arg).to_owned())
-        .collect();
-        let log = lab.log_file(&key.replace('/', "_"));
-        let program = lab.state.binaries.workload.clone();
-        lab.state.processes.start(&key, &netns, &program, &args, log)?;
-        Ok(())
+        ];
+        start_workload(lab, &self.process_key(), &netns, &args)
     }
 
     fn repair(&self, lab: &mut Lab) -> Result<()> {
