@@ -99,7 +99,7 @@ fn observe(ctx: &TcContext, direction: Direction) {
     // SAFETY: the kernel hands this program its __sk_buff.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let header = if message.start + DNS_HEADER_LEN <= message.end {
-        ctx.load::<[u8; 6]>(message.start).ok()
+        packet::read::<[u8; 6]>(ctx, message.start)
     } else {
         None
     };
@@ -167,7 +167,7 @@ fn message(ctx: &TcContext, protocol: u8, l4: usize, end: usize) -> Option<Messa
             })
         }
         IPPROTO_TCP => {
-            let header_len = usize::from(ctx.load::<u8>(l4 + 12).ok()? >> 4) * 4;
+            let header_len = usize::from(packet::read::<u8>(ctx, l4 + 12)? >> 4) * 4;
             let data = l4 + header_len;
             // Handshakes and bare ACKs carry no message.
             if header_len < TCP_MIN_HLEN || data >= end {

@@ -1,9 +1,10 @@
 //! Bounds-checked header parsing shared by the classifiers.
 //!
-//! Headers are read with `bpf_skb_load_bytes` (`TcContext::load`), which checks every read
-//! against the packet and also reaches data outside the skb's linear part. A header is only
-//! believed when it fits in the frame and its length fields agree with the frame; otherwise
-//! the frame is `Malformed`.
+//! Headers are read straight from the packet ([`read`]: direct packet access, checked against
+//! `data_end`), and through `bpf_skb_load_bytes` only where the skb's linear part ends
+//! before them (a GSO packet's pages, a header the driver left unpulled): the helper call
+//! costs more than the rest of a classifier. A header is only believed when it fits in the
+//! frame and its length fields agree with the frame; otherwise the frame is `Malformed`.
 
 use aya_ebpf::programs::TcContext;
 use probe_common::iface_stats::ProtocolClass;
@@ -123,7 +124,7 @@ pub struct Ipv4 {
 /// The IPv4 header at `l3`, or `None` if it is malformed (see the module documentation).
 #[inline(always)]
 pub fn ipv4(ctx: &TcContext, l3: usize, len: usize) -> Option<Ipv4> {
-    let header = ctx.load::<Ipv4Header>(l3).ok()?;
+    let header = read::<Ipv4Header>(ctx, l3)?;
     if header.version_ihl >> 4 != 4 {
         return None;
     }
@@ -164,7 +165,7 @@ fn ipv6(ctx: &TcContext, l3: usize, len: usize) -> ProtocolClass {
     if l3 + IPV6_HLEN > len {
         return ProtocolClass::Malformed;
     }
-    let Ok(header) = ctx.load::<Ipv6Prefix>(l3) else {
+    let Some(header) = read::<Ipv6Prefix>(ctx, l3) else {
         return ProtocolClass::Malformed;
     };
     if header.version_class_flow[0] >> 4 != 6 {
@@ -209,7 +210,7 @@ fn tcp_header_fits(ctx: &TcContext, l4: usize, end: usize) -> bool {
     if l4 + TCP_MIN_HLEN > end {
         return false;
     }
-    let Ok(data_offset) = ctx.load::<u8>(l4 + 12) else {
+    let Some(data_offset) = read::<u8>(ctx, l4 + 12) else {
         return false;
     };
     let header_len = usize::from(data_offset >> 4) * 4;
@@ -230,5 +231,28 @@ fn udp_header_fits(ctx: &TcContext, l4: usize, end: usize) -> bool {
 
 #[inline(always)]
 pub fn load_be16(ctx: &TcContext, offset: usize) -> Option<u16> {
-    ctx.load::<[u8; 2]>(offset).ok().map(u16::from_be_bytes)
+    read::<[u8; 2]>(ctx, offset).map(u16::from_be_bytes)
+}
+
+/// Offsets beyond this are read through the helper: the verifier accepts a packet pointer
+/// moved by a variable only when it can bound the variable, and no header cniguard reads
+/// directly lies further in.
+const DIRECT_MAX_OFFSET: usize = 1024;
+
+/// The `T` at `offset` in the frame, or `None` if the frame ends before it. Read in place
+/// when it lies in the linear part, else copied out by `bpf_skb_load_bytes`.
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    // For one byte LLVM turns `at + 1 <= end` into `at < end`, which the verifier does not
+    // take as a bound: at least two bytes are checked (a last byte is then the helper's).
+    let checked = if core::mem::size_of::<T>() < 2 { 2 } else { core::mem::size_of::<T>() };
+    if offset <= DIRECT_MAX_OFFSET {
+        let at = ctx.data() + offset;
+        if at + checked <= ctx.data_end() {
+            // SAFETY: `at .. at + size_of::<T>()` lies inside the linear packet data, which
+            // the kernel keeps in place while this program runs; `T` is plain bytes.
+            return Some(unsafe { core::ptr::read_unaligned(at as *const T) });
+        }
+    }
+    ctx.load::<T>(offset).ok()
 }

@@ -110,7 +110,7 @@ fn vxlan(ctx: &TcContext, direction: Direction, peer: [u8; 4], l4: usize, end: u
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let header = l4 + UDP_HLEN;
     let valid = if header + VXLAN_HEADER_LEN <= end {
-        ctx.load::<[u8; VXLAN_HEADER_LEN]>(header).ok().filter(|h| h[0] & VXLAN_FLAG_VNI != 0)
+        packet::read::<[u8; VXLAN_HEADER_LEN]>(ctx, header).filter(|h| h[0] & VXLAN_FLAG_VNI != 0)
     } else {
         None
     };
@@ -128,7 +128,7 @@ fn bgp(ctx: &TcContext, direction: Direction, peer: [u8; 4], local: [u8; 4], l4:
     if l4 + TCP_MIN_HLEN > end {
         return;
     }
-    let Ok(ports) = ctx.load::<[u8; 4]>(l4) else { return };
+    let Some(ports) = packet::read::<[u8; 4]>(ctx, l4) else { return };
     let (source, destination) =
         (u16::from_be_bytes([ports[0], ports[1]]), u16::from_be_bytes([ports[2], ports[3]]));
     if source != BGP_PORT && destination != BGP_PORT {
@@ -143,11 +143,13 @@ fn bgp(ctx: &TcContext, direction: Direction, peer: [u8; 4], local: [u8; 4], l4:
     let established = established(ctx, peer, local, peer_port, local_port);
     let event_peer = peer;
     let peer = if established { peer } else { [0; 4] };
-    let Ok(data_offset) = ctx.load::<u8>(l4 + 12) else { return };
+    let Some(data_offset) = packet::read::<u8>(ctx, l4 + 12) else { return };
     let mut offset = l4 + usize::from(data_offset >> 4) * 4;
     if offset >= end {
         return; // a bare ACK (or SYN, FIN): no BGP in it
     }
+    // BGP messages are read through the helper: a segment's later messages sit at offsets
+    // the verifier cannot bound, and BGP is a few packets a second.
     let mut seen_message = false;
     for _ in 0..MAX_BGP_MESSAGES_PER_SEGMENT {
         if offset >= end {
