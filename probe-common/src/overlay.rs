@@ -21,3 +21,86 @@ pub struct OverlayKey {
 
 assert_size!(OverlayKey, 8);
 impl_pod!(OverlayKey);
+
+/// The configured CIDRs as the programs match them: a short list scanned in order, longest
+/// prefix first, so the first match is the longest-prefix match. For the handful of CIDRs
+/// a migration configures this costs a few compares per address, where an LPM trie lookup
+/// walks the trie through a helper call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CidrTable {
+    /// How many of `entries` are in use.
+    pub count: u32,
+    pub entries: [CidrEntry; MAX_CIDRS as usize],
+}
+
+/// One CIDR: an address is in it when `address & mask == network`, both as the address's
+/// four bytes read as a native-endian `u32`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CidrEntry {
+    pub network: u32,
+    pub mask: u32,
+    /// The CIDR's index in the daemon's configuration (its class).
+    pub class: u32,
+}
+
+assert_size!(CidrEntry, 12);
+assert_size!(CidrTable, 4 + 12 * MAX_CIDRS as usize);
+impl_pod!(CidrTable);
+
+impl Default for CidrTable {
+    fn default() -> Self {
+        Self { count: 0, entries: [CidrEntry::default(); MAX_CIDRS as usize] }
+    }
+}
+
+impl CidrTable {
+    /// The table for `cidrs` (network, prefix length), each class its index in the list;
+    /// those past [`MAX_CIDRS`] are left out (the daemon refuses such a configuration).
+    /// Of two identical CIDRs the later one wins, as it would in a trie.
+    #[must_use]
+    pub fn new(cidrs: &[([u8; 4], u8)]) -> Self {
+        let mut table = Self::default();
+        let mut order = [0_usize; MAX_CIDRS as usize];
+        let count = cidrs.len().min(MAX_CIDRS as usize);
+        for (slot, index) in order.iter_mut().zip(0..count) {
+            *slot = index;
+        }
+        let order = &mut order[..count];
+        order.sort_unstable_by_key(|index| (core::cmp::Reverse(cidrs[*index].1), core::cmp::Reverse(*index)));
+        for (entry, index) in table.entries.iter_mut().zip(order.iter()) {
+            let (network, prefix_len) = cidrs[*index];
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len.min(32))).unwrap_or(0);
+            let mask = u32::from_ne_bytes(mask.to_be_bytes());
+            *entry = CidrEntry {
+                network: u32::from_ne_bytes(network) & mask,
+                mask,
+                class: u32::try_from(*index).unwrap_or(u32::MAX),
+            };
+        }
+        table.count = u32::try_from(count).unwrap_or(0);
+        table
+    }
+
+    /// The class of `address`: the index of the longest configured CIDR it lies in, or
+    /// [`OTHER_CIDR`].
+    #[inline(always)]
+    #[must_use]
+    pub fn class(&self, address: [u8; 4]) -> u8 {
+        let address = u32::from_ne_bytes(address);
+        // A plain bounded loop: the verifier of every supported kernel (5.10 on) accepts it.
+        let mut index = 0;
+        while index < MAX_CIDRS as usize {
+            if index >= self.count as usize {
+                break;
+            }
+            let entry = &self.entries[index];
+            if address & entry.mask == entry.network {
+                return entry.class as u8;
+            }
+            index += 1;
+        }
+        OTHER_CIDR
+    }
+}

@@ -45,10 +45,11 @@ fn observe(ctx: &TcContext) {
     let Some(ip) = packet::ipv4(ctx, l3, len) else { return };
     // SAFETY: the kernel hands this program its __sk_buff.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(cidrs) = cidr::table() else { return };
     let key = OverlayKey {
         ifindex,
-        src_class: cidr::class(ip.source),
-        dst_class: cidr::class(ip.destination),
+        src_class: cidrs.class(ip.source),
+        dst_class: cidrs.class(ip.destination),
         _pad: [0; 2],
     };
     add_packet(&OVERLAY_STATS, &key, ctx.len(), MapId::OverlayStats);

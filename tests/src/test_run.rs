@@ -5,13 +5,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use aya::Pod;
-use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use probe_common::Direction;
 use probe_common::counters::PacketCount;
-use probe_common::iface_stats::{IfaceCounters, IfaceKey};
+use probe_common::iface_stats::IfaceCounters;
 
 /// The verdict every cniguard classifier returns: `TC_ACT_UNSPEC`, "carry on as if this
 /// program were not here".
@@ -66,18 +65,9 @@ impl Classifiers {
     /// # Errors
     /// If the map cannot be read.
     pub fn iface_counters(&self, ifindex: u32, direction: Direction) -> Result<IfaceCounters> {
-        let map = self.ebpf.map("IFACE_STATS").context("no IFACE_STATS map")?;
-        let map: PerCpuHashMap<_, IfaceKey, IfaceCounters> = PerCpuHashMap::try_from(map)?;
-        let mut total = IfaceCounters::default();
-        if let Ok(per_cpu) = map.get(&IfaceKey::new(ifindex, direction), 0) {
-            for cpu in per_cpu.iter() {
-                for (sum, count) in total.by_class.iter_mut().zip(cpu.by_class) {
-                    *sum =
-                        PacketCount { packets: sum.packets + count.packets, bytes: sum.bytes + count.bytes };
-                }
-            }
-        }
-        Ok(total)
+        let slots = PerCpuArray::try_from(self.ebpf.map("IFACE_SLOTS").context("no IFACE_SLOTS map")?)?;
+        let overflow = PerCpuHashMap::try_from(self.ebpf.map("IFACE_STATS").context("no IFACE_STATS map")?)?;
+        Ok(cniguard::probes::iface_stats::counters_of(&slots, &overflow, ifindex, direction))
     }
 }
 
@@ -107,17 +97,19 @@ impl Classifiers {
         Ok(())
     }
 
-    /// Loads CIDR classes into the overlay program's trie: `(network, prefix length)` in
-    /// order, each class its index.
+    /// Loads CIDR classes into the programs' table: `(network, prefix length)` in order,
+    /// each class its index.
     ///
     /// # Errors
     /// If the map cannot be written.
     pub fn set_cidr_classes(&mut self, cidrs: &[([u8; 4], u32)]) -> Result<()> {
-        let mut map: LpmTrie<_, [u8; 4], u8> =
-            LpmTrie::try_from(self.ebpf.map_mut("CIDR_CLASSES").context("no CIDR_CLASSES")?)?;
-        for (class, (network, prefix_len)) in cidrs.iter().enumerate() {
-            map.insert(&Key::new(*prefix_len, *network), u8::try_from(class)?, 0)?;
-        }
+        let mut map: Array<_, probe_common::overlay::CidrTable> =
+            Array::try_from(self.ebpf.map_mut("CIDR_TABLE").context("no CIDR_TABLE")?)?;
+        let cidrs: Vec<([u8; 4], u8)> = cidrs
+            .iter()
+            .map(|(network, length)| Ok((*network, u8::try_from(*length)?)))
+            .collect::<Result<_>>()?;
+        map.set(0, probe_common::overlay::CidrTable::new(&cidrs), 0)?;
         Ok(())
     }
 

@@ -87,9 +87,35 @@ pub fn parse_all(configs: &[CidrConfig]) -> Result<Vec<Cidr>, CidrError> {
     configs.iter().map(Cidr::parse).collect::<Result<Vec<_>, _>>().map_err(CidrError::Entry)
 }
 
+/// The programs' table of `cidrs` (`CIDR_TABLE`): each class is the CIDR's index here.
+#[must_use]
+pub fn table(cidrs: &[Cidr]) -> probe_common::overlay::CidrTable {
+    let cidrs: Vec<([u8; 4], u8)> = cidrs.iter().map(|c| (c.network.octets(), c.prefix_len)).collect();
+    probe_common::overlay::CidrTable::new(&cidrs)
+}
+
 #[cfg(test)]
 mod tests {
+    use probe_common::overlay::{CidrTable, OTHER_CIDR};
+
     use super::*;
+
+    #[test]
+    fn the_longest_prefix_wins_whatever_the_order() {
+        let table = CidrTable::new(&[([10, 0, 0, 0], 8), ([10, 244, 0, 0], 16), ([10, 244, 7, 0], 24)]);
+        assert_eq!(table.class([10, 244, 7, 9]), 2);
+        assert_eq!(table.class([10, 244, 8, 9]), 1);
+        assert_eq!(table.class([10, 1, 2, 3]), 0);
+        assert_eq!(table.class([192, 168, 0, 1]), OTHER_CIDR);
+    }
+
+    #[test]
+    fn a_default_route_catches_everything_and_duplicates_keep_the_later_name() {
+        let table = CidrTable::new(&[([0, 0, 0, 0], 0), ([10, 43, 0, 0], 16), ([10, 43, 0, 0], 16)]);
+        assert_eq!(table.class([8, 8, 8, 8]), 0);
+        assert_eq!(table.class([10, 43, 0, 10]), 2);
+        assert_eq!(CidrTable::new(&[]).class([10, 43, 0, 10]), OTHER_CIDR);
+    }
 
     #[test]
     fn cidrs_are_checked() {

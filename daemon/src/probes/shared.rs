@@ -8,12 +8,11 @@ use std::sync::{Mutex, PoisonError};
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
-use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, MapData, PerCpuHashMap};
+use aya::maps::{Array, HashMap, MapData, PerCpuHashMap};
 use aya::programs::RawTracePoint;
 use aya::programs::raw_trace_point::RawTracePointLink;
 use probe_common::counters::{Histogram, LATENCY_BOUNDS_NS, LATENCY_BUCKETS};
-use probe_common::overlay::OTHER_CIDR;
+use probe_common::overlay::{CidrTable, OTHER_CIDR};
 use prometheus::core::Desc;
 use prometheus::proto::MetricFamily;
 
@@ -22,9 +21,9 @@ use crate::metrics::FamilyBuilder;
 use crate::metrics::labels;
 use crate::node::btf::Btf;
 
-/// The configured CIDRs, loaded into `CIDR_CLASSES`, and their label values by index.
+/// The configured CIDRs, loaded into `CIDR_TABLE`, and their label values by index.
 pub struct CidrClasses {
-    _trie: LpmTrie<MapData, [u8; 4], u8>,
+    _table: Array<MapData, CidrTable>,
     names: Vec<String>,
 }
 
@@ -32,18 +31,10 @@ impl CidrClasses {
     /// # Errors
     /// If the map is missing or the kernel refuses an entry.
     pub fn load(ebpf: &mut Ebpf, cidrs: &[Cidr]) -> Result<Self> {
-        let mut trie: LpmTrie<MapData, [u8; 4], u8> = LpmTrie::try_from(
-            ebpf.take_map("CIDR_CLASSES").context("the eBPF object has no CIDR_CLASSES map")?,
-        )?;
-        for (index, cidr) in cidrs.iter().enumerate() {
-            trie.insert(
-                &Key::new(u32::from(cidr.prefix_len), cidr.network.octets()),
-                u8::try_from(index)?,
-                0,
-            )
-            .with_context(|| format!("loading CIDR {}/{} ({})", cidr.network, cidr.prefix_len, cidr.name))?;
-        }
-        Ok(Self { _trie: trie, names: cidrs.iter().map(|c| c.name.clone()).collect() })
+        let mut table: Array<MapData, CidrTable> =
+            Array::try_from(ebpf.take_map("CIDR_TABLE").context("the eBPF object has no CIDR_TABLE map")?)?;
+        table.set(0, super::cidr::table(cidrs), 0).context("loading the CIDRs into CIDR_TABLE")?;
+        Ok(Self { _table: table, names: cidrs.iter().map(|c| c.name.clone()).collect() })
     }
 
     /// The label value of class `class`: the CIDR's name, or `other`.
