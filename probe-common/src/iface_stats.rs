@@ -84,9 +84,33 @@ impl ProtocolClass {
     }
 }
 
-/// Capacity of the `IFACE_STATS` map: interfaces times two directions.
-pub const IFACE_STATS_MAX_ENTRIES: u32 = 8192;
+/// Interfaces the `IFACE_SLOTS` per-CPU array holds, by `ifindex % IFACE_SLOT_COUNT`: an
+/// array slot costs the classifier no hash lookup. Ifindexes grow as pods come and go, so
+/// two live interfaces may share a slot; the later one counts in `IFACE_STATS`.
+pub const IFACE_SLOT_COUNT: u32 = 2048;
+
+/// Where `ifindex` counts in `direction` in `IFACE_SLOTS`.
+#[inline(always)]
+#[must_use]
+pub const fn slot_index(ifindex: u32, direction: Direction) -> u32 {
+    (ifindex % IFACE_SLOT_COUNT) * 2 + direction as u32
+}
+
+/// One `IFACE_SLOTS` value: the interface it counts for (per CPU: the first to count
+/// there claims it; 0 is free) and its counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceSlot {
+    pub ifindex: u32,
+    pub _pad: u32,
+    pub counters: IfaceCounters,
+}
+
+/// Capacity of the `IFACE_STATS` overflow map (interfaces whose slot another holds, times
+/// two directions).
+pub const IFACE_STATS_MAX_ENTRIES: u32 = 2048;
 
 assert_size!(IfaceKey, 8);
 assert_size!(IfaceCounters, 16 * ProtocolClass::COUNT);
-impl_pod!(IfaceKey, IfaceCounters);
+assert_size!(IfaceSlot, 8 + 16 * ProtocolClass::COUNT);
+impl_pod!(IfaceKey, IfaceCounters, IfaceSlot);

@@ -368,6 +368,13 @@ impl AttachedInterfaces {
         self.0.read().unwrap_or_else(PoisonError::into_inner).contains_key(&index)
     }
 
+    /// Every entry, as `(index, name)`.
+    #[must_use]
+    pub fn entries(&self) -> Vec<(u32, String)> {
+        let names = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        names.iter().map(|(index, name)| (*index, name.clone())).collect()
+    }
+
     /// Replaces every entry.
     pub fn replace(&self, names: impl IntoIterator<Item = (u32, String)>) {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = names.into_iter().collect();

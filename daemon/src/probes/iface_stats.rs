@@ -1,17 +1,22 @@
 //! `iface_stats`: packets and bytes per interface, direction and protocol class.
 //!
-//! The classifiers count into a per-CPU hash map; this collector sums the CPUs at scrape
-//! time. Map values only grow while an interface lives, so the counters never go backwards;
-//! when the interface goes, its entries are deleted and its series disappear.
+//! The classifiers count into a per-CPU array slot per interface and direction (and, for an
+//! interface whose slot another holds, a per-CPU hash entry); this collector sums the CPUs
+//! at scrape time. Values only grow while an interface lives, so the counters never go
+//! backwards; when the interface goes, its slot and entries are cleared and its series
+//! disappear. Both reads and clean-ups cost in proportion to the attached interfaces,
+//! never to the maps' capacity.
 
+use std::borrow::Borrow;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
-use aya::maps::{MapData, PerCpuHashMap};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use probe_common::Direction;
 use probe_common::counters::PacketCount;
-use probe_common::iface_stats::{IfaceCounters, IfaceKey, ProtocolClass};
+use probe_common::iface_stats::{IfaceCounters, IfaceKey, IfaceSlot, ProtocolClass, slot_index};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
@@ -31,10 +36,19 @@ const PROGRAMS: &[TcProgram] = &[
 
 const LABELS: &[&str] = &["interface", "direction", "protocol"];
 
-type CountersMap = PerCpuHashMap<MapData, IfaceKey, IfaceCounters>;
+type SlotsMap = PerCpuArray<MapData, IfaceSlot>;
+type OverflowMap = PerCpuHashMap<MapData, IfaceKey, IfaceCounters>;
+
+struct Maps {
+    slots: SlotsMap,
+    overflow: OverflowMap,
+}
 
 pub struct IfaceStats {
-    counters: Mutex<CountersMap>,
+    maps: Mutex<Maps>,
+    /// The interfaces counted into the maps since the last clean-up: the ones to clear
+    /// when they go.
+    tracked: Mutex<BTreeSet<u32>>,
     attached: AttachedInterfaces,
     selector: InterfaceSelector,
 }
@@ -56,19 +70,22 @@ pub const SPEC: ProbeSpec = ProbeSpec {
 };
 
 impl IfaceStats {
-    /// Takes the `IFACE_STATS` map and registers the collector.
+    /// Takes the `IFACE_SLOTS` and `IFACE_STATS` maps and registers the collector.
     ///
     /// # Errors
-    /// If the map is missing or of another type (an eBPF object from another build).
+    /// If a map is missing or of another type (an eBPF object from another build).
     pub fn register(
         ebpf: &mut Ebpf,
         selector: InterfaceSelector,
         attached: &AttachedInterfaces,
         metrics: &DaemonMetrics,
     ) -> Result<Arc<Self>> {
-        let map = ebpf.take_map("IFACE_STATS").context("the eBPF object has no IFACE_STATS map")?;
+        let slots = ebpf.take_map("IFACE_SLOTS").context("the eBPF object has no IFACE_SLOTS map")?;
+        let overflow = ebpf.take_map("IFACE_STATS").context("the eBPF object has no IFACE_STATS map")?;
+        let maps = Maps { slots: SlotsMap::try_from(slots)?, overflow: OverflowMap::try_from(overflow)? };
         let probe = Arc::new(Self {
-            counters: Mutex::new(CountersMap::try_from(map)?),
+            maps: Mutex::new(maps),
+            tracked: Mutex::default(),
             attached: attached.clone(),
             selector,
         });
@@ -78,24 +95,16 @@ impl IfaceStats {
 
     /// Sums every CPU's counts, per interface name, direction and class.
     fn totals(&self) -> Vec<(String, Direction, ProtocolClass, PacketCount)> {
-        let counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        let maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
         let mut totals = Vec::new();
-        for entry in counters.iter() {
-            let Ok((key, per_cpu)) = entry else { continue };
-            let (Some(name), Some(direction)) =
-                (self.attached.name(key.ifindex), Direction::from_u32(key.direction))
-            else {
-                continue;
-            };
-            for class in ProtocolClass::ALL {
-                let mut sum = PacketCount::default();
-                for cpu in per_cpu.iter() {
-                    let count = cpu.by_class[class as usize];
-                    sum.packets += count.packets;
-                    sum.bytes += count.bytes;
-                }
-                if sum.packets > 0 {
-                    totals.push((name.clone(), direction, class, sum));
+        for (ifindex, name) in self.attached.entries() {
+            for direction in Direction::ALL {
+                let counters = counters_of(&maps.slots, &maps.overflow, ifindex, direction);
+                for class in ProtocolClass::ALL {
+                    let sum = counters.by_class[class as usize];
+                    if sum.packets > 0 {
+                        totals.push((name.clone(), direction, class, sum));
+                    }
                 }
             }
         }
@@ -129,13 +138,57 @@ impl InterfaceProbe for IfaceStats {
     }
 
     fn retain_interfaces(&self, keep: &dyn Fn(u32) -> bool) {
-        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        let stale: Vec<IfaceKey> =
-            counters.keys().filter_map(Result::ok).filter(|key| !keep(key.ifindex)).collect();
-        for key in stale {
-            // Already gone is fine: a concurrent delete, or a re-created entry deleted twice.
-            let _ = counters.remove(&key);
+        let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tracked = self.tracked.lock().unwrap_or_else(PoisonError::into_inner);
+        let gone: Vec<u32> = tracked.iter().copied().filter(|ifindex| !keep(*ifindex)).collect();
+        for ifindex in gone {
+            tracked.remove(&ifindex);
+            for direction in Direction::ALL {
+                // Already gone is fine: the interface may never have overflowed.
+                let _ = maps.overflow.remove(&IfaceKey::new(ifindex, direction));
+                clear_slot(&mut maps.slots, slot_index(ifindex, direction), keep);
+            }
         }
+        tracked.extend(self.attached.entries().into_iter().map(|(ifindex, _)| ifindex).filter(|i| keep(*i)));
+    }
+}
+
+/// The counts of `ifindex` in `direction`, every CPU's slot and overflow entry added.
+#[must_use]
+pub fn counters_of<S: Borrow<MapData>, O: Borrow<MapData>>(
+    slots: &PerCpuArray<S, IfaceSlot>,
+    overflow: &PerCpuHashMap<O, IfaceKey, IfaceCounters>,
+    ifindex: u32,
+    direction: Direction,
+) -> IfaceCounters {
+    let mut total = IfaceCounters::default();
+    let mut add = |counters: &IfaceCounters| {
+        for (sum, count) in total.by_class.iter_mut().zip(counters.by_class) {
+            sum.packets += count.packets;
+            sum.bytes += count.bytes;
+        }
+    };
+    if let Ok(per_cpu) = slots.get(&slot_index(ifindex, direction), 0) {
+        per_cpu.iter().filter(|slot| slot.ifindex == ifindex).for_each(|slot| add(&slot.counters));
+    }
+    if let Ok(per_cpu) = overflow.get(&IfaceKey::new(ifindex, direction), 0) {
+        per_cpu.iter().for_each(&mut add);
+    }
+    total
+}
+
+/// Zeroes slot `index` on every CPU, freeing it, unless a CPU holds it for an interface
+/// still kept: the whole value is written at once, and writing back that interface's
+/// counts could lose what it counted meanwhile. Such a slot is cleared when that
+/// interface goes; until then the dead interface's counts in it are never read.
+fn clear_slot(slots: &mut SlotsMap, index: u32, keep: &dyn Fn(u32) -> bool) {
+    let Ok(per_cpu) = slots.get(&index, 0) else { return };
+    if per_cpu.iter().any(|slot| slot.ifindex != 0 && keep(slot.ifindex)) {
+        return;
+    }
+    let cpus = per_cpu.iter().count();
+    if let Ok(zeros) = PerCpuValues::try_from(vec![IfaceSlot::default(); cpus]) {
+        let _ = slots.set(index, zeros, 0);
     }
 }
 

@@ -100,8 +100,9 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 fn main() -> Result<()> {
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "the benchmark loads eBPF programs: run it as root");
-    // `cniguard-bench non-loopback` (or `protocols`) runs that part alone.
+    // `cniguard-bench non-loopback` (or `protocols`, `classifiers`) runs that part alone.
     match std::env::args().nth(1).as_deref() {
+        Some("classifiers") => return classifiers(),
         Some("non-loopback") => return non_loopback(),
         Some("protocols") => return protocols(),
         _ => {}
