@@ -16,6 +16,14 @@
 //! 5. Per dropped packet, under a drop storm: the `kfree_skb` program's own run time as the
 //!    kernel accounts it (BPF stats, enabled through the stats fd for this run only), and
 //!    the storm's packets per second with the program attached and without.
+//! 6. `udp`: the whole daemon on the data path (issue 15): 64-byte UDP datagrams over a veth
+//!    and over VXLAN on it, one sending thread of std `UdpSocket`s (no iperf3), 2 s per run,
+//!    the rate counted at the receiving socket: without cniguard, with the real release
+//!    daemon (every probe) in the receiving namespace, and with tcpdump on the underlay,
+//!    rounds interleaved.
+//!
+//! 6 starts `target/release/cniguard` (`cargo build --release -p cniguard`; or
+//! `CNIGUARD_BIN`) with `nsenter --net`, and is skipped when it is not built.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::time::Duration;
@@ -100,17 +108,19 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 fn main() -> Result<()> {
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "the benchmark loads eBPF programs: run it as root");
-    // `cniguard-bench non-loopback` (or `protocols`) runs that part alone.
+    // `cniguard-bench non-loopback` (or `protocols`, `udp`) runs that part alone.
     match std::env::args().nth(1).as_deref() {
         Some("non-loopback") => return non_loopback(),
         Some("protocols") => return protocols(),
+        Some("udp") => return udp(),
         _ => {}
     }
     classifiers()?;
     loopback()?;
     protocols()?;
     non_loopback()?;
-    drop_storm()
+    drop_storm()?;
+    udp()
 }
 
 const STORM_PACKETS: u64 = 200_000;
@@ -735,5 +745,233 @@ fn non_loopback() -> Result<()> {
         "-"
     );
     println!("(runs are every run on the machine while attached: loopback traffic of others included)");
+    Ok(())
+}
+
+const UDP_RUN: Duration = Duration::from_secs(2);
+const UDP_PAIRS: usize = 5;
+const UDP_PORT: u16 = 7777;
+const VXLAN_DEV: &str = "vxlan-cgb";
+
+/// How a run's traffic goes from A to B.
+#[derive(Clone, Copy)]
+enum Route {
+    Veth,
+    Vxlan,
+}
+
+/// One case of the `udp` section: a path, and what watches it.
+#[derive(Clone, Copy)]
+enum UdpCase {
+    Without(Route),
+    Cniguard(Route),
+    Tcpdump,
+}
+
+impl UdpCase {
+    const ALL: [Self; 5] = [
+        Self::Without(Route::Veth),
+        Self::Cniguard(Route::Veth),
+        Self::Without(Route::Vxlan),
+        Self::Cniguard(Route::Vxlan),
+        Self::Tcpdump,
+    ];
+
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Without(Route::Veth) => "veth, without",
+            Self::Cniguard(Route::Veth) => "veth, with cniguard",
+            Self::Without(Route::Vxlan) => "VXLAN, without",
+            Self::Cniguard(Route::Vxlan) => "VXLAN, with cniguard",
+            Self::Tcpdump => "VXLAN, with tcpdump",
+        }
+    }
+
+    /// The row its ratio is taken against.
+    const fn baseline(self) -> usize {
+        match self {
+            Self::Without(Route::Veth) | Self::Cniguard(Route::Veth) => 0,
+            _ => 2,
+        }
+    }
+}
+
+/// Sent and received datagrams per second of one run.
+#[derive(Clone, Copy)]
+struct UdpRate {
+    sent: f64,
+    received: f64,
+}
+
+/// The two namespaces of the `udp` section, the datagram counter of B's receiver, and A's
+/// sending socket.
+struct UdpLab {
+    link: cniguard_lab::netns::QuietLink,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: std::net::UdpSocket,
+}
+
+impl UdpLab {
+    fn new() -> Result<Self> {
+        let link = cniguard_tests::bench::quiet_link("cgb-udp", "veth-cgbu0", "veth-cgbu1")?;
+        // VXLAN 42 on port 4789 between the veth's addresses, inner addresses in 10.244.42/24,
+        // with permanent neighbours so no ARP crosses the tunnel.
+        let ends = [
+            (&link.a, link.a_addr, link.b_addr, &link.a_dev, 1),
+            (&link.b, link.b_addr, link.a_addr, &link.b_dev, 2),
+        ];
+        for (ns, local, remote, dev, host) in ends {
+            let (local, remote) = (local.to_string(), remote.to_string());
+            ns.ip(&[
+                "link", "add", VXLAN_DEV, "type", "vxlan", "id", "42", "dstport", "4789", "local", &local,
+                "remote", &remote, "dev", dev,
+            ])?;
+            ns.ip(&["addr", "add", &format!("10.244.42.{host}/24"), "dev", VXLAN_DEV])?;
+            ns.ip(&["link", "set", VXLAN_DEV, "up"])?;
+        }
+        for (ns, peer, host) in [(&link.a, &link.b, 2), (&link.b, &link.a, 1)] {
+            let mac = peer.mac(VXLAN_DEV)?;
+            let address = format!("10.244.42.{host}");
+            ns.ip(&["neigh", "replace", &address, "lladdr", &mac, "dev", VXLAN_DEV, "nud", "permanent"])?;
+        }
+        let socket = link.b.run(|| -> std::io::Result<std::net::UdpSocket> {
+            let socket = std::net::UdpSocket::bind(("0.0.0.0", UDP_PORT))?;
+            socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+            Ok(socket)
+        })?;
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (count, stopped) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buffer = [0_u8; 128];
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                if socket.recv(&mut buffer).is_ok() {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        let sender = link.a.run(|| std::net::UdpSocket::bind("0.0.0.0:0"))?;
+        Ok(Self { link, received, stop, sender })
+    }
+
+    /// 64-byte datagrams from A to B's socket for [`UDP_RUN`], as fast as one thread sends
+    /// them; received counted at B's socket.
+    fn run(&self, route: Route) -> UdpRate {
+        let target = match route {
+            Route::Veth => std::net::SocketAddr::from((self.link.b_addr, UDP_PORT)),
+            Route::Vxlan => std::net::SocketAddr::from(([10, 244, 42, 2], UDP_PORT)),
+        };
+        let before = self.received.load(std::sync::atomic::Ordering::Relaxed);
+        let start = std::time::Instant::now();
+        let mut sent = 0_u64;
+        while start.elapsed() < UDP_RUN {
+            for _ in 0..256 {
+                sent += u64::from(self.sender.send_to(&[0x42; 64], target).is_ok());
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        // What is still queued at B's socket is counted in this run.
+        std::thread::sleep(Duration::from_millis(100));
+        let received = self.received.load(std::sync::atomic::Ordering::Relaxed) - before;
+        UdpRate { sent: sent as f64 / elapsed, received: received as f64 / elapsed }
+    }
+}
+
+impl Drop for UdpLab {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `cniguard-bench udp`: 64-byte UDP datagrams from one namespace to a socket in another,
+/// over a veth and over VXLAN on that veth, with the real daemon (every probe, release
+/// build) running in the receiving namespace and without, and with tcpdump capturing the
+/// VXLAN traffic on the underlay veth instead. One sending thread (std `UdpSocket`), for a
+/// fixed 2 s per run; the rate is what B's socket received over that time (sent/s shown
+/// too). Rounds interleaved: each of 5 rounds runs without, with tcpdump, then starts
+/// cniguard, waits until it is ready and attached, runs with it, and stops it.
+fn udp() -> Result<()> {
+    let binary = match cniguard_tests::bench::daemon_binary() {
+        Ok(binary) => binary,
+        Err(err) => {
+            println!();
+            println!("udp: skipped: {err:#}");
+            return Ok(());
+        }
+    };
+    let lab = UdpLab::new()?;
+    let config = format!(
+        "interfaces = [\"{b}\", \"{VXLAN_DEV}\"]\nunderlay_interfaces = [\"{b}\"]\nvxlan_ports = [4789]\nnetns_scope = \"node\"\n[dns]\ninterfaces = [\"{b}\"]\n",
+        b = lab.link.b_dev
+    );
+    let address: std::net::SocketAddr = "127.0.0.1:9464".parse()?;
+    let mut rates = vec![Vec::new(); UdpCase::ALL.len()];
+    let (mut attached, mut capture_said) = (String::new(), String::new());
+    let started = std::time::Instant::now();
+    for _ in 0..UDP_PAIRS {
+        rates[0].push(lab.run(Route::Veth));
+        rates[2].push(lab.run(Route::Vxlan));
+        let capture =
+            cniguard_tests::bench::Capture::start(&lab.link.b, &lab.link.b_dev, &["udp", "port", "4789"])?;
+        rates[4].push(lab.run(Route::Vxlan));
+        capture_said = capture.stop()?;
+        let mut daemon = cniguard_tests::bench::BenchDaemon::spawn(&binary, &lab.link.b, address, &config)?;
+        daemon.wait_ready()?;
+        let b_dev = lab.link.b_dev.clone();
+        daemon.wait_metrics("attached to both devices", |scrape| {
+            [b_dev.as_str(), VXLAN_DEV]
+                .iter()
+                .all(|device| scrape.series("cniguard_probe_attached", &[("interface", device)]).count() > 0)
+        })?;
+        let (_, body) = daemon.get("/metrics")?;
+        let scrape = cniguard_lab::exposition::Scrape::parse(&body);
+        attached = [b_dev.as_str(), VXLAN_DEV]
+            .iter()
+            .map(|device| {
+                let labels = [("interface", *device)];
+                let probes: Vec<&str> = scrape
+                    .series("cniguard_probe_attached", &labels)
+                    .map(|s| s.labels["probe"].as_str())
+                    .collect();
+                format!("{device}: {}", probes.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        rates[1].push(lab.run(Route::Veth));
+        rates[3].push(lab.run(Route::Vxlan));
+        daemon.stop()?;
+    }
+    let summary = |rates: &[UdpRate], field: fn(&UdpRate) -> f64| {
+        let mut values: Vec<f64> = rates.iter().map(field).collect();
+        values.sort_by(f64::total_cmp);
+        (values[values.len() / 2], values[0], values[values.len() - 1])
+    };
+    println!();
+    println!(
+        "UDP, 64 B datagrams from namespace A to a socket in B, one sending thread, {UDP_PAIRS} interleaved rounds of {UDP_RUN:?} per case ({:.0} s in all)",
+        started.elapsed().as_secs_f64()
+    );
+    println!("cniguard (release, every probe) in B: {attached}");
+    println!(
+        "{:<24} {:>14} {:>23} {:>7} {:>14} {:>7}",
+        "", "received/s", "min..max", "ratio", "sent/s", "ratio"
+    );
+    for (index, case) in UdpCase::ALL.into_iter().enumerate() {
+        let (received, low, high) = summary(&rates[index], |r| r.received);
+        let (sent, ..) = summary(&rates[index], |r| r.sent);
+        let (base_received, ..) = summary(&rates[case.baseline()], |r| r.received);
+        let (base_sent, ..) = summary(&rates[case.baseline()], |r| r.sent);
+        println!(
+            "{:<24} {received:>14.0} {:>23} {:>7.3} {sent:>14.0} {:>7.3}",
+            case.name(),
+            format!("{low:.0}..{high:.0}"),
+            received / base_received,
+            sent / base_sent
+        );
+    }
+    println!(
+        "(medians; ratio: to the same path without; tcpdump -w /dev/null on B's veth, `udp port 4789`, last round: {capture_said})"
+    );
     Ok(())
 }
