@@ -21,9 +21,12 @@
 //!    the rate counted at the receiving socket: without cniguard, with the real release
 //!    daemon (every probe) in the receiving namespace, and with tcpdump on the underlay,
 //!    rounds interleaved.
+//! 7. `scale`: the real daemon in a node namespace with 1, 100 and 1,000 pod veths: time to
+//!    ready and to every veth attached, idle CPU, RSS and its peak, time to stop on SIGTERM,
+//!    and a CNI plugin's veth add and delete while it starts with 1,000 (issue 15).
 //!
-//! 6 starts `target/release/cniguard` (`cargo build --release -p cniguard`; or
-//! `CNIGUARD_BIN`) with `nsenter --net`, and is skipped when it is not built.
+//! 6 and 7 start `target/release/cniguard` (`cargo build --release -p cniguard`; or
+//! `CNIGUARD_BIN`) with `nsenter --net`, and are skipped when it is not built.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::time::Duration;
@@ -108,11 +111,12 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 fn main() -> Result<()> {
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "the benchmark loads eBPF programs: run it as root");
-    // `cniguard-bench non-loopback` (or `protocols`, `udp`) runs that part alone.
+    // `cniguard-bench non-loopback` (or `protocols`, `udp`, `scale`) runs that part alone.
     match std::env::args().nth(1).as_deref() {
         Some("non-loopback") => return non_loopback(),
         Some("protocols") => return protocols(),
         Some("udp") => return udp(),
+        Some("scale") => return scale(),
         _ => {}
     }
     classifiers()?;
@@ -120,7 +124,8 @@ fn main() -> Result<()> {
     protocols()?;
     non_loopback()?;
     drop_storm()?;
-    udp()
+    udp()?;
+    scale()
 }
 
 const STORM_PACKETS: u64 = 200_000;
@@ -974,4 +979,193 @@ fn udp() -> Result<()> {
         "(medians; ratio: to the same path without; tcpdump -w /dev/null on B's veth, `udp port 4789`, last round: {capture_said})"
     );
     Ok(())
+}
+
+const SCALE_VETHS: [usize; 3] = [1, 100, 1_000];
+const SCALE_IDLE: Duration = Duration::from_secs(10);
+const CNI_OPERATIONS_WITHOUT: usize = 10;
+
+/// A second of CPU under this share of a core ends the work that follows the start (the
+/// netlink notifications of the CNI operations, with 1,000 veths) before the idle window.
+const SETTLED_PERCENT: f64 = 5.0;
+const SETTLE_AT_MOST: Duration = Duration::from_mins(1);
+
+/// Waits, one second at a time, until a second in which `pid` used under
+/// [`SETTLED_PERCENT`] of a core (at most [`SETTLE_AT_MOST`]); how long that took before
+/// that quiet second.
+fn settle(pid: u32) -> Result<Duration> {
+    let start = std::time::Instant::now();
+    loop {
+        let (at, before) = (start.elapsed(), cniguard_tests::bench::cpu_time(pid)?);
+        std::thread::sleep(Duration::from_secs(1));
+        let used = cniguard_tests::bench::cpu_time(pid)?.saturating_sub(before);
+        if used.as_secs_f64() * 100.0 < SETTLED_PERCENT || start.elapsed() > SETTLE_AT_MOST {
+            return Ok(at);
+        }
+    }
+}
+
+/// One row of the `scale` section.
+struct ScaleRow {
+    veths: usize,
+    ready: Duration,
+    attached: Duration,
+    stop: Duration,
+    /// From all attached until a second in which it used under [`SETTLED_PERCENT`] of a core.
+    settled: Duration,
+    idle_percent: f64,
+    rss_kib: u64,
+    peak_kib: u64,
+}
+
+/// A node namespace with `veths` pod veths (`veth<8 hex>`, as Flannel names them) whose
+/// peers all sit in one shared pods namespace; both go when the values drop.
+fn pod_veths(veths: usize) -> Result<(NetNs, NetNs)> {
+    let pid = std::process::id();
+    let node = NetNs::create(&format!("cgb-scale-{pid}-{veths}-node"), true)?;
+    let pods = NetNs::create(&format!("cgb-scale-{pid}-{veths}-pods"), true)?;
+    cniguard_tests::bench::ip_batch(
+        &node,
+        (0..veths)
+            .map(|i| format!("link add veth{i:08x} type veth peer name p{i:08x} netns {}", pods.name())),
+    )?;
+    cniguard_tests::bench::ip_batch(&node, (0..veths).map(|i| format!("link set veth{i:08x} up")))?;
+    cniguard_tests::bench::ip_batch(&pods, (0..veths).map(|i| format!("link set p{i:08x} up")))?;
+    Ok((node, pods))
+}
+
+/// What a CNI plugin does to the node's namespace for a pod: one veth pair added, then
+/// deleted (two `ip` runs), timed together.
+fn cni_operation(node: &NetNs) -> Result<Duration> {
+    let start = std::time::Instant::now();
+    node.ip(&["link", "add", "cgb-x", "type", "veth", "peer", "name", "cgb-y"])?;
+    node.ip(&["link", "del", "cgb-x"])?;
+    Ok(start.elapsed())
+}
+
+/// Whether every probe attached to pod veths is attached to all `veths` of them.
+fn all_attached(scrape: &cniguard_lab::exposition::Scrape, veths: usize) -> bool {
+    let mut per_probe = std::collections::BTreeMap::<&str, usize>::new();
+    for sample in scrape.series("cniguard_probe_attached", &[]) {
+        if sample.labels["interface"].starts_with("veth") && sample.value > 0.0 {
+            *per_probe.entry(sample.labels["probe"].as_str()).or_default() += 1;
+        }
+    }
+    !per_probe.is_empty() && per_probe.values().all(|&count| count == veths)
+}
+
+/// `cniguard-bench scale`: the real daemon (release, defaults, `netns_scope = "node"`) in a
+/// node namespace with 1, 100 and 1,000 pod veths: from spawn to `/readyz` 200 and to every
+/// veth attached by every probe that attaches to them (`cniguard_probe_attached`), once it
+/// has settled its idle CPU over 10 s and its memory after that, and SIGTERM to exit. With 1,000 veths, a CNI
+/// plugin's veth add and delete in the node's namespace, timed over and over while cniguard
+/// starts, and without cniguard.
+fn scale() -> Result<()> {
+    let binary = match cniguard_tests::bench::daemon_binary() {
+        Ok(binary) => binary,
+        Err(err) => {
+            println!();
+            println!("scale: skipped: {err:#}");
+            return Ok(());
+        }
+    };
+    let address: std::net::SocketAddr = "127.0.0.1:9464".parse()?;
+    let config = "netns_scope = \"node\"\n";
+    let mut rows = Vec::new();
+    let (mut cni_without, mut cni_during) = (Vec::new(), Vec::new());
+    for veths in SCALE_VETHS {
+        let (node, _pods) = pod_veths(veths)?;
+        let last = veths == *SCALE_VETHS.last().unwrap_or(&0);
+        if last {
+            for _ in 0..CNI_OPERATIONS_WITHOUT {
+                cni_without.push(cni_operation(&node)?);
+            }
+        }
+        let mut daemon = cniguard_tests::bench::BenchDaemon::spawn(&binary, &node, address, config)?;
+        let stop_operations = std::sync::atomic::AtomicBool::new(false);
+        let (ready, attached) = std::thread::scope(|scope| -> Result<(Duration, Duration)> {
+            let operations = last.then(|| {
+                scope.spawn(|| -> Result<Vec<Duration>> {
+                    let mut times = Vec::new();
+                    while !stop_operations.load(std::sync::atomic::Ordering::Relaxed) {
+                        times.push(cni_operation(&node)?);
+                    }
+                    Ok(times)
+                })
+            });
+            let waited = daemon.wait_ready().and_then(|ready| {
+                Ok((ready, daemon.wait_metrics("attached to every veth", |s| all_attached(s, veths))?))
+            });
+            stop_operations.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(operations) = operations {
+                cni_during = operations.join().map_err(|_| anyhow::anyhow!("the CNI thread panicked"))??;
+            }
+            waited
+        })?;
+        let pid = daemon.pid();
+        let settled = settle(pid)?;
+        let before = cniguard_tests::bench::cpu_time(pid)?;
+        std::thread::sleep(SCALE_IDLE);
+        let used = cniguard_tests::bench::cpu_time(pid)?.saturating_sub(before);
+        let (rss_kib, peak_kib) = cniguard_tests::bench::memory_kib(pid)?;
+        let stop = daemon.stop()?;
+        rows.push(ScaleRow {
+            veths,
+            ready,
+            attached,
+            stop,
+            settled,
+            idle_percent: used.as_secs_f64() / SCALE_IDLE.as_secs_f64() * 100.0,
+            rss_kib,
+            peak_kib,
+        });
+    }
+    print_scale(&rows, cni_without, cni_during);
+    Ok(())
+}
+
+fn print_scale(rows: &[ScaleRow], cni_without: Vec<Duration>, cni_during: Vec<Duration>) {
+    println!();
+    println!(
+        "scale: cniguard (release, default interfaces, netns_scope = \"node\") in a node namespace with N pod veths, peers in one pods namespace; idle over {SCALE_IDLE:?}"
+    );
+    println!(
+        "{:>7} {:>9} {:>15} {:>8} {:>10} {:>12} {:>9} {:>14}",
+        "veths", "ready s", "all attached s", "stop s", "settle s", "idle % core", "RSS MiB", "peak RSS MiB"
+    );
+    for row in rows {
+        println!(
+            "{:>7} {:>9.3} {:>15.3} {:>8.3} {:>10.0} {:>12.2} {:>9.1} {:>14.1}",
+            row.veths,
+            row.ready.as_secs_f64(),
+            row.attached.as_secs_f64(),
+            row.stop.as_secs_f64(),
+            row.settled.as_secs_f64(),
+            row.idle_percent,
+            row.rss_kib as f64 / 1024.0,
+            row.peak_kib as f64 / 1024.0
+        );
+    }
+    let millis = |mut times: Vec<Duration>| -> String {
+        times.sort();
+        match (times.first(), times.get(times.len() / 2), times.last()) {
+            (Some(low), Some(middle), Some(high)) => format!(
+                "median {:.1} ms, {:.1}..{:.1} ms over {}",
+                middle.as_secs_f64() * 1e3,
+                low.as_secs_f64() * 1e3,
+                high.as_secs_f64() * 1e3,
+                times.len()
+            ),
+            _ => "none".to_owned(),
+        }
+    };
+    println!(
+        "(settle s: from all attached until a second under {SETTLED_PERCENT}% of a core, before the idle window; RSS after it, peak since the start)"
+    );
+    println!(
+        "CNI operation (veth add + del, two `ip` runs) with {} veths: without cniguard {}; while cniguard starts {}",
+        SCALE_VETHS.last().unwrap_or(&0),
+        millis(cni_without),
+        millis(cni_during)
+    );
 }
