@@ -322,3 +322,12 @@ pub fn memory_kib(pid: u32) -> Result<(u64, u64)> {
     };
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
+
+/// The machine's 1-minute load average and its cores, for reading the numbers next to it
+/// (whatever else runs on the machine shares the cores with the bench).
+#[must_use]
+pub fn load() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    format!("load average {} on {cores} cores", load.split_whitespace().next().unwrap_or("?"))
+}

@@ -954,8 +954,9 @@ fn udp() -> Result<()> {
     };
     println!();
     println!(
-        "UDP, 64 B datagrams from namespace A to a socket in B, one sending thread, {UDP_PAIRS} interleaved rounds of {UDP_RUN:?} per case ({:.0} s in all)",
-        started.elapsed().as_secs_f64()
+        "UDP, 64 B datagrams from namespace A to a socket in B, one sending thread, {UDP_PAIRS} interleaved rounds of {UDP_RUN:?} per case ({:.0} s in all, {} at the end)",
+        started.elapsed().as_secs_f64(),
+        cniguard_tests::bench::load()
     );
     println!("cniguard (release, every probe) in B: {attached}");
     println!(
@@ -1127,7 +1128,8 @@ fn scale() -> Result<()> {
 fn print_scale(rows: &[ScaleRow], cni_without: Vec<Duration>, cni_during: Vec<Duration>) {
     println!();
     println!(
-        "scale: cniguard (release, default interfaces, netns_scope = \"node\") in a node namespace with N pod veths, peers in one pods namespace; idle over {SCALE_IDLE:?}"
+        "scale: cniguard (release, default interfaces, netns_scope = \"node\") in a node namespace with N pod veths, peers in one pods namespace; idle over {SCALE_IDLE:?}; {} at the end",
+        cniguard_tests::bench::load()
     );
     println!(
         "{:>7} {:>9} {:>15} {:>8} {:>10} {:>12} {:>9} {:>14}",
