@@ -1,8 +1,9 @@
 //! What cniguard's tests on the real kernel add to the lab's harness (`cniguard-lab`):
 //! BPF_PROG_TEST_RUN of the classifiers, reading what is attached at tc hooks, and nftables
-//! rules in test namespaces, the DaemonSets' pods under runc (`pod`), and a real browser
-//! for the live page (`browser`).
+//! rules in test namespaces, the DaemonSets' pods under runc (`pod`), a real browser for
+//! the live page (`browser`), and what the bench's whole-daemon sections share (`bench`).
 
+pub mod bench;
 pub mod browser;
 pub mod http2;
 pub mod lab_support;

@@ -6,14 +6,15 @@ use anyhow::Result;
 
 use crate::{cmd, setup};
 
-pub fn run() -> Result<()> {
+/// `sections` (none: all) are the bench's own names: classifiers, non-loopback, protocols,
+/// udp, scale.
+pub fn run(sections: &[String]) -> Result<()> {
     setup::run(&setup::SetupArgs { build_only: true })?;
-    cmd::run(Command::new("cargo").args([
-        "run",
-        "--release",
-        "--package",
-        "cniguard-tests",
-        "--bin",
-        "cniguard-bench",
-    ]))
+    // The udp and scale sections run the release daemon itself.
+    cmd::run(Command::new("cargo").args(["build", "--release", "--package", "cniguard"]))?;
+    cmd::run(
+        Command::new("cargo")
+            .args(["run", "--release", "--package", "cniguard-tests", "--bin", "cniguard-bench", "--"])
+            .args(sections),
+    )
 }

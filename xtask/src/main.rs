@@ -36,8 +36,10 @@ enum Task {
     /// The image from this checkout (static binary, the Containerfile's final stage) into
     /// target/image/: its root filesystem, config and an OCI archive for `k3s ctr`.
     Image,
-    /// Per-packet cost of the classifiers next to an empty one (BPF_PROG_TEST_RUN).
-    Bench,
+    /// What cniguard costs, each figure next to its baseline in one run: per packet, per
+    /// loopback call, datagram rates over veth and VXLAN, startup, stop, idle CPU and memory
+    /// at 1 to 1,000 veths. A section name (e.g. `scale`) runs that one alone.
+    Bench { sections: Vec<String> },
     /// Every probe on Debian's 5.10, 6.1 and 6.12 kernels, each booted under QEMU: a kernel
     /// by probe table (also part of `test`).
     Kernels,
@@ -54,7 +56,7 @@ fn main() -> Result<()> {
         Task::Test => checks::run(),
         Task::Run { args } => run::run(&args),
         Task::Image => image::run(),
-        Task::Bench => bench::run(),
+        Task::Bench { sections } => bench::run(&sections),
         Task::Kernels => setup::run(&setup::SetupArgs { build_only: false }).and_then(|()| kernels::run()),
         Task::Lab { command } => lab::run(command),
     }

@@ -52,6 +52,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("zstd", "decompresses the kernel matrix's `.ko.zst` modules"),
     ("binutils", "readelf: checks that the kernel matrix's cniguard is statically linked"),
     ("chromium", "the live page's and the demo report's tests, in a real browser (headless)"),
+    ("tcpdump", "`cargo xtask bench udp`: a packet capture on the same traffic, next to cniguard"),
 ];
 
 /// Debian packages that hold a compiler able to build `core` for the BPF target.

@@ -16,6 +16,17 @@
 //! 5. Per dropped packet, under a drop storm: the `kfree_skb` program's own run time as the
 //!    kernel accounts it (BPF stats, enabled through the stats fd for this run only), and
 //!    the storm's packets per second with the program attached and without.
+//! 6. `udp`: the whole daemon on the data path (issue 15): 64-byte UDP datagrams over a veth
+//!    and over VXLAN on it, one sending thread of std `UdpSocket`s (no iperf3), 2 s per run,
+//!    the rate counted at the receiving socket: without cniguard, with the real release
+//!    daemon (every probe) in the receiving namespace, and with tcpdump on the underlay,
+//!    rounds interleaved.
+//! 7. `scale`: the real daemon in a node namespace with 1, 100 and 1,000 pod veths: time to
+//!    ready and to every veth attached, idle CPU, RSS and its peak, time to stop on SIGTERM,
+//!    and a CNI plugin's veth add and delete while it starts with 1,000 (issue 15).
+//!
+//! 6 and 7 start `target/release/cniguard` (`cargo build --release -p cniguard`; or
+//! `CNIGUARD_BIN`) with `nsenter --net`, and are skipped when it is not built.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::time::Duration;
@@ -100,18 +111,23 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 fn main() -> Result<()> {
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "the benchmark loads eBPF programs: run it as root");
-    // `cniguard-bench non-loopback` (or `protocols`, `classifiers`) runs that part alone.
+    // `cniguard-bench classifiers` (or `non-loopback`, `protocols`, `udp`, `scale`) runs that
+    // part alone.
     match std::env::args().nth(1).as_deref() {
         Some("classifiers") => return classifiers(),
         Some("non-loopback") => return non_loopback(),
         Some("protocols") => return protocols(),
+        Some("udp") => return udp(),
+        Some("scale") => return scale(),
         _ => {}
     }
     classifiers()?;
     loopback()?;
     protocols()?;
     non_loopback()?;
-    drop_storm()
+    drop_storm()?;
+    udp()?;
+    scale()
 }
 
 const STORM_PACKETS: u64 = 200_000;
@@ -737,4 +753,438 @@ fn non_loopback() -> Result<()> {
     );
     println!("(runs are every run on the machine while attached: loopback traffic of others included)");
     Ok(())
+}
+
+const UDP_RUN: Duration = Duration::from_secs(2);
+const UDP_PAIRS: usize = 5;
+const UDP_PORT: u16 = 7777;
+const VXLAN_DEV: &str = "vxlan-cgb";
+
+/// How a run's traffic goes from A to B.
+#[derive(Clone, Copy)]
+enum Route {
+    Veth,
+    Vxlan,
+}
+
+/// One case of the `udp` section: a path, and what watches it.
+#[derive(Clone, Copy)]
+enum UdpCase {
+    Without(Route),
+    Cniguard(Route),
+    Tcpdump,
+}
+
+impl UdpCase {
+    const ALL: [Self; 5] = [
+        Self::Without(Route::Veth),
+        Self::Cniguard(Route::Veth),
+        Self::Without(Route::Vxlan),
+        Self::Cniguard(Route::Vxlan),
+        Self::Tcpdump,
+    ];
+
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Without(Route::Veth) => "veth, without",
+            Self::Cniguard(Route::Veth) => "veth, with cniguard",
+            Self::Without(Route::Vxlan) => "VXLAN, without",
+            Self::Cniguard(Route::Vxlan) => "VXLAN, with cniguard",
+            Self::Tcpdump => "VXLAN, with tcpdump",
+        }
+    }
+
+    /// The row its ratio is taken against.
+    const fn baseline(self) -> usize {
+        match self {
+            Self::Without(Route::Veth) | Self::Cniguard(Route::Veth) => 0,
+            _ => 2,
+        }
+    }
+}
+
+/// Sent and received datagrams per second of one run.
+#[derive(Clone, Copy)]
+struct UdpRate {
+    sent: f64,
+    received: f64,
+}
+
+/// The two namespaces of the `udp` section, the datagram counter of B's receiver, and A's
+/// sending socket.
+struct UdpLab {
+    link: cniguard_lab::netns::QuietLink,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: std::net::UdpSocket,
+}
+
+impl UdpLab {
+    fn new() -> Result<Self> {
+        let link = cniguard_tests::bench::quiet_link("cgb-udp", "veth-cgbu0", "veth-cgbu1")?;
+        // VXLAN 42 on port 4789 between the veth's addresses, inner addresses in 10.244.42/24,
+        // with permanent neighbours so no ARP crosses the tunnel.
+        let ends = [
+            (&link.a, link.a_addr, link.b_addr, &link.a_dev, 1),
+            (&link.b, link.b_addr, link.a_addr, &link.b_dev, 2),
+        ];
+        for (ns, local, remote, dev, host) in ends {
+            let (local, remote) = (local.to_string(), remote.to_string());
+            ns.ip(&[
+                "link", "add", VXLAN_DEV, "type", "vxlan", "id", "42", "dstport", "4789", "local", &local,
+                "remote", &remote, "dev", dev,
+            ])?;
+            ns.ip(&["addr", "add", &format!("10.244.42.{host}/24"), "dev", VXLAN_DEV])?;
+            ns.ip(&["link", "set", VXLAN_DEV, "up"])?;
+        }
+        for (ns, peer, host) in [(&link.a, &link.b, 2), (&link.b, &link.a, 1)] {
+            let mac = peer.mac(VXLAN_DEV)?;
+            let address = format!("10.244.42.{host}");
+            ns.ip(&["neigh", "replace", &address, "lladdr", &mac, "dev", VXLAN_DEV, "nud", "permanent"])?;
+        }
+        let socket = link.b.run(|| -> std::io::Result<std::net::UdpSocket> {
+            let socket = std::net::UdpSocket::bind(("0.0.0.0", UDP_PORT))?;
+            socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+            Ok(socket)
+        })?;
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (count, stopped) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buffer = [0_u8; 128];
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                if socket.recv(&mut buffer).is_ok() {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        let sender = link.a.run(|| std::net::UdpSocket::bind("0.0.0.0:0"))?;
+        Ok(Self { link, received, stop, sender })
+    }
+
+    /// 64-byte datagrams from A to B's socket for [`UDP_RUN`], as fast as one thread sends
+    /// them; received counted at B's socket.
+    fn run(&self, route: Route) -> UdpRate {
+        let target = match route {
+            Route::Veth => std::net::SocketAddr::from((self.link.b_addr, UDP_PORT)),
+            Route::Vxlan => std::net::SocketAddr::from(([10, 244, 42, 2], UDP_PORT)),
+        };
+        let before = self.received.load(std::sync::atomic::Ordering::Relaxed);
+        let start = std::time::Instant::now();
+        let mut sent = 0_u64;
+        while start.elapsed() < UDP_RUN {
+            for _ in 0..256 {
+                sent += u64::from(self.sender.send_to(&[0x42; 64], target).is_ok());
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        // What is still queued at B's socket is counted in this run.
+        std::thread::sleep(Duration::from_millis(100));
+        let received = self.received.load(std::sync::atomic::Ordering::Relaxed) - before;
+        UdpRate { sent: sent as f64 / elapsed, received: received as f64 / elapsed }
+    }
+}
+
+impl Drop for UdpLab {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `cniguard-bench udp`: 64-byte UDP datagrams from one namespace to a socket in another,
+/// over a veth and over VXLAN on that veth, with the real daemon (every probe, release
+/// build) running in the receiving namespace and without, and with tcpdump capturing the
+/// VXLAN traffic on the underlay veth instead. One sending thread (std `UdpSocket`), for a
+/// fixed 2 s per run; the rate is what B's socket received over that time (sent/s shown
+/// too). Rounds interleaved: each of 5 rounds runs without, with tcpdump, then starts
+/// cniguard, waits until it is ready and attached, runs with it, and stops it.
+fn udp() -> Result<()> {
+    let binary = match cniguard_tests::bench::daemon_binary() {
+        Ok(binary) => binary,
+        Err(err) => {
+            println!();
+            println!("udp: skipped: {err:#}");
+            return Ok(());
+        }
+    };
+    let lab = UdpLab::new()?;
+    let config = format!(
+        "interfaces = [\"{b}\", \"{VXLAN_DEV}\"]\nunderlay_interfaces = [\"{b}\"]\nvxlan_ports = [4789]\nnetns_scope = \"node\"\n[dns]\ninterfaces = [\"{b}\"]\n",
+        b = lab.link.b_dev
+    );
+    let address: std::net::SocketAddr = "127.0.0.1:9464".parse()?;
+    let mut rates = vec![Vec::new(); UdpCase::ALL.len()];
+    let (mut attached, mut capture_said) = (String::new(), String::new());
+    let started = std::time::Instant::now();
+    for _ in 0..UDP_PAIRS {
+        rates[0].push(lab.run(Route::Veth));
+        rates[2].push(lab.run(Route::Vxlan));
+        let capture =
+            cniguard_tests::bench::Capture::start(&lab.link.b, &lab.link.b_dev, &["udp", "port", "4789"])?;
+        rates[4].push(lab.run(Route::Vxlan));
+        capture_said = capture.stop()?;
+        let mut daemon = cniguard_tests::bench::BenchDaemon::spawn(&binary, &lab.link.b, address, &config)?;
+        daemon.wait_ready()?;
+        let b_dev = lab.link.b_dev.clone();
+        daemon.wait_metrics("attached to both devices", |scrape| {
+            [b_dev.as_str(), VXLAN_DEV]
+                .iter()
+                .all(|device| scrape.series("cniguard_probe_attached", &[("interface", device)]).count() > 0)
+        })?;
+        let (_, body) = daemon.get("/metrics")?;
+        let scrape = cniguard_lab::exposition::Scrape::parse(&body);
+        attached = [b_dev.as_str(), VXLAN_DEV]
+            .iter()
+            .map(|device| {
+                let labels = [("interface", *device)];
+                let probes: Vec<&str> = scrape
+                    .series("cniguard_probe_attached", &labels)
+                    .map(|s| s.labels["probe"].as_str())
+                    .collect();
+                format!("{device}: {}", probes.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        rates[1].push(lab.run(Route::Veth));
+        rates[3].push(lab.run(Route::Vxlan));
+        daemon.stop()?;
+    }
+    let summary = |rates: &[UdpRate], field: fn(&UdpRate) -> f64| {
+        let mut values: Vec<f64> = rates.iter().map(field).collect();
+        values.sort_by(f64::total_cmp);
+        (values[values.len() / 2], values[0], values[values.len() - 1])
+    };
+    println!();
+    println!(
+        "UDP, 64 B datagrams from namespace A to a socket in B, one sending thread, {UDP_PAIRS} interleaved rounds of {UDP_RUN:?} per case ({:.0} s in all, {} at the end)",
+        started.elapsed().as_secs_f64(),
+        cniguard_tests::bench::load()
+    );
+    println!("cniguard (release, every probe) in B: {attached}");
+    println!(
+        "{:<24} {:>14} {:>23} {:>7} {:>14} {:>7}",
+        "", "received/s", "min..max", "ratio", "sent/s", "ratio"
+    );
+    for (index, case) in UdpCase::ALL.into_iter().enumerate() {
+        let (received, low, high) = summary(&rates[index], |r| r.received);
+        let (sent, ..) = summary(&rates[index], |r| r.sent);
+        let (base_received, ..) = summary(&rates[case.baseline()], |r| r.received);
+        let (base_sent, ..) = summary(&rates[case.baseline()], |r| r.sent);
+        println!(
+            "{:<24} {received:>14.0} {:>23} {:>7.3} {sent:>14.0} {:>7.3}",
+            case.name(),
+            format!("{low:.0}..{high:.0}"),
+            received / base_received,
+            sent / base_sent
+        );
+    }
+    println!(
+        "(medians; ratio: to the same path without; tcpdump -w /dev/null on B's veth, `udp port 4789`, last round: {capture_said})"
+    );
+    Ok(())
+}
+
+const SCALE_VETHS: [usize; 3] = [1, 100, 1_000];
+const SCALE_MODES: [&str; 2] = ["tcx", "netlink"];
+const SCALE_IDLE: Duration = Duration::from_secs(10);
+const CNI_OPERATIONS_WITHOUT: usize = 10;
+
+/// A second of CPU under this share of a core ends the work that follows the start (the
+/// netlink notifications of the CNI operations, with 1,000 veths) before the idle window.
+const SETTLED_PERCENT: f64 = 5.0;
+const SETTLE_AT_MOST: Duration = Duration::from_mins(1);
+
+/// Waits, one second at a time, until a second in which `pid` used under
+/// [`SETTLED_PERCENT`] of a core (at most [`SETTLE_AT_MOST`]); how long that took before
+/// that quiet second.
+fn settle(pid: u32) -> Result<Duration> {
+    let start = std::time::Instant::now();
+    loop {
+        let (at, before) = (start.elapsed(), cniguard_tests::bench::cpu_time(pid)?);
+        std::thread::sleep(Duration::from_secs(1));
+        let used = cniguard_tests::bench::cpu_time(pid)?.saturating_sub(before);
+        if used.as_secs_f64() * 100.0 < SETTLED_PERCENT || start.elapsed() > SETTLE_AT_MOST {
+            return Ok(at);
+        }
+    }
+}
+
+/// One row of the `scale` section.
+struct ScaleRow {
+    mode: &'static str,
+    veths: usize,
+    ready: Duration,
+    attached: Duration,
+    stop: Duration,
+    /// From all attached until a second in which it used under [`SETTLED_PERCENT`] of a core.
+    settled: Duration,
+    idle_percent: f64,
+    rss_kib: u64,
+    peak_kib: u64,
+}
+
+/// A node namespace with `veths` pod veths (`veth<8 hex>`, as Flannel names them) whose
+/// peers all sit in one shared pods namespace; both go when the values drop.
+fn pod_veths(veths: usize) -> Result<(NetNs, NetNs)> {
+    let pid = std::process::id();
+    let node = NetNs::create(&format!("cgb-scale-{pid}-{veths}-node"), true)?;
+    let pods = NetNs::create(&format!("cgb-scale-{pid}-{veths}-pods"), true)?;
+    cniguard_tests::bench::ip_batch(
+        &node,
+        (0..veths)
+            .map(|i| format!("link add veth{i:08x} type veth peer name p{i:08x} netns {}", pods.name())),
+    )?;
+    cniguard_tests::bench::ip_batch(&node, (0..veths).map(|i| format!("link set veth{i:08x} up")))?;
+    cniguard_tests::bench::ip_batch(&pods, (0..veths).map(|i| format!("link set p{i:08x} up")))?;
+    Ok((node, pods))
+}
+
+/// What a CNI plugin does to the node's namespace for a pod: one veth pair added, then
+/// deleted (two `ip` runs), timed together.
+fn cni_operation(node: &NetNs) -> Result<Duration> {
+    let start = std::time::Instant::now();
+    node.ip(&["link", "add", "cgb-x", "type", "veth", "peer", "name", "cgb-y"])?;
+    node.ip(&["link", "del", "cgb-x"])?;
+    Ok(start.elapsed())
+}
+
+/// Whether every probe attached to pod veths is attached to all `veths` of them.
+fn all_attached(scrape: &cniguard_lab::exposition::Scrape, veths: usize) -> bool {
+    let mut per_probe = std::collections::BTreeMap::<&str, usize>::new();
+    for sample in scrape.series("cniguard_probe_attached", &[]) {
+        if sample.labels["interface"].starts_with("veth") && sample.value > 0.0 {
+            *per_probe.entry(sample.labels["probe"].as_str()).or_default() += 1;
+        }
+    }
+    !per_probe.is_empty() && per_probe.values().all(|&count| count == veths)
+}
+
+/// `cniguard-bench scale`: the real daemon (release, defaults, `netns_scope = "node"`) in a
+/// node namespace with 1, 100 and 1,000 pod veths: from spawn to `/readyz` 200 and to every
+/// veth attached by every probe that attaches to them (`cniguard_probe_attached`), once it
+/// has settled its idle CPU over 10 s and its memory after that, and SIGTERM to exit. With 1,000 veths, a CNI
+/// plugin's veth add and delete in the node's namespace, timed over and over while cniguard
+/// starts, and without cniguard.
+fn scale() -> Result<()> {
+    let binary = match cniguard_tests::bench::daemon_binary() {
+        Ok(binary) => binary,
+        Err(err) => {
+            println!();
+            println!("scale: skipped: {err:#}");
+            return Ok(());
+        }
+    };
+    let address: std::net::SocketAddr = "127.0.0.1:9464".parse()?;
+    let mut rows = Vec::new();
+    let (mut cni_without, mut cni_during) = (Vec::new(), Vec::new());
+    // Both ways of attaching, side by side: what each costs at scale decides `auto`.
+    for (mode, veths) in SCALE_MODES.into_iter().flat_map(|mode| SCALE_VETHS.map(|veths| (mode, veths))) {
+        let config = format!("netns_scope = \"node\"\ntc_attach = \"{mode}\"\n");
+        let config = config.as_str();
+        let (node, _pods) = pod_veths(veths)?;
+        let last = veths == *SCALE_VETHS.last().unwrap_or(&0);
+        if last && cni_without.is_empty() {
+            for _ in 0..CNI_OPERATIONS_WITHOUT {
+                cni_without.push(cni_operation(&node)?);
+            }
+        }
+        let mut daemon = cniguard_tests::bench::BenchDaemon::spawn(&binary, &node, address, config)?;
+        let stop_operations = std::sync::atomic::AtomicBool::new(false);
+        let (ready, attached) = std::thread::scope(|scope| -> Result<(Duration, Duration)> {
+            let operations = last.then(|| {
+                scope.spawn(|| -> Result<Vec<Duration>> {
+                    let mut times = Vec::new();
+                    while !stop_operations.load(std::sync::atomic::Ordering::Relaxed) {
+                        times.push(cni_operation(&node)?);
+                    }
+                    Ok(times)
+                })
+            });
+            let waited = daemon.wait_ready().and_then(|ready| {
+                Ok((ready, daemon.wait_metrics("attached to every veth", |s| all_attached(s, veths))?))
+            });
+            stop_operations.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(operations) = operations {
+                let times = operations.join().map_err(|_| anyhow::anyhow!("the CNI thread panicked"))??;
+                cni_during.push((mode, times));
+            }
+            waited
+        })?;
+        let pid = daemon.pid();
+        let settled = settle(pid)?;
+        let before = cniguard_tests::bench::cpu_time(pid)?;
+        std::thread::sleep(SCALE_IDLE);
+        let used = cniguard_tests::bench::cpu_time(pid)?.saturating_sub(before);
+        let (rss_kib, peak_kib) = cniguard_tests::bench::memory_kib(pid)?;
+        let stop = daemon.stop()?;
+        rows.push(ScaleRow {
+            mode,
+            veths,
+            ready,
+            attached,
+            stop,
+            settled,
+            idle_percent: used.as_secs_f64() / SCALE_IDLE.as_secs_f64() * 100.0,
+            rss_kib,
+            peak_kib,
+        });
+    }
+    print_scale(&rows, cni_without, cni_during);
+    Ok(())
+}
+
+fn print_scale(rows: &[ScaleRow], cni_without: Vec<Duration>, cni_during: Vec<(&str, Vec<Duration>)>) {
+    println!();
+    println!(
+        "scale: cniguard (release, default interfaces, netns_scope = \"node\") in a node namespace with N pod veths, peers in one pods namespace; idle over {SCALE_IDLE:?}; {} at the end",
+        cniguard_tests::bench::load()
+    );
+    println!(
+        "{:>8} {:>7} {:>9} {:>15} {:>8} {:>10} {:>12} {:>9} {:>14}",
+        "attach",
+        "veths",
+        "ready s",
+        "all attached s",
+        "stop s",
+        "settle s",
+        "idle % core",
+        "RSS MiB",
+        "peak RSS MiB"
+    );
+    for row in rows {
+        println!(
+            "{:>8} {:>7} {:>9.3} {:>15.3} {:>8.3} {:>10.0} {:>12.2} {:>9.1} {:>14.1}",
+            row.mode,
+            row.veths,
+            row.ready.as_secs_f64(),
+            row.attached.as_secs_f64(),
+            row.stop.as_secs_f64(),
+            row.settled.as_secs_f64(),
+            row.idle_percent,
+            row.rss_kib as f64 / 1024.0,
+            row.peak_kib as f64 / 1024.0
+        );
+    }
+    let millis = |mut times: Vec<Duration>| -> String {
+        times.sort();
+        match (times.first(), times.get(times.len() / 2), times.last()) {
+            (Some(low), Some(middle), Some(high)) => format!(
+                "median {:.1} ms, {:.1}..{:.1} ms over {}",
+                middle.as_secs_f64() * 1e3,
+                low.as_secs_f64() * 1e3,
+                high.as_secs_f64() * 1e3,
+                times.len()
+            ),
+            _ => "none".to_owned(),
+        }
+    };
+    println!(
+        "(settle s: from all attached until a second under {SETTLED_PERCENT}% of a core, before the idle window; RSS after it, peak since the start)"
+    );
+    let veths = SCALE_VETHS.last().unwrap_or(&0);
+    println!("CNI operation (veth add + del, two `ip` runs) with {veths} veths:");
+    println!("  without cniguard: {}", millis(cni_without));
+    for (mode, times) in cni_during {
+        println!("  while cniguard starts ({mode}): {}", millis(times));
+    }
 }
