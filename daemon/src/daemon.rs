@@ -176,24 +176,21 @@ impl PhaseTracker {
         signals: Signals,
         file: StateFile,
         watcher: &LinkWatcher,
+        attachments: &Attachments,
     ) -> Result<Self> {
         let baselines: SharedBaselines =
             Arc::new(std::sync::Mutex::new(Baselines::load(file, settings.windows)));
         registry.register(Box::new(PhaseCollector::new(latest.clone())))?;
         registry.register(Box::new(BaselineCollector::new(baselines.clone())))?;
         let phase = Self { baselines: baselines.clone(), latest };
-        phase.refresh(watcher).await;
+        phase.refresh(watcher.handle(), attachments).await;
         baseline::start_sampling(baselines, signals, inventory.clone(), settings.window)
             .context("starting the baseline thread")?;
         Ok(phase)
     }
 
-    async fn refresh(&self, watcher: &LinkWatcher) {
-        let signals = match watcher.list().await {
-            Ok(interfaces) => phase::Signals::read(watcher.handle(), &interfaces).await,
-            Err(err) => Err(err),
-        };
-        match signals {
+    async fn refresh(&self, handle: &rtnetlink::Handle, attachments: &Attachments) {
+        match phase::Signals::read(handle, attachments.interfaces()).await {
             Ok(signals) => {
                 let record = self
                     .baselines
@@ -203,9 +200,7 @@ impl PhaseTracker {
                 *self.latest.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
                     Some((record, signals));
             }
-            Err(err) => tracing::warn!(
-                "reading the node's interfaces and routes for its phase failed, will retry: {err}"
-            ),
+            Err(err) => tracing::warn!("reading the node's routes for its phase failed, will retry: {err}"),
         }
     }
 }
@@ -315,6 +310,7 @@ impl Node {
             signals.clone(),
             state_file(baseline::FILE_NAME, baseline::FORMAT),
             &watcher,
+            &attachments,
         )
         .await?;
         let localhost = settings
@@ -354,17 +350,15 @@ impl Node {
     async fn follow(&mut self, resync_interval: Duration) -> Result<()> {
         let mut resync = tokio::time::interval(resync_interval);
         resync.reset();
-        let mut namespaces_changed = false;
-        let mut namespace_rescan = tokio::time::interval(Duration::from_secs(1));
+        let mut links_changed = false;
+        let mut rescan = tokio::time::interval(Duration::from_secs(1));
         // Routes (BIRD's) change without a link notification: the phase is re-read often.
         let mut phase_tick = tokio::time::interval(PHASE_EVERY);
         loop {
             tokio::select! {
                 change = self.watcher.next() => if let Some(change) = change {
                     self.attachments.apply(change).await;
-                    // A new or re-addressed device may carry the node's address.
-                    refresh_addresses(&self.watcher, &self.addresses).await;
-                    namespaces_changed = true;
+                    links_changed = true;
                 } else {
                     tracing::warn!("netlink notifications stopped; subscribing again and re-listing");
                     self.watcher = LinkWatcher::start().context("subscribing to netlink link notifications")?;
@@ -379,9 +373,13 @@ impl Node {
                     self.namespaces.refresh(&self.attachments).await;
                 },
                 () = self.attachments.retry_due() => self.attachments.retry().await,
-                _ = phase_tick.tick() => self.phase.refresh(&self.watcher).await,
-                _ = namespace_rescan.tick(), if namespaces_changed => {
-                    namespaces_changed = false;
+                _ = phase_tick.tick() => self.phase.refresh(self.watcher.handle(), &self.attachments).await,
+                // A burst of link changes (a CNI creating pods) costs one address dump and one
+                // namespace scan a second, not one per notification.
+                _ = rescan.tick(), if links_changed => {
+                    links_changed = false;
+                    // A new or re-addressed device may carry the node's address.
+                    refresh_addresses(&self.watcher, &self.addresses).await;
                     self.namespaces.refresh(&self.attachments).await;
                 },
             }

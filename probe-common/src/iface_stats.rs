@@ -90,6 +90,7 @@ impl ProtocolClass {
 pub const IFACE_SLOT_COUNT: u32 = 2048;
 
 /// Where `ifindex` counts in `direction` in `IFACE_SLOTS`.
+#[allow(clippy::inline_always, reason = "inlined into eBPF programs")]
 #[inline(always)]
 #[must_use]
 pub const fn slot_index(ifindex: u32, direction: Direction) -> u32 {

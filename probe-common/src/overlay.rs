@@ -42,7 +42,8 @@ pub struct CidrEntry {
     pub network: u32,
     pub mask: u32,
     /// The CIDR's index in the daemon's configuration (its class).
-    pub class: u32,
+    pub class: u8,
+    pub _pad: [u8; 3],
 }
 
 assert_size!(CidrEntry, 12);
@@ -76,7 +77,8 @@ impl CidrTable {
             *entry = CidrEntry {
                 network: u32::from_ne_bytes(network) & mask,
                 mask,
-                class: u32::try_from(*index).unwrap_or(u32::MAX),
+                class: u8::try_from(*index).unwrap_or(OTHER_CIDR),
+                _pad: [0; 3],
             };
         }
         table.count = u32::try_from(count).unwrap_or(0);
@@ -85,6 +87,8 @@ impl CidrTable {
 
     /// The class of `address`: the index of the longest configured CIDR it lies in, or
     /// [`OTHER_CIDR`].
+    // The eBPF programs call it per packet: it must not become a BPF-to-BPF call.
+    #[allow(clippy::inline_always, reason = "inlined into eBPF programs")]
     #[inline(always)]
     #[must_use]
     pub fn class(&self, address: [u8; 4]) -> u8 {
@@ -97,7 +101,7 @@ impl CidrTable {
             }
             let entry = &self.entries[index];
             if address & entry.mask == entry.network {
-                return entry.class as u8;
+                return entry.class;
             }
             index += 1;
         }

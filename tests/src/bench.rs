@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 
 /// How long anything here may take before the bench gives up (a bound on a hang, not a
 /// measurement).
-const PATIENCE: Duration = Duration::from_mins(1);
+const PATIENCE: Duration = Duration::from_mins(3);
 
 /// The `cniguard` binary built next to the running bench (`target/release/cniguard`), or
 /// `CNIGUARD_BIN`.
@@ -134,10 +134,12 @@ impl BenchDaemon {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    /// What it logged so far.
+    /// What it logged so far: the last 40 lines (a start at 1,000 veths logs thousands).
     #[must_use]
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     /// `GET path` from inside the namespace.

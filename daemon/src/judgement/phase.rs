@@ -59,11 +59,16 @@ pub struct Signals {
 }
 
 impl Signals {
-    /// Reads the node's interfaces (`interfaces`, already listed) and its IPv4 routes.
+    /// Reads the node's IPv4 routes, next to its interfaces (`interfaces`: the daemon's table,
+    /// kept current by link notifications, so no link dump: with a thousand pods that dump
+    /// costs the kernel a peer-namespace lookup per veth).
     ///
     /// # Errors
     /// If the kernel refuses the route dump.
-    pub async fn read(handle: &Handle, interfaces: &[Interface]) -> Result<Self, rtnetlink::Error> {
+    pub async fn read<'a>(
+        handle: &Handle,
+        interfaces: impl Iterator<Item = &'a Interface> + Clone,
+    ) -> Result<Self, rtnetlink::Error> {
         let mut routes =
             handle.route().get(RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()).execute();
         let mut bird_routes = false;
@@ -73,9 +78,9 @@ impl Signals {
                 || route.attributes.iter().any(|a| matches!(a, RouteAttribute::Table(254)));
             bird_routes |= main && route.header.protocol == RouteProtocol::Bird;
         }
-        let named = |name: &str| interfaces.iter().any(|i| i.name == name);
+        let named = |name: &str| interfaces.clone().any(|i| i.name == name);
         let pods = |prefix: &str| {
-            interfaces.iter().filter(|i| i.name.starts_with(prefix) && i.peer_netnsid.is_some()).count()
+            interfaces.clone().filter(|i| i.name.starts_with(prefix) && i.peer_netnsid.is_some()).count()
         };
         Ok(Self {
             flannel_vxlan: named(FLANNEL_VXLAN),

@@ -167,7 +167,11 @@ fn setns_finding(entered: std::io::Result<()>) -> Finding {
 
 fn kernel_finding(kernel: &Kernel) -> Finding {
     let (min_major, min_minor) = MIN_KERNEL;
-    let attach = if kernel.at_least(TCX_KERNEL) { "tcx attach" } else { "netlink attach (tcx needs 6.6)" };
+    let attach = if kernel.at_least(TCX_KERNEL) {
+        "netlink attach; tcx available"
+    } else {
+        "netlink attach (tcx needs 6.6)"
+    };
     if kernel.at_least(MIN_KERNEL) {
         Finding {
             status: Status::Pass,

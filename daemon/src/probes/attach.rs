@@ -33,8 +33,16 @@ use crate::node::interfaces::{Interface, InterfaceTable, LinkChange};
 use crate::node::preflight::{Kernel, TCX_KERNEL};
 use crate::probes::InterfaceProbe;
 
-/// How classifiers attach: `auto` (tcx where the kernel has it, 6.6+, else netlink),
-/// `tcx`, or `netlink` (clsact qdisc + cls_bpf filter).
+/// How classifiers attach: `auto` (netlink), `tcx` (6.6+), or `netlink` (clsact qdisc +
+/// cls_bpf filter).
+///
+/// `auto` is netlink on every kernel, for cost: each tcx attach and detach waits for an RCU
+/// grace period while holding RTNL (the kernel swaps the device's program array), about
+/// 15 ms here, so 1,000 pod veths took 67 s to attach and 38 s to stop, past a
+/// DaemonSet's 30 s grace period, and every CNI veth add meanwhile waited behind it (84 ms
+/// instead of 24). cls_bpf filters took 1 s and 0.2 s for the same (`cargo xtask bench
+/// scale`). tcx stays for nodes where another tcx program may drop packets before a
+/// cls_bpf filter would see them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum TcAttachMode {
@@ -102,8 +110,7 @@ impl Attachments {
         netlink: Handle,
     ) -> Result<Self> {
         let use_tcx = match mode {
-            TcAttachMode::Auto => kernel.at_least(TCX_KERNEL),
-            TcAttachMode::Netlink => false,
+            TcAttachMode::Auto | TcAttachMode::Netlink => false,
             TcAttachMode::Tcx if kernel.at_least(TCX_KERNEL) => true,
             TcAttachMode::Tcx => anyhow::bail!(
                 "tc_attach = \"tcx\" needs Linux 6.6 or newer, this is {}; use \"auto\" or \"netlink\"",
@@ -175,6 +182,11 @@ impl Attachments {
         for index in indexes {
             self.detach(index, None, true).await;
         }
+    }
+
+    /// Every interface of the namespace, as notifications and listings left the table.
+    pub fn interfaces(&self) -> impl Iterator<Item = &Interface> + Clone {
+        self.interfaces.values()
     }
 
     #[must_use]

@@ -985,7 +985,7 @@ fn udp() -> Result<()> {
 }
 
 const SCALE_VETHS: [usize; 3] = [1, 100, 1_000];
-const SCALE_MODES: [&str; 2] = ["tcx", "netlink"];
+const SCALE_MODES: [&str; 2] = ["netlink", "tcx"];
 const SCALE_IDLE: Duration = Duration::from_secs(10);
 const CNI_OPERATIONS_WITHOUT: usize = 10;
 
