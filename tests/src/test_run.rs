@@ -67,7 +67,7 @@ impl Classifiers {
     pub fn iface_counters(&self, ifindex: u32, direction: Direction) -> Result<IfaceCounters> {
         let slots = PerCpuArray::try_from(self.ebpf.map("IFACE_SLOTS").context("no IFACE_SLOTS map")?)?;
         let overflow = PerCpuHashMap::try_from(self.ebpf.map("IFACE_STATS").context("no IFACE_STATS map")?)?;
-        Ok(cniguard::probes::iface_stats::counters_of(&slots, &overflow, ifindex, direction))
+        Ok(cniguard::probes::iface_stats::counters_of(&slots, Some(&overflow), ifindex, direction))
     }
 }
 

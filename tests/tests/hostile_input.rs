@@ -517,8 +517,12 @@ fn set_open_files_limit(pid: u32, limit: u64) -> u64 {
 fn an_attach_that_fails_for_want_of_file_descriptors_is_an_error_and_retried_soon() {
     require_root!();
     let node = NetNs::new("attach-retry").unwrap();
-    // A resync far away: only the retry can attach.
-    let config = config_file(&node, "interfaces = [\"veth-ar*\"]\nresync_interval_seconds = 3600\n");
+    // A resync far away: only the retry can attach. tcx: each link is a file descriptor (a
+    // cls_bpf filter is not, so netlink attaches do not run out of them).
+    let config = config_file(
+        &node,
+        "interfaces = [\"veth-ar*\"]\nresync_interval_seconds = 3600\ntc_attach = \"tcx\"\n",
+    );
     let daemon =
         Daemon::start(&node, &["--netns-scope", "node", "--config", config.to_str().unwrap()]).unwrap();
     let pid = daemon.pid();

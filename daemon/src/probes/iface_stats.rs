@@ -93,13 +93,16 @@ impl IfaceStats {
         Ok(probe)
     }
 
-    /// Sums every CPU's counts, per interface name, direction and class.
-    fn totals(&self) -> Vec<(String, Direction, ProtocolClass, PacketCount)> {
+    /// Sums every CPU's counts, per interface name, direction (of `directions`) and class.
+    fn totals(&self, directions: &[Direction]) -> Vec<(String, Direction, ProtocolClass, PacketCount)> {
         let maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
+        // Overflow entries exist only after two interfaces met in a slot: one call, not
+        // one lookup per interface, says whether there are any.
+        let overflow = maps.overflow.keys().next().is_some().then_some(&maps.overflow);
         let mut totals = Vec::new();
         for (ifindex, name) in self.attached.entries() {
-            for direction in Direction::ALL {
-                let counters = counters_of(&maps.slots, &maps.overflow, ifindex, direction);
+            for direction in directions.iter().copied() {
+                let counters = counters_of(&maps.slots, overflow, ifindex, direction);
                 for class in ProtocolClass::ALL {
                     let sum = counters.by_class[class as usize];
                     if sum.packets > 0 {
@@ -116,10 +119,8 @@ impl SignalSource for IfaceStats {
     /// Packets each watched interface received: on a pod's node-side veth, what the pod
     /// sent (`pods_on_old_addresses` reads it).
     fn add_to(&self, totals: &mut Totals) {
-        for (name, direction, _, count) in self.totals() {
-            if direction == Direction::Ingress {
-                *totals.interface_packets_received.entry(name).or_default() += count.packets as f64;
-            }
+        for (name, _, _, count) in self.totals(&[Direction::Ingress]) {
+            *totals.interface_packets_received.entry(name).or_default() += count.packets as f64;
         }
     }
 }
@@ -153,11 +154,12 @@ impl InterfaceProbe for IfaceStats {
     }
 }
 
-/// The counts of `ifindex` in `direction`, every CPU's slot and overflow entry added.
+/// The counts of `ifindex` in `direction`, every CPU's slot and overflow entry added
+/// (`overflow`: `None` when the caller knows it is empty).
 #[must_use]
 pub fn counters_of<S: Borrow<MapData>, O: Borrow<MapData>>(
     slots: &PerCpuArray<S, IfaceSlot>,
-    overflow: &PerCpuHashMap<O, IfaceKey, IfaceCounters>,
+    overflow: Option<&PerCpuHashMap<O, IfaceKey, IfaceCounters>>,
     ifindex: u32,
     direction: Direction,
 ) -> IfaceCounters {
@@ -171,7 +173,7 @@ pub fn counters_of<S: Borrow<MapData>, O: Borrow<MapData>>(
     if let Ok(per_cpu) = slots.get(&slot_index(ifindex, direction), 0) {
         per_cpu.iter().filter(|slot| slot.ifindex == ifindex).for_each(|slot| add(&slot.counters));
     }
-    if let Ok(per_cpu) = overflow.get(&IfaceKey::new(ifindex, direction), 0) {
+    if let Some(Ok(per_cpu)) = overflow.map(|overflow| overflow.get(&IfaceKey::new(ifindex, direction), 0)) {
         per_cpu.iter().for_each(&mut add);
     }
     total
@@ -216,7 +218,7 @@ impl Collector for IfaceStatsCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         let mut packets = FamilyBuilder::counter(&self.packets, LABELS);
         let mut bytes = FamilyBuilder::counter(&self.bytes, LABELS);
-        for (interface, direction, class, count) in self.probe.totals() {
+        for (interface, direction, class, count) in self.probe.totals(&Direction::ALL) {
             let labels = [interface.as_str(), direction.label(), class.label()];
             packets.sample(&labels, count.packets as f64);
             bytes.sample(&labels, count.bytes as f64);
