@@ -138,6 +138,8 @@ struct RunArgs {
 
 #[must_use]
 pub fn main() -> ExitCode {
+    // First of all: glibc fixes its arena limit when a second thread first needs one.
+    crate::heap::one_arena();
     match Cli::parse().command {
         Command::Check => {
             let report = preflight::run();

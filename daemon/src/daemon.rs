@@ -82,7 +82,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     crate::checks::follow_cluster_targets(cluster.targets(), discovered_tx);
     let links = Links { status, discovered, events: cluster.events(), phase, inventory };
     let mut node = Node::start(&settings, &kernel, metrics, state_dir.as_deref(), &links).await?;
-    release_freed_heap();
+    crate::heap::release_freed();
     ready.store(true, Ordering::Release);
     tracing::info!(
         listen = %settings.listen,
@@ -108,17 +108,6 @@ pub async fn run(settings: Settings) -> Result<()> {
     outcome?;
     server.await.context("metrics server task")?.context("metrics server")?;
     Ok(())
-}
-
-/// Hands the heap freed since start back to the kernel. Parsing the kernel's BTF and the
-/// eBPF object takes some 20 MiB that are free once the programs are loaded, and glibc
-/// keeps freed heap mapped (counted in RSS, on every node) unless asked.
-fn release_freed_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free memory; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Every panic, on any task or thread (the baseline thread, the checks, the triggers'

@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod diagnose;
+pub mod heap;
 pub mod judgement;
 pub mod live;
 pub mod metrics;
