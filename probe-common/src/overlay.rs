@@ -1,16 +1,53 @@
 //! `overlay`: what flows inside the VXLAN devices, by the configured CIDR of its source and
 //! destination.
 
+use crate::counters::PacketCount;
 use crate::{assert_size, impl_pod};
 
 /// The class of an address in no configured CIDR.
 pub const OTHER_CIDR: u8 = u8::MAX;
 /// How many CIDRs can be configured.
 pub const MAX_CIDRS: u32 = 32;
+/// Capacity of the `OVERLAY_STATS` overflow map (devices whose block another holds).
 pub const OVERLAY_STATS_MAX_ENTRIES: u32 = 4096;
 
+/// VXLAN devices the `OVERLAY_BLOCKS` per-CPU array holds, by `ifindex % OVERLAY_DEVICE_SLOTS`:
+/// a node has one or two (`flannel.1`, `vxlan.calico`), and a block costs the classifier
+/// no hash lookup. A device whose block another holds counts in `OVERLAY_STATS`.
+pub const OVERLAY_DEVICE_SLOTS: u32 = 4;
+/// Class slots per end: every configured CIDR, and the last for [`OTHER_CIDR`].
+pub const CLASS_SLOTS: usize = MAX_CIDRS as usize + 1;
+
+/// One device's counts by (source class, destination class), per CPU; `ifindex` is the
+/// device it counts for on that CPU (0: free, claimed by the first to count there).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverlayBlock {
+    pub ifindex: u32,
+    pub _pad: u32,
+    pub counts: [PacketCount; CLASS_SLOTS * CLASS_SLOTS],
+}
+
+impl Default for OverlayBlock {
+    fn default() -> Self {
+        Self { ifindex: 0, _pad: 0, counts: [PacketCount::default(); CLASS_SLOTS * CLASS_SLOTS] }
+    }
+}
+
+/// Where (source class, destination class) counts in a block.
+#[allow(clippy::inline_always, reason = "inlined into eBPF programs")]
+#[inline(always)]
+#[must_use]
+pub fn cell(src_class: u8, dst_class: u8) -> usize {
+    let slot = |class: u8| if class == OTHER_CIDR { CLASS_SLOTS - 1 } else { usize::from(class).min(CLASS_SLOTS - 1) };
+    slot(src_class) * CLASS_SLOTS + slot(dst_class)
+}
+
+assert_size!(OverlayBlock, 8 + 16 * CLASS_SLOTS * CLASS_SLOTS);
+impl_pod!(OverlayBlock);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OverlayKey {
     pub ifindex: u32,
     /// Index of the source's CIDR in the configuration, or [`OTHER_CIDR`].

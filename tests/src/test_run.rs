@@ -123,6 +123,18 @@ impl Classifiers {
         Ok(map.get(key, 0).map_or(0, |per_cpu| per_cpu.iter().sum()))
     }
 
+    /// The overlay program's counts, blocks and overflow map added (as the collector does).
+    ///
+    /// # Errors
+    /// If a map cannot be read.
+    pub fn overlay_counts(
+        &self,
+    ) -> Result<std::collections::BTreeMap<probe_common::overlay::OverlayKey, PacketCount>> {
+        let blocks = PerCpuArray::try_from(self.ebpf.map("OVERLAY_BLOCKS").context("no OVERLAY_BLOCKS map")?)?;
+        let stats = PerCpuHashMap::try_from(self.ebpf.map("OVERLAY_STATS").context("no OVERLAY_STATS map")?)?;
+        Ok(cniguard::probes::overlay::counts(&blocks, &stats))
+    }
+
     /// A per-CPU packet count of map `name` under `key`, summed (zero if absent).
     ///
     /// # Errors

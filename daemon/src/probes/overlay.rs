@@ -1,15 +1,19 @@
 //! `overlay`: traffic inside each VXLAN device by the configured CIDR (old pods, new pods,
-//! services, other) of its source and destination.
+//! services, other) of its source and destination. The program counts into a per-CPU
+//! block per device (`OVERLAY_BLOCKS`, a few devices by `ifindex % OVERLAY_DEVICE_SLOTS`),
+//! and into the `OVERLAY_STATS` hash for a device whose block another holds; the collector
+//! adds both.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
-use aya::maps::{MapData, PerCpuHashMap};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use probe_common::Direction;
 use probe_common::counters::PacketCount;
-use probe_common::overlay::OverlayKey;
+use probe_common::overlay::{CLASS_SLOTS, OVERLAY_DEVICE_SLOTS, OTHER_CIDR, OverlayBlock, OverlayKey};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
@@ -29,8 +33,13 @@ const PROGRAMS: &[TcProgram] = &[
 
 const LABELS: &[&str] = &["device", "src_cidr", "dst_cidr"];
 
+struct Maps {
+    blocks: PerCpuArray<MapData, OverlayBlock>,
+    stats: PerCpuHashMap<MapData, OverlayKey, PacketCount>,
+}
+
 pub struct Overlay {
-    stats: Mutex<PerCpuHashMap<MapData, OverlayKey, PacketCount>>,
+    maps: Mutex<Maps>,
     classes: Arc<CidrClasses>,
     attached: AttachedInterfaces,
 }
@@ -60,9 +69,11 @@ impl Overlay {
         attached: &AttachedInterfaces,
         metrics: &DaemonMetrics,
     ) -> Result<Arc<dyn InterfaceProbe>> {
+        let blocks = ebpf.take_map("OVERLAY_BLOCKS").context("the eBPF object has no OVERLAY_BLOCKS map")?;
         let stats = ebpf.take_map("OVERLAY_STATS").context("the eBPF object has no OVERLAY_STATS map")?;
+        let maps = Maps { blocks: PerCpuArray::try_from(blocks)?, stats: PerCpuHashMap::try_from(stats)? };
         let probe = Arc::new(Self {
-            stats: Mutex::new(PerCpuHashMap::try_from(stats)?),
+            maps: Mutex::new(maps),
             classes,
             attached: attached.clone(),
         });
@@ -88,13 +99,58 @@ impl InterfaceProbe for Overlay {
     }
 
     fn retain_interfaces(&self, keep: &dyn Fn(u32) -> bool) {
-        let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
         let stale: Vec<OverlayKey> =
-            stats.keys().filter_map(Result::ok).filter(|k| !keep(k.ifindex)).collect();
+            maps.stats.keys().filter_map(Result::ok).filter(|k| !keep(k.ifindex)).collect();
         for key in stale {
-            let _ = stats.remove(&key);
+            let _ = maps.stats.remove(&key);
+        }
+        // A block is freed (zeroed on every CPU) once no CPU holds it for a device still
+        // kept: the whole value is written at once, and writing a live device's counts back
+        // could lose what it counted meanwhile. A handful of blocks: this stays cheap.
+        for index in 0..OVERLAY_DEVICE_SLOTS {
+            let Ok(per_cpu) = maps.blocks.get(&index, 0) else { continue };
+            let held = per_cpu.iter().any(|block| block.ifindex != 0);
+            if !held || per_cpu.iter().any(|block| block.ifindex != 0 && keep(block.ifindex)) {
+                continue;
+            }
+            let cpus = per_cpu.iter().count();
+            if let Ok(zeros) = PerCpuValues::try_from(vec![OverlayBlock::default(); cpus]) {
+                let _ = maps.blocks.set(index, zeros, 0);
+            }
         }
     }
+}
+
+/// Every non-zero count, from the blocks and the overflow map, summed over CPUs.
+#[must_use]
+pub fn counts<B: Borrow<MapData>, S: Borrow<MapData>>(
+    blocks: &PerCpuArray<B, OverlayBlock>,
+    stats: &PerCpuHashMap<S, OverlayKey, PacketCount>,
+) -> BTreeMap<OverlayKey, PacketCount> {
+    let mut counts: BTreeMap<OverlayKey, PacketCount> = BTreeMap::new();
+    let mut add = |key: OverlayKey, count: &PacketCount| {
+        if count.packets > 0 {
+            let sum = counts.entry(key).or_default();
+            sum.packets += count.packets;
+            sum.bytes += count.bytes;
+        }
+    };
+    // The class of a cell: the last slot per end is `other`.
+    let class = |slot: usize| if slot == CLASS_SLOTS - 1 { OTHER_CIDR } else { u8::try_from(slot).unwrap_or(OTHER_CIDR) };
+    for index in 0..OVERLAY_DEVICE_SLOTS {
+        let Ok(per_cpu) = blocks.get(&index, 0) else { continue };
+        for block in per_cpu.iter().filter(|block| block.ifindex != 0) {
+            for (cell, count) in block.counts.iter().enumerate() {
+                let (src_class, dst_class) = (class(cell / CLASS_SLOTS), class(cell % CLASS_SLOTS));
+                add(OverlayKey { ifindex: block.ifindex, src_class, dst_class, _pad: [0; 2] }, count);
+            }
+        }
+    }
+    for (key, per_cpu) in stats.iter().filter_map(Result::ok) {
+        per_cpu.iter().for_each(|count| add(key, count));
+    }
+    counts
 }
 
 struct OverlayCollector {
@@ -111,17 +167,17 @@ impl Collector for OverlayCollector {
         let probe = &self.probe;
         // CIDRs sharing a name share a series.
         let mut totals: BTreeMap<[String; 3], u64> = BTreeMap::new();
-        for (key, per_cpu) in
-            probe.stats.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Result::ok)
-        {
+        let maps = probe.maps.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, count) in counts(&maps.blocks, &maps.stats) {
             let Some(device) = probe.attached.name(key.ifindex) else { continue };
             let labels = [
                 device,
                 probe.classes.name(key.src_class).to_owned(),
                 probe.classes.name(key.dst_class).to_owned(),
             ];
-            *totals.entry(labels).or_default() += per_cpu.iter().map(|c| c.packets).sum::<u64>();
+            *totals.entry(labels).or_default() += count.packets;
         }
+        drop(maps);
         let mut packets = FamilyBuilder::counter(&self.packets, LABELS);
         for (labels, count) in &totals {
             packets.sample(&[&labels[0], &labels[1], &labels[2]], *count as f64);
