@@ -29,6 +29,10 @@ pub struct OverlayBlock {
 }
 
 impl Default for OverlayBlock {
+    #[allow(
+        clippy::large_stack_arrays,
+        reason = "userspace only, to clear a block: 17 KiB on a host thread's stack"
+    )]
     fn default() -> Self {
         Self { ifindex: 0, _pad: 0, counts: [PacketCount::default(); CLASS_SLOTS * CLASS_SLOTS] }
     }
@@ -39,7 +43,9 @@ impl Default for OverlayBlock {
 #[inline(always)]
 #[must_use]
 pub fn cell(src_class: u8, dst_class: u8) -> usize {
-    let slot = |class: u8| if class == OTHER_CIDR { CLASS_SLOTS - 1 } else { usize::from(class).min(CLASS_SLOTS - 1) };
+    let slot = |class: u8| {
+        if class == OTHER_CIDR { CLASS_SLOTS - 1 } else { usize::from(class).min(CLASS_SLOTS - 1) }
+    };
     slot(src_class) * CLASS_SLOTS + slot(dst_class)
 }
 

@@ -130,7 +130,8 @@ impl Classifiers {
     pub fn overlay_counts(
         &self,
     ) -> Result<std::collections::BTreeMap<probe_common::overlay::OverlayKey, PacketCount>> {
-        let blocks = PerCpuArray::try_from(self.ebpf.map("OVERLAY_BLOCKS").context("no OVERLAY_BLOCKS map")?)?;
+        let blocks =
+            PerCpuArray::try_from(self.ebpf.map("OVERLAY_BLOCKS").context("no OVERLAY_BLOCKS map")?)?;
         let stats = PerCpuHashMap::try_from(self.ebpf.map("OVERLAY_STATS").context("no OVERLAY_STATS map")?)?;
         Ok(cniguard::probes::overlay::counts(&blocks, &stats))
     }

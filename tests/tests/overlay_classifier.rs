@@ -83,7 +83,11 @@ fn inner_packets_are_counted_by_the_cidrs_of_their_ends() {
                         dst_class: *dst_class,
                         _pad: [0; 2],
                     };
-                    assert_eq!(classifiers.overlay_counts().unwrap().get(&key), Some(count), "{program} {name}");
+                    assert_eq!(
+                        classifiers.overlay_counts().unwrap().get(&key),
+                        Some(count),
+                        "{program} {name}"
+                    );
                 }
             }
             // Both hooks count into the same entries: a packet crosses the device one way.

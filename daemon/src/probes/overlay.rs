@@ -13,7 +13,7 @@ use aya::Ebpf;
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use probe_common::Direction;
 use probe_common::counters::PacketCount;
-use probe_common::overlay::{CLASS_SLOTS, OVERLAY_DEVICE_SLOTS, OTHER_CIDR, OverlayBlock, OverlayKey};
+use probe_common::overlay::{CLASS_SLOTS, OTHER_CIDR, OVERLAY_DEVICE_SLOTS, OverlayBlock, OverlayKey};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
@@ -72,11 +72,7 @@ impl Overlay {
         let blocks = ebpf.take_map("OVERLAY_BLOCKS").context("the eBPF object has no OVERLAY_BLOCKS map")?;
         let stats = ebpf.take_map("OVERLAY_STATS").context("the eBPF object has no OVERLAY_STATS map")?;
         let maps = Maps { blocks: PerCpuArray::try_from(blocks)?, stats: PerCpuHashMap::try_from(stats)? };
-        let probe = Arc::new(Self {
-            maps: Mutex::new(maps),
-            classes,
-            attached: attached.clone(),
-        });
+        let probe = Arc::new(Self { maps: Mutex::new(maps), classes, attached: attached.clone() });
         metrics.registry.register(Box::new(OverlayCollector {
             probe: probe.clone(),
             packets: catalogue::OVERLAY_PACKETS_TOTAL.desc(),
@@ -137,7 +133,9 @@ pub fn counts<B: Borrow<MapData>, S: Borrow<MapData>>(
         }
     };
     // The class of a cell: the last slot per end is `other`.
-    let class = |slot: usize| if slot == CLASS_SLOTS - 1 { OTHER_CIDR } else { u8::try_from(slot).unwrap_or(OTHER_CIDR) };
+    let class = |slot: usize| {
+        if slot == CLASS_SLOTS - 1 { OTHER_CIDR } else { u8::try_from(slot).unwrap_or(OTHER_CIDR) }
+    };
     for index in 0..OVERLAY_DEVICE_SLOTS {
         let Ok(per_cpu) = blocks.get(&index, 0) else { continue };
         for block in per_cpu.iter().filter(|block| block.ifindex != 0) {
