@@ -48,6 +48,22 @@ impl Classifiers {
         Ok(classifier(&mut self.ebpf, program)?.test_run(options)?.return_value)
     }
 
+    /// Runs `program` once on `packet` as if it crossed interface `ifindex` (which must
+    /// exist in the calling thread's namespace): the kernel takes `__sk_buff.ifindex` from
+    /// the context passed in.
+    ///
+    /// # Errors
+    /// If the kernel refuses the run (no such interface, say).
+    pub fn run_on(&mut self, program: &str, packet: &[u8], ifindex: u32) -> Result<u32> {
+        // `struct __sk_buff` up to and including `ifindex` (offset 40); the kernel takes a
+        // shorter context and zero-fills the rest.
+        let mut context = [0_u8; 44];
+        context[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let options =
+            TestRunOptions { data_in: Some(packet), ctx_in: Some(&context), ..TestRunOptions::default() };
+        Ok(classifier(&mut self.ebpf, program)?.test_run(options)?.return_value)
+    }
+
     /// Runs `program` `repeat` times on `packet` in the kernel and returns the kernel's
     /// average time per run.
     ///

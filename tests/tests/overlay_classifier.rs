@@ -96,3 +96,45 @@ fn inner_packets_are_counted_by_the_cidrs_of_their_ends() {
         }
     });
 }
+
+/// Two VXLAN devices whose ifindexes share a block (`ifindex % OVERLAY_DEVICE_SLOTS`): the
+/// first to count holds it, the second counts in the overflow map, and each device's
+/// counts come out exactly, neither in the other's series.
+#[test]
+fn devices_sharing_a_block_are_counted_apart() {
+    require_root!();
+    let ns = NetNs::new("overlay-share").unwrap();
+    // lo is 1; three veth pairs take 2..=7, so 2 and 6 share block 2.
+    for pair in 0..3 {
+        ns.ip(&[
+            "link",
+            "add",
+            &format!("ovs{pair}a"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("ovs{pair}b"),
+        ])
+        .unwrap();
+    }
+    let (first, second) = (2_u32, 2 + probe_common::overlay::OVERLAY_DEVICE_SLOTS);
+    ns.run(|| {
+        let mut classifiers = Classifiers::load(&["overlay_ingress"]).unwrap();
+        classifiers.set_cidr_classes(&[([10, 42, 0, 0], 16), ([10, 244, 0, 0], 16)]).unwrap();
+        let frame = ipv4([10, 42, 0, 5], [10, 244, 1, 9]);
+        for (ifindex, packets) in [(first, 3_u64), (second, 5)] {
+            for _ in 0..packets {
+                assert_eq!(classifiers.run_on("overlay_ingress", &frame, ifindex).unwrap(), PASS_THROUGH);
+            }
+        }
+        let counts = classifiers.overlay_counts().unwrap();
+        let key = |ifindex| OverlayKey { ifindex, src_class: OLD_PODS, dst_class: NEW_PODS, _pad: [0; 2] };
+        let count = |packets: u64| PacketCount { packets, bytes: packets * frame.len() as u64 };
+        assert_eq!(counts.get(&key(first)), Some(&count(3)), "{counts:?}");
+        assert_eq!(counts.get(&key(second)), Some(&count(5)), "{counts:?}");
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        let overflow = classifiers.packets("OVERLAY_STATS", &key(second)).unwrap();
+        assert_eq!(overflow, count(5), "the second device counts in the overflow map");
+    });
+}

@@ -8,12 +8,11 @@
 //! never to the maps' capacity.
 
 use std::borrow::Borrow;
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use probe_common::Direction;
 use probe_common::counters::PacketCount;
 use probe_common::iface_stats::{IfaceCounters, IfaceKey, IfaceSlot, ProtocolClass, slot_index};
@@ -21,6 +20,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
 use super::registry::{ProbeSpec, Programs, Started};
+use super::shared::{ClaimedSlots, clear_slot};
 use super::{InterfaceProbe, TcProgram};
 use crate::judgement::signals::{SignalSource, Totals};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
@@ -46,9 +46,7 @@ struct Maps {
 
 pub struct IfaceStats {
     maps: Mutex<Maps>,
-    /// The interfaces counted into the maps since the last clean-up: the ones to clear
-    /// when they go.
-    tracked: Mutex<BTreeSet<u32>>,
+    claimed: Mutex<ClaimedSlots>,
     attached: AttachedInterfaces,
     selector: InterfaceSelector,
 }
@@ -85,7 +83,7 @@ impl IfaceStats {
         let maps = Maps { slots: SlotsMap::try_from(slots)?, overflow: OverflowMap::try_from(overflow)? };
         let probe = Arc::new(Self {
             maps: Mutex::new(maps),
-            tracked: Mutex::default(),
+            claimed: Mutex::default(),
             attached: attached.clone(),
             selector,
         });
@@ -140,17 +138,15 @@ impl InterfaceProbe for IfaceStats {
 
     fn retain_interfaces(&self, keep: &dyn Fn(u32) -> bool) {
         let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut tracked = self.tracked.lock().unwrap_or_else(PoisonError::into_inner);
-        let gone: Vec<u32> = tracked.iter().copied().filter(|ifindex| !keep(*ifindex)).collect();
+        let current = self.attached.entries().into_iter().map(|(ifindex, _)| ifindex);
+        let gone = self.claimed.lock().unwrap_or_else(PoisonError::into_inner).gone(keep, current);
         for ifindex in gone {
-            tracked.remove(&ifindex);
             for direction in Direction::ALL {
                 // Already gone is fine: the interface may never have overflowed.
                 let _ = maps.overflow.remove(&IfaceKey::new(ifindex, direction));
-                clear_slot(&mut maps.slots, slot_index(ifindex, direction), keep);
+                clear_slot(&mut maps.slots, slot_index(ifindex, direction), |slot| slot.ifindex, keep);
             }
         }
-        tracked.extend(self.attached.entries().into_iter().map(|(ifindex, _)| ifindex).filter(|i| keep(*i)));
     }
 }
 
@@ -177,21 +173,6 @@ pub fn counters_of<S: Borrow<MapData>, O: Borrow<MapData>>(
         per_cpu.iter().for_each(&mut add);
     }
     total
-}
-
-/// Zeroes slot `index` on every CPU, freeing it, unless a CPU holds it for an interface
-/// still kept: the whole value is written at once, and writing back that interface's
-/// counts could lose what it counted meanwhile. Such a slot is cleared when that
-/// interface goes; until then the dead interface's counts in it are never read.
-fn clear_slot(slots: &mut SlotsMap, index: u32, keep: &dyn Fn(u32) -> bool) {
-    let Ok(per_cpu) = slots.get(&index, 0) else { return };
-    if per_cpu.iter().any(|slot| slot.ifindex != 0 && keep(slot.ifindex)) {
-        return;
-    }
-    let cpus = per_cpu.iter().count();
-    if let Ok(zeros) = PerCpuValues::try_from(vec![IfaceSlot::default(); cpus]) {
-        let _ = slots.set(index, zeros, 0);
-    }
 }
 
 struct IfaceStatsCollector {

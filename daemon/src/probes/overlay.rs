@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use probe_common::Direction;
 use probe_common::counters::PacketCount;
 use probe_common::overlay::{CLASS_SLOTS, OTHER_CIDR, OVERLAY_DEVICE_SLOTS, OverlayBlock, OverlayKey};
@@ -18,7 +18,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
 use super::registry::{ProbeSpec, Programs, Started};
-use super::shared::CidrClasses;
+use super::shared::{CidrClasses, ClaimedSlots, clear_slot};
 use super::{InterfaceProbe, TcProgram};
 use crate::metrics::{DaemonMetrics, FamilyBuilder, catalogue};
 use crate::node::interfaces::AttachedInterfaces;
@@ -40,6 +40,7 @@ struct Maps {
 
 pub struct Overlay {
     maps: Mutex<Maps>,
+    claimed: Mutex<ClaimedSlots>,
     classes: Arc<CidrClasses>,
     attached: AttachedInterfaces,
 }
@@ -72,7 +73,12 @@ impl Overlay {
         let blocks = ebpf.take_map("OVERLAY_BLOCKS").context("the eBPF object has no OVERLAY_BLOCKS map")?;
         let stats = ebpf.take_map("OVERLAY_STATS").context("the eBPF object has no OVERLAY_STATS map")?;
         let maps = Maps { blocks: PerCpuArray::try_from(blocks)?, stats: PerCpuHashMap::try_from(stats)? };
-        let probe = Arc::new(Self { maps: Mutex::new(maps), classes, attached: attached.clone() });
+        let probe = Arc::new(Self {
+            maps: Mutex::new(maps),
+            claimed: Mutex::default(),
+            classes,
+            attached: attached.clone(),
+        });
         metrics.registry.register(Box::new(OverlayCollector {
             probe: probe.clone(),
             packets: catalogue::OVERLAY_PACKETS_TOTAL.desc(),
@@ -101,19 +107,12 @@ impl InterfaceProbe for Overlay {
         for key in stale {
             let _ = maps.stats.remove(&key);
         }
-        // A block is freed (zeroed on every CPU) once no CPU holds it for a device still
-        // kept: the whole value is written at once, and writing a live device's counts back
-        // could lose what it counted meanwhile. A handful of blocks: this stays cheap.
-        for index in 0..OVERLAY_DEVICE_SLOTS {
-            let Ok(per_cpu) = maps.blocks.get(&index, 0) else { continue };
-            let held = per_cpu.iter().any(|block| block.ifindex != 0);
-            if !held || per_cpu.iter().any(|block| block.ifindex != 0 && keep(block.ifindex)) {
-                continue;
-            }
-            let cpus = per_cpu.iter().count();
-            if let Ok(zeros) = PerCpuValues::try_from(vec![OverlayBlock::default(); cpus]) {
-                let _ = maps.blocks.set(index, zeros, 0);
-            }
+        // Only the blocks of devices that went are read and freed: a block is 17 KiB per
+        // CPU, and this runs on every link change.
+        let current = self.attached.entries().into_iter().map(|(ifindex, _)| ifindex);
+        let gone = self.claimed.lock().unwrap_or_else(PoisonError::into_inner).gone(keep, current);
+        for ifindex in gone {
+            clear_slot(&mut maps.blocks, ifindex % OVERLAY_DEVICE_SLOTS, |block| block.ifindex, keep);
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Mutex, PoisonError};
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
-use aya::maps::{Array, HashMap, MapData, PerCpuHashMap};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::RawTracePoint;
 use aya::programs::raw_trace_point::RawTracePointLink;
 use probe_common::counters::{Histogram, LATENCY_BOUNDS_NS, LATENCY_BUCKETS};
@@ -54,6 +54,45 @@ impl CidrClasses {
         names.sort_unstable();
         names.dedup();
         names.into_iter()
+    }
+}
+
+/// Per-CPU array slots the classifiers claim per interface (the first to count there on a
+/// CPU holds it; `owner` reads who): which interfaces counted, so the slots of those that
+/// go are freed without reading every slot on every link change.
+#[derive(Default)]
+pub struct ClaimedSlots(BTreeSet<u32>);
+
+impl ClaimedSlots {
+    /// The interfaces that went since the last call (`keep` false for them), forgotten
+    /// here; `current` (the interfaces attached now) are remembered for the next call.
+    pub fn gone(&mut self, keep: &dyn Fn(u32) -> bool, current: impl IntoIterator<Item = u32>) -> Vec<u32> {
+        let gone: Vec<u32> = self.0.iter().copied().filter(|ifindex| !keep(*ifindex)).collect();
+        for ifindex in &gone {
+            self.0.remove(ifindex);
+        }
+        self.0.extend(current.into_iter().filter(|ifindex| keep(*ifindex)));
+        gone
+    }
+}
+
+/// Zeroes slot `index` on every CPU, freeing it, unless a CPU holds it for an interface
+/// still kept: the whole value is written at once, and writing back that interface's
+/// counts could lose what it counted meanwhile. Such a slot is cleared when that interface
+/// goes; until then the dead interface's counts in it are never read.
+pub fn clear_slot<V: aya::Pod + Default>(
+    slots: &mut PerCpuArray<MapData, V>,
+    index: u32,
+    owner: fn(&V) -> u32,
+    keep: &dyn Fn(u32) -> bool,
+) {
+    let Ok(per_cpu) = slots.get(&index, 0) else { return };
+    if per_cpu.iter().any(|value| owner(value) != 0 && keep(owner(value))) {
+        return;
+    }
+    let zeros: Vec<V> = per_cpu.iter().map(|_| V::default()).collect();
+    if let Ok(zeros) = PerCpuValues::try_from(zeros) {
+        let _ = slots.set(index, zeros, 0);
     }
 }
 
