@@ -8,10 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use cniguard_lab::cniguard::signal_and_reap;
 use cniguard_lab::exposition::Scrape;
 use cniguard_lab::netns::{NetNs, QuietLink};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 /// How long anything here may take before the bench gives up (a bound on a hang, not a
 /// measurement).
@@ -194,7 +194,7 @@ impl BenchDaemon {
     pub fn stop(mut self) -> Result<Duration> {
         let mut child = self.child.take().context("already stopped")?;
         let start = Instant::now();
-        let status = stop_child(&mut child, Signal::SIGTERM)?;
+        let status = signal_and_reap(&mut child, Signal::SIGTERM, PATIENCE)?;
         let took = start.elapsed();
         anyhow::ensure!(status.success(), "cniguard exited with {status}; log:\n{}", self.log());
         Ok(took)
@@ -204,28 +204,11 @@ impl BenchDaemon {
 impl Drop for BenchDaemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take()
-            && let Err(err) = stop_child(&mut child, Signal::SIGTERM)
+            && let Err(err) = signal_and_reap(&mut child, Signal::SIGTERM, PATIENCE)
         {
             eprintln!("cleanup: {err:#}");
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Sends `signal` and reaps the child, polling every millisecond; SIGKILL after a minute.
-fn stop_child(child: &mut Child, signal: Signal) -> Result<std::process::ExitStatus> {
-    let _ = kill(Pid::from_raw(i32::try_from(child.id())?), signal);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{} did not exit after {signal}", child.id());
-        }
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -278,7 +261,7 @@ impl Capture {
     /// If it does not exit.
     pub fn stop(mut self) -> Result<String> {
         let mut child = self.child.take().context("already stopped")?;
-        stop_child(&mut child, Signal::SIGTERM)?;
+        signal_and_reap(&mut child, Signal::SIGTERM, PATIENCE)?;
         let mut said = Vec::new();
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(2)) {
             said.push(line);
@@ -290,7 +273,7 @@ impl Capture {
 impl Drop for Capture {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = stop_child(&mut child, Signal::SIGTERM);
+            let _ = signal_and_reap(&mut child, Signal::SIGTERM, PATIENCE);
         }
     }
 }

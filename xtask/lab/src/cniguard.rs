@@ -222,19 +222,7 @@ impl Daemon {
 
     fn signal_and_wait(&mut self, signal: Signal) -> Result<ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;
-        let _ = kill(Pid::from_raw(i32::try_from(child.id())?), signal);
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("cniguard did not exit after {signal}; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        signal_and_reap(&mut child, signal, PATIENCE).with_context(|| format!("log:\n{}", self.log()))
     }
 }
 
@@ -249,5 +237,26 @@ impl Drop for Daemon {
             eprintln!("--- cniguard log ({}) ---\n{}", self.log.display(), self.log());
         }
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Sends `signal` to `child` and reaps it, polling every millisecond (the bench times the
+/// stop with this); SIGKILL and an error if it has not exited within `patience`.
+///
+/// # Errors
+/// If the child cannot be waited for, or outlives `patience`.
+pub fn signal_and_reap(child: &mut Child, signal: Signal, patience: Duration) -> Result<ExitStatus> {
+    let _ = kill(Pid::from_raw(i32::try_from(child.id())?), signal);
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{} did not exit after {signal}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
